@@ -1,0 +1,101 @@
+"""One typed settings object, loaded once.
+
+Precedence, lowest first: the defaults below (they run on a laptop), a TOML
+file (`--config FILE`, else `$LAMINA_CONFIG`, else `./lamina.toml` if it
+exists), then environment variables `LAMINA_<FIELD>` (upper case). Unknown
+keys and values of the wrong type are refused with a message naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where Lamina keeps its state on this machine (Kafka jars and data,
+    # the master dataset, logs). Relative paths are resolved from the cwd.
+    home: Path = Path(".lamina")
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    raw_topic: str = "events.raw"
+    dlq_topic: str = "events.dlq"
+    raw_partitions: int = 3
+    # Master dataset: a local path or an object-store URI delta-rs understands.
+    master_uri: str = ""
+    # Lander: commit when either bound is reached (size-or-time rule).
+    lander_group: str = "lamina-lander"
+    commit_max_events: int = 50_000
+    commit_max_seconds: float = 2.0
+    # Drop an event_id seen before within this many hours of event time.
+    dedup_horizon_hours: float = 24.0
+    # Events larger than this go to the dead-letter topic.
+    max_event_bytes: int = 64 * 1024
+
+    @property
+    def master_path(self) -> str:
+        return self.master_uri or str(self.home / "master")
+
+    @property
+    def kafka_home(self) -> Path:
+        return self.home / "kafka"
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    target = {"int": int, "float": float, "str": str, "Path": Path}.get(
+        kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    )
+    if target is None:
+        raise ConfigError(f"setting '{name}' has an unsupported type {kind!r}")
+    if target is int and isinstance(value, bool):
+        raise ConfigError(f"setting '{name}' must be an integer, got {value!r}")
+    try:
+        coerced = target(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"setting '{name}' must be {target.__name__}, got {value!r}"
+        ) from None
+    if target in (int, float) and coerced <= 0:
+        raise ConfigError(f"setting '{name}' must be positive, got {value!r}")
+    return coerced
+
+
+def load_settings(
+    config_file: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build Settings from defaults, a TOML file and `LAMINA_*` variables."""
+    env = os.environ if env is None else env
+    known = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = config_file or env.get("LAMINA_CONFIG")
+    if path is None and Path("lamina.toml").exists():
+        path = "lamina.toml"
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in raw.items():
+            if key not in known:
+                raise ConfigError(
+                    f"config file {path}: unknown setting '{key}' "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+            values[key] = _coerce(key, known[key], value)
+
+    for key, kind in known.items():
+        env_value = env.get(f"LAMINA_{key.upper()}")
+        if env_value is not None and env_value != "":
+            values[key] = _coerce(f"LAMINA_{key.upper()}", kind, env_value)
+    return dataclasses.replace(Settings(), **values)
