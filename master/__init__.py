@@ -1,1 +1,3 @@
-"""The master dataset: an append-only Delta Lake table of raw events, the lander that fills it from Kafka exactly-once in effect, backfill import, snapshots and compaction."""
+"""The master dataset: an append-only Delta Lake table of raw events, the
+lander that fills it from Kafka exactly-once in effect, backfill import,
+snapshots and compaction."""

@@ -1,1 +1,2 @@
-"""The contract every layer imports: event schemas and their validator, topics, (later) view definitions and the model feature list."""
+"""The contract every layer imports: event schemas and their validator,
+topics, and (later) view definitions and the model feature list."""

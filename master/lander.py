@@ -1,0 +1,347 @@
+"""The lander: Kafka `events.raw` -> the master dataset, exactly-once in effect.
+
+The commit protocol (invariant 2), in the order it happens:
+
+1. Poll a batch; validate each record as it arrives (the hot path).
+2. When the batch reaches `commit_max_events` or `commit_max_seconds`:
+   load the Delta table once, read each partition's transaction version
+   (`lander:<topic>:<partition>`, = last offset landed) from *that*
+   snapshot, and drop records at or below it (a replay or a zombie's range).
+3. Drop event_ids already landed within the dedup horizon (producer resends).
+4. Send the batch's dead letters and wait until they are durable.
+5. Append the rows *and* the new transaction versions in one commit through
+   the same table object: if another lander committed the same app id since
+   step 2, the commit fails and we go back to step 2.
+6. Only then tell Kafka the group offsets (for lag metrics; never read back).
+
+On start and on every partition assignment the consumer seeks each
+partition to `transaction_version + 1` read from the table. A `kill -9` at
+any point therefore either loses an uncommitted batch, which is re-read, or
+happens after step 5, which the table remembers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from lamina.logs import get_logger
+from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
+from lamina.master.deadletters import DeadLetter, DeadLetterSink
+from lamina.master.dedup import LandedIds
+from lamina.schemas.validation import EventValidator, ValidEvent
+
+log = get_logger(__name__)
+
+_ROW_SCHEMA = pa.schema([f for f in MASTER_SCHEMA if f.name != "event_date"])
+MAX_COMMIT_RETRIES = 10
+
+
+def app_id(topic: str, partition: int) -> str:
+    """The Delta transaction id of one source partition."""
+    return f"lander:{topic}:{partition}"
+
+
+@dataclass
+class LanderStats:
+    consumed: int = 0
+    landed: int = 0
+    dead_lettered: int = 0
+    duplicates_dropped: int = 0
+    replays_skipped: int = 0
+    commits: int = 0
+    conflicts: int = 0
+    last_snapshot: int | None = None
+
+
+@dataclass
+class PendingBatch:
+    """Records polled but not yet committed, validated, in arrival order."""
+
+    started_at: float = 0.0
+    # Valid rows as columns (building Arrow arrays from lists is cheapest).
+    event_id: list[str] = field(default_factory=list)
+    event_type: list[str] = field(default_factory=list)
+    schema_version: list[int] = field(default_factory=list)
+    event_time: list[int] = field(default_factory=list)
+    entity_key: list[str] = field(default_factory=list)
+    topic: list[str] = field(default_factory=list)
+    partition: list[int] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)
+    payload: list[bytes] = field(default_factory=list)
+    rejects: list[DeadLetter] = field(default_factory=list)
+    # Last offset seen per (topic, partition), valid or not.
+    last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.event_id) + len(self.rejects)
+
+    def add(self, topic: str, partition: int, offset: int, value: bytes,
+            validator: EventValidator) -> None:
+        if not self.last_offsets:
+            self.started_at = time.monotonic()
+        self.last_offsets[(topic, partition)] = offset
+        result = validator.validate(value if value is not None else b"")
+        if isinstance(result, ValidEvent):
+            self.event_id.append(result.event_id)
+            self.event_type.append(result.event_type)
+            self.schema_version.append(result.schema_version)
+            self.event_time.append(result.event_time_ms)
+            self.entity_key.append(result.entity_key)
+            self.topic.append(topic)
+            self.partition.append(partition)
+            self.offset.append(offset)
+            self.payload.append(value)
+        else:
+            self.rejects.append(
+                DeadLetter(topic, partition, offset, result.reason, value or b"")
+            )
+
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Forget records of partitions this lander no longer owns; their
+        new owner re-reads them from the table's offsets."""
+        gone = set(partitions)
+        if not gone:
+            return
+        keep = [i for i, tp in enumerate(zip(self.topic, self.partition, strict=True))
+                if tp not in gone]
+        for name in ("event_id", "event_type", "schema_version", "event_time", "entity_key",
+                     "topic", "partition", "offset", "payload"):
+            column = getattr(self, name)
+            setattr(self, name, [column[i] for i in keep])
+        self.rejects = [r for r in self.rejects
+                        if (r.source_topic, r.source_partition) not in gone]
+        for tp in gone:
+            self.last_offsets.pop(tp, None)
+
+
+def commit_batch(
+    dataset: MasterDataset,
+    batch: PendingBatch,
+    landed: LandedIds,
+    dead_letters: DeadLetterSink,
+    stats: LanderStats,
+    *,
+    writer: str,
+    now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+) -> int | None:
+    """Steps 2-5 of the protocol for one batch; returns the new snapshot
+    version, or None when everything in the batch had already landed."""
+    for attempt in range(MAX_COMMIT_RETRIES):
+        table = dataset.table()
+        floors = {tp: table.transaction_version(app_id(*tp)) for tp in batch.last_offsets}
+
+        def fresh(topic: str, partition: int, offset: int,
+                  floors: dict[tuple[str, int], int | None] = floors) -> bool:
+            floor = floors[(topic, partition)]
+            return floor is None or offset > floor
+
+        keep: list[int] = []
+        seen_in_batch: set[str] = set()
+        replays = duplicates = 0
+        for i in range(len(batch.event_id)):
+            if not fresh(batch.topic[i], batch.partition[i], batch.offset[i]):
+                replays += 1
+                continue
+            event_id = batch.event_id[i]
+            if event_id in landed or event_id in seen_in_batch:
+                duplicates += 1
+                continue
+            seen_in_batch.add(event_id)
+            keep.append(i)
+        rejects = [r for r in batch.rejects
+                   if fresh(r.source_topic, r.source_partition, r.source_offset)]
+        replays += len(batch.rejects) - len(rejects)
+        advances = {app_id(*tp): last for tp, last in batch.last_offsets.items()
+                    if floors[tp] is None or last > floors[tp]}
+        if not advances:
+            stats.replays_skipped += replays
+            return None
+
+        dead_letters.send(rejects)
+        ingest = now_ms()
+        rows = pa.table(
+            [
+                pa.array([batch.event_id[i] for i in keep], pa.string()),
+                pa.array([batch.event_type[i] for i in keep], pa.string()),
+                pa.array([batch.schema_version[i] for i in keep], pa.int32()),
+                pa.array([batch.event_time[i] for i in keep], pa.int64()).cast(
+                    pa.timestamp("ms", tz="UTC")),
+                pa.array([batch.entity_key[i] for i in keep], pa.string()),
+                pa.array([batch.topic[i] for i in keep], pa.string()),
+                pa.array([batch.partition[i] for i in keep], pa.int32()),
+                pa.array([batch.offset[i] for i in keep], pa.int64()),
+                pa.array([ingest] * len(keep), pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+                pa.array([batch.payload[i] for i in keep], pa.binary()),
+            ],
+            schema=_ROW_SCHEMA,
+        )
+        try:
+            snapshot = dataset.append(table, rows, advances, metadata={"lamina.writer": writer})
+        except CommitConflict as exc:
+            stats.conflicts += 1
+            log.warning("commit conflict, reloading", attempt=attempt + 1, error=exc)
+            continue
+        landed.add_many((batch.event_id[i] for i in keep), (batch.event_time[i] for i in keep))
+        stats.commits += 1
+        stats.landed += len(keep)
+        stats.dead_lettered += len(rejects)
+        stats.duplicates_dropped += duplicates
+        stats.replays_skipped += replays
+        stats.last_snapshot = snapshot
+        log.info("committed", snapshot=snapshot, rows=len(keep), dead_letters=len(rejects),
+                 duplicates=duplicates, replays=replays,
+                 offsets=",".join(f"{a.rsplit(':', 1)[1]}:{v}"
+                                  for a, v in sorted(advances.items())))
+        return snapshot
+    raise CommitConflict(
+        f"gave up after {MAX_COMMIT_RETRIES} conflicting commits to {dataset.uri}; "
+        "is another lander writing the same partitions?"
+    )
+
+
+class Lander:
+    """The consumer loop. `run()` returns when stopped (SIGTERM/SIGINT or
+    `stop()`), when idle for `idle_exit_s`, or after `max_events` records."""
+
+    def __init__(
+        self,
+        *,
+        dataset: MasterDataset,
+        consumer: Any,
+        topic: str,
+        dead_letters: DeadLetterSink,
+        validator: EventValidator,
+        commit_max_events: int = 50_000,
+        commit_max_seconds: float = 2.0,
+        dedup_horizon_ms: int = 24 * 3600 * 1000,
+    ) -> None:
+        self.dataset = dataset
+        self.consumer = consumer
+        self.topic = topic
+        self.dead_letters = dead_letters
+        self.validator = validator
+        self.commit_max_events = commit_max_events
+        self.commit_max_seconds = commit_max_seconds
+        self.dedup_horizon_ms = dedup_horizon_ms
+        self.stats = LanderStats()
+        self.writer = f"{socket.gethostname()}:{os.getpid()}"
+        self.landed = LandedIds(dedup_horizon_ms)
+        self._batch = PendingBatch()
+        self._stop = threading.Event()
+
+    # --- partition ownership -------------------------------------------------
+    def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        """Seek every newly owned partition to the offset after the last one
+        the table holds; the group's committed offsets are not trusted."""
+        assigned = list(assigned)
+        if not assigned:
+            return
+        table = self.dataset.table()
+        for tp in assigned:
+            last = table.transaction_version(app_id(tp.topic, tp.partition))
+            if last is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, last + 1)
+            log.info("partition assigned", topic=tp.topic, partition=tp.partition,
+                     resume_offset="beginning" if last is None else last + 1,
+                     snapshot=table.version())
+        # Another lander may have landed events of these partitions.
+        self.landed = LandedIds.load(self.dataset, self.dedup_horizon_ms)
+
+    def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in revoked]
+        self._batch.drop_partitions(tps)
+        for topic, partition in tps:
+            log.info("partition revoked", topic=topic, partition=partition)
+
+    # --- the loop --------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def subscribe(self) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        lander = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                lander.on_partitions_revoked(revoked)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                lander.on_partitions_assigned(assigned)
+
+        self.consumer.subscribe([self.topic], listener=_Listener())
+
+    def run(
+        self,
+        *,
+        idle_exit_s: float | None = None,
+        max_events: int | None = None,
+        on_commit: Callable[[LanderStats], None] | None = None,
+    ) -> LanderStats:
+        self.dataset.create_if_missing()
+        self.subscribe()  # the first poll assigns partitions and loads the index
+        last_record_at = time.monotonic()
+        validator = self.validator
+        try:
+            while not self._stop.is_set():
+                polled = self.consumer.poll(timeout_ms=200, max_records=self.commit_max_events)
+                now = time.monotonic()
+                for tp, records in polled.items():
+                    add = self._batch.add
+                    for record in records:
+                        add(tp.topic, tp.partition, record.offset, record.value, validator)
+                    self.stats.consumed += len(records)
+                    last_record_at = now
+                batch = self._batch
+                if batch.last_offsets and (
+                    len(batch) >= self.commit_max_events
+                    or now - batch.started_at >= self.commit_max_seconds
+                ):
+                    self._commit()
+                    if on_commit:
+                        on_commit(self.stats)
+                if max_events is not None and self.stats.consumed >= max_events:
+                    break
+                if idle_exit_s is not None and now - last_record_at >= idle_exit_s:
+                    break
+            if self._batch.last_offsets:
+                self._commit()
+        finally:
+            self.consumer.close()
+        return self.stats
+
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, PendingBatch()
+        commit_batch(self.dataset, batch, self.landed, self.dead_letters, self.stats,
+                     writer=self.writer)
+        offsets = _group_offsets(batch.last_offsets)
+        if offsets:
+            try:  # lag metrics only; the table is the source of truth
+                self.consumer.commit_async(offsets=offsets)
+            except Exception as exc:  # noqa: BLE001 - metrics must not stop landing
+                log.debug("group offset commit failed", error=exc)
+
+
+def _group_offsets(last_offsets: dict[tuple[str, int], int]) -> dict[Any, Any]:
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    return {
+        TopicPartition(topic, partition): OffsetAndMetadata(last + 1, "", -1)
+        for (topic, partition), last in last_offsets.items()
+    }
