@@ -60,6 +60,10 @@ class LanderStats:
     commits: int = 0
     conflicts: int = 0
     last_snapshot: int | None = None
+    # Where the time goes (seconds): Kafka poll, validation + buffering, commit.
+    poll_s: float = 0.0
+    validate_s: float = 0.0
+    commit_s: float = 0.0
 
 
 @dataclass
@@ -210,7 +214,8 @@ def commit_batch(
 
 class Lander:
     """The consumer loop. `run()` returns when stopped (SIGTERM/SIGINT or
-    `stop()`), when idle for `idle_exit_s`, or after `max_events` records."""
+    `stop()`), after `max_events` records, or when it owns partitions, has
+    read them to their end and has seen nothing new for `idle_exit_s`."""
 
     def __init__(
         self,
@@ -237,6 +242,7 @@ class Lander:
         self.landed = LandedIds(dedup_horizon_ms)
         self._batch = PendingBatch()
         self._stop = threading.Event()
+        self._assigned_at = 0.0
 
     # --- partition ownership -------------------------------------------------
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
@@ -257,6 +263,7 @@ class Lander:
                      snapshot=table.version())
         # Another lander may have landed events of these partitions.
         self.landed = LandedIds.load(self.dataset, self.dedup_horizon_ms)
+        self._assigned_at = time.monotonic()
 
     def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in revoked]
@@ -298,15 +305,20 @@ class Lander:
         last_record_at = time.monotonic()
         validator = self.validator
         try:
+            stats = self.stats
             while not self._stop.is_set():
+                began = time.perf_counter()
                 polled = self.consumer.poll(timeout_ms=200, max_records=self.commit_max_events)
+                polled_at = time.perf_counter()
+                stats.poll_s += polled_at - began
                 now = time.monotonic()
                 for tp, records in polled.items():
                     add = self._batch.add
                     for record in records:
                         add(tp.topic, tp.partition, record.offset, record.value, validator)
-                    self.stats.consumed += len(records)
+                    stats.consumed += len(records)
                     last_record_at = now
+                stats.validate_s += time.perf_counter() - polled_at
                 batch = self._batch
                 if batch.last_offsets and (
                     len(batch) >= self.commit_max_events
@@ -317,7 +329,9 @@ class Lander:
                         on_commit(self.stats)
                 if max_events is not None and self.stats.consumed >= max_events:
                     break
-                if idle_exit_s is not None and now - last_record_at >= idle_exit_s:
+                if (idle_exit_s is not None and self._assigned_at
+                        and now - max(last_record_at, self._assigned_at) >= idle_exit_s
+                        and self._caught_up()):
                     break
             if self._batch.last_offsets:
                 self._commit()
@@ -325,10 +339,20 @@ class Lander:
             self.consumer.close()
         return self.stats
 
+    def _caught_up(self) -> bool:
+        """True when every owned partition has been read to its end."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return False
+        ends = self.consumer.end_offsets(list(assigned))
+        return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
+
     def _commit(self) -> None:
+        began = time.perf_counter()
         batch, self._batch = self._batch, PendingBatch()
         commit_batch(self.dataset, batch, self.landed, self.dead_letters, self.stats,
                      writer=self.writer)
+        self.stats.commit_s += time.perf_counter() - began
         offsets = _group_offsets(batch.last_offsets)
         if offsets:
             try:  # lag metrics only; the table is the source of truth
