@@ -33,6 +33,11 @@ class Settings:
     master_uri: str = ""
     # Lander: commit when either bound is reached (size-or-time rule).
     lander_group: str = "lamina-lander"
+    # Static group membership (KIP-345): a lander restarted with the same id
+    # takes its partitions back at once instead of after the session timeout.
+    # Give each lander its own stable id (e.g. the pod name); empty = dynamic.
+    lander_instance_id: str = ""
+    lander_session_timeout_ms: int = 10_000
     commit_max_events: int = 50_000
     commit_max_seconds: float = 2.0
     # Drop an event_id seen before within this many hours of event time.

@@ -59,3 +59,6 @@ def configure(level: str | None = None) -> None:
         root.addHandler(handler)
     root.setLevel(getattr(logging, level_name, logging.INFO))
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # A fresh group coordinator answers NotCoordinator while it loads; the
+    # client retries, so these warnings only alarm people.
+    logging.getLogger("kafka.coordinator").setLevel(logging.ERROR)

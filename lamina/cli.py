@@ -1,0 +1,436 @@
+"""`lamina`: one command line for the platform.
+
+Every subcommand loads the settings once (defaults < `--config FILE` or
+lamina.toml < `LAMINA_*` variables), does one thing, and turns a LaminaError
+into one line on stderr and exit code 2. Heavy imports happen inside the
+subcommand that needs them, so `lamina --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lamina import __version__
+from lamina.config import Settings, load_settings
+from lamina.errors import ConfigError, LaminaError
+from lamina.logs import configure
+
+# --- helpers ---------------------------------------------------------------
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _utc_ms(text: str) -> int:
+    """Parse an ISO-8601 UTC time (naive means UTC) to epoch milliseconds."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"'{text}' is not an ISO-8601 time (e.g. 2026-01-01 or 2026-01-01T12:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+# --- infra -----------------------------------------------------------------
+
+
+def cmd_infra(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
+    from lamina import broker
+
+    if args.action == "up":
+        info = broker.infra_up(settings, mode=args.mode)
+        print(json.dumps(dataclasses.asdict(info), indent=2, default=str))
+        if not info.already_running:
+            print(f"Kafka is up at {info.bootstrap_servers}; stop it with `lamina infra down`",
+                  file=sys.stderr)
+    elif args.action == "down":
+        stopped = broker.infra_down(settings)
+        print(json.dumps({"stopped": stopped}))
+    else:
+        status = broker.infra_status(settings)
+        print(json.dumps(status, indent=2, default=str))
+        return 0 if status.get("running") else 1
+    return 0
+
+
+# --- generate --------------------------------------------------------------
+
+
+def _generator_config(args: argparse.Namespace) -> Any:
+    from lamina.generator import GeneratorConfig
+
+    fields: dict[str, Any] = {"seed": args.seed, "transactions": args.transactions}
+    for name in ("cards", "merchants", "days", "late_fraction", "malformed_fraction",
+                 "duplicate_fraction"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.start is not None:
+        fields["start"] = _utc_ms(args.start)
+    if args.drift_at is not None:
+        fields["drift_at"] = None if args.drift_at == "none" else _utc_ms(args.drift_at)
+    return GeneratorConfig(**fields)
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina import generator
+
+    config = _generator_config(args)
+    if args.out is not None:
+        files = generator.write_files(config, Path(args.out))
+        print(json.dumps({"files": [str(f) for f in files]}, indent=2))
+        return 0
+    topic = args.topic or settings.raw_topic
+    counts = generator.produce(config, settings.bootstrap_servers, topic,
+                               rate=args.rate, progress=not args.quiet)
+    print(json.dumps({"topic": topic, "produced": counts}, indent=2))
+    return 0
+
+
+# --- land / import ----------------------------------------------------------
+
+
+def _dataset(settings: Settings) -> Any:
+    from lamina.master.dataset import MasterDataset
+
+    return MasterDataset(settings.master_path)
+
+
+def _validator(settings: Settings) -> Any:
+    from lamina.schemas.validation import EventValidator
+
+    return EventValidator(max_event_bytes=settings.max_event_bytes)
+
+
+def run_lander(settings: Settings, *, idle_exit_s: float | None = None,
+               max_events: int | None = None, progress: bool = True) -> Any:
+    """Start a lander with the settings; returns its LanderStats."""
+    from tqdm import tqdm
+
+    from lamina import kafkaio
+    from lamina.master.deadletters import KafkaDeadLetters
+    from lamina.master.lander import Lander
+
+    consumer = kafkaio.make_consumer(
+        settings.bootstrap_servers,
+        group_id=settings.lander_group,
+        group_instance_id=settings.lander_instance_id or None,
+        session_timeout_ms=settings.lander_session_timeout_ms,
+    )
+    producer = kafkaio.make_producer(settings.bootstrap_servers)
+    lander = Lander(
+        dataset=_dataset(settings),
+        consumer=consumer,
+        topic=settings.raw_topic,
+        dead_letters=KafkaDeadLetters(producer, settings.dlq_topic),
+        validator=_validator(settings),
+        commit_max_events=settings.commit_max_events,
+        commit_max_seconds=settings.commit_max_seconds,
+        dedup_horizon_ms=int(settings.dedup_horizon_hours * 3600 * 1000),
+    )
+    lander.install_signal_handlers()
+    bar = tqdm(unit=" events", desc="landing", disable=not progress)
+
+    def show(stats: Any) -> None:
+        bar.n = stats.consumed
+        bar.set_postfix(landed=stats.landed, dead=stats.dead_lettered,
+                        dup=stats.duplicates_dropped, snapshot=stats.last_snapshot)
+
+    try:
+        stats = lander.run(idle_exit_s=idle_exit_s, max_events=max_events, on_commit=show)
+        show(stats)
+    finally:
+        bar.close()
+        producer.close()
+    return stats
+
+
+def cmd_land(args: argparse.Namespace, settings: Settings) -> int:
+    stats = run_lander(settings, idle_exit_s=args.idle_exit, max_events=args.max_events,
+                       progress=not args.quiet)
+    print(json.dumps(vars(stats), indent=2))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.master.importer import import_files
+
+    results = import_files(
+        _dataset(settings),
+        [Path(p) for p in args.files],
+        _validator(settings),
+        settings.home / "deadletters",
+        batch_size=settings.commit_max_events,
+        dedup_horizon_ms=int(settings.dedup_horizon_hours * 3600 * 1000),
+        progress=not args.quiet,
+    )
+    print(json.dumps([
+        {"file": str(r.path), "source": r.source, "lines": r.lines, "landed": r.stats.landed,
+         "dead_letters": r.stats.dead_lettered, "duplicates": r.stats.duplicates_dropped,
+         "dead_letter_file": str(r.dead_letter_file) if r.dead_letter_file else None,
+         "snapshot": r.stats.last_snapshot}
+        for r in results
+    ], indent=2))
+    return 0
+
+
+# --- dataset ---------------------------------------------------------------
+
+
+def print_dataset_info(info: dict[str, Any]) -> None:
+    print(f"master dataset  {info['uri']}")
+    print(f"snapshot        {info['snapshot']}  ({info['snapshots']} snapshots)")
+    print(f"rows            {info['rows']:,}")
+    print(f"size            {_human_bytes(info['bytes'])} in {info['files']} files")
+    if info["partitions"]:
+        print(f"\n{'event_type':<14}{'event_date':<12}{'rows':>12}{'files':>7}{'size':>12}")
+        for p in info["partitions"]:
+            print(f"{p['event_type']:<14}{p['event_date']:<12}{p['rows']:>12,}"
+                  f"{p['files']:>7}{_human_bytes(p['bytes']):>12}")
+    if info["offsets"]:
+        print("\nsource offsets landed (Delta transaction ids)")
+        for app, version in info["offsets"].items():
+            print(f"  {app:<40} {version}")
+
+
+def cmd_dataset(args: argparse.Namespace, settings: Settings) -> int:
+    dataset = _dataset(settings)
+    if args.action == "info":
+        info = dataset.info()
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print_dataset_info(info)
+    elif args.action == "snapshots":
+        for s in dataset.snapshots(args.limit):
+            when = datetime.fromtimestamp(s.timestamp_ms / 1000, UTC).isoformat(timespec="seconds")
+            print(f"{s.version:>6}  {when}  {s.operation:<10} rows+={s.rows_added:<8} "
+                  f"{json.dumps(s.metadata) if s.metadata else ''}")
+    elif args.action == "compact":
+        print(json.dumps(dataset.compact(), indent=2, default=str))
+    return 0
+
+
+# --- schemas ---------------------------------------------------------------
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.schemas import compat
+    from lamina.schemas.registry import default_registry
+
+    if args.action == "list":
+        registry = default_registry()
+        for event_type in registry.event_types():
+            versions = ", ".join(f"v{v}" for v in registry.versions(event_type))
+            print(f"{event_type:<14} {versions}  entity key: "
+                  f"{registry.entity_key(event_type, registry.latest(event_type))}")
+        return 0
+    problems = compat.check_command(None, Path(args.new) if args.new else None, None)
+    if not any(problems.values()):
+        checked = ", ".join(problems) or "nothing"
+        print(f"compatible: {checked}")
+        return 0
+    for subject, issues in problems.items():
+        for issue in issues:
+            print(f"{subject}: {issue}")
+    return 1
+
+
+# --- demo ------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Start Kafka, generate events, land them, print what landed."""
+    import dataclasses
+    import shutil
+
+    from lamina import broker, generator
+    from lamina.schemas.topics import default_topics
+
+    home = settings.home / "demo"
+    if home.exists():
+        shutil.rmtree(home)  # a demo starts from nothing, every time
+    demo = dataclasses.replace(settings, home=home, master_uri="")
+    print(f"[1/4] starting Kafka (single KRaft node, free loopback ports) under {home}/kafka")
+    # Kafka's jars stay where the bootstrap put them (settings.home).
+    started = broker.KafkaCluster(home / "kafka", broker.kafka_libs(settings), nodes=1)
+    started.start()
+    try:
+        demo = dataclasses.replace(demo, bootstrap_servers=started.bootstrap_servers)
+        started.create_topics(
+            default_topics(demo.raw_topic, demo.dlq_topic, demo.raw_partitions))
+        config = _generator_config(args)
+        print(f"[2/4] producing {config.transactions:,} transactions (+ labels, late, duplicate "
+              f"and malformed events) to {demo.raw_topic} at {demo.bootstrap_servers}")
+        counts = generator.produce(config, demo.bootstrap_servers, demo.raw_topic,
+                                   rate=args.rate, progress=not args.quiet)
+        print(f"      produced {counts}")
+        print(f"[3/4] landing into the master dataset at {demo.master_path}")
+        began = time.monotonic()
+        stats = run_lander(demo, idle_exit_s=3.0, progress=not args.quiet)
+        took = time.monotonic() - began
+        print(f"      landed {stats.landed:,}, dead-lettered {stats.dead_lettered:,}, "
+              f"duplicates dropped {stats.duplicates_dropped:,} in {stats.commits} commits "
+              f"({took:.1f} s including the idle wait)")
+        expected = counts.get("valid", 0)
+        if stats.landed != expected or stats.dead_lettered != counts.get("malformed", 0):
+            print(f"      MISMATCH: the generator sent {expected} valid events", file=sys.stderr)
+            return 1
+        print("[4/4] what landed:\n")
+        print_dataset_info(_dataset(demo).info())
+    finally:
+        started.stop()
+    return 0
+
+
+# --- parser ----------------------------------------------------------------
+
+
+def _add_generator_args(p: argparse.ArgumentParser, transactions: int) -> None:
+    p.add_argument("--transactions", type=_positive_int, default=transactions,
+                   help=f"transaction events to generate (default {transactions:,}); "
+                        "labels come on top")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--cards", type=_positive_int, help="number of cards")
+    p.add_argument("--merchants", type=_positive_int, help="number of merchants")
+    p.add_argument("--days", type=_positive_float, help="days of event time covered")
+    p.add_argument("--start", help="first event time, ISO-8601 UTC (default 2026-01-01)")
+    p.add_argument("--drift-at", help="when the fraud pattern changes, ISO-8601 UTC, "
+                                      "or 'none' (default: two thirds through)")
+    p.add_argument("--late-fraction", type=_fraction, help="share of late events")
+    p.add_argument("--malformed-fraction", type=_fraction, help="share of malformed events")
+    p.add_argument("--duplicate-fraction", type=_fraction, help="share of producer resends")
+    p.add_argument("--rate", type=_positive_float, help="events/s limit when producing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamina",
+        description="Lamina: raw events kept forever, views and models recomputed from them.",
+    )
+    parser.add_argument("--version", action="version", version=f"lamina {__version__}")
+    parser.add_argument("--config", help="TOML settings file (default: ./lamina.toml if present)")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="start Kafka, generate events, land them, show what landed",
+                       description=cmd_demo.__doc__)
+    _add_generator_args(p, transactions=50_000)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("infra", help="start, stop or inspect the local Kafka (KRaft) runtime",
+                       description="Kafka from its published jars (fetched by "
+                                   "infra/bootstrap.sh), on 127.0.0.1, daemonised.")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--mode", choices=["single", "cluster"], default="single",
+                   help="one node (default) or three nodes with replication 3, min.insync 2")
+    p.set_defaults(func=cmd_infra)
+
+    p = sub.add_parser("generate", help="generate card-transaction events to Kafka or files",
+                       description="Synthetic card transactions with a planted, drifting "
+                                   "fraud signal; deterministic for a seed.")
+    _add_generator_args(p, transactions=50_000)
+    p.add_argument("--out", help="write JSON-lines files to this folder instead of Kafka")
+    p.add_argument("--topic", help="topic to produce to (default: the raw topic)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("land", help="run the lander: Kafka -> master dataset, exactly-once",
+                       description="Consume the raw topic, validate, dead-letter bad events, "
+                                   "and commit rows with their offsets to the master dataset.")
+    p.add_argument("--idle-exit", type=_positive_float, metavar="SECONDS",
+                   help="stop after this long without new events (default: run until "
+                        "SIGTERM/Ctrl-C)")
+    p.add_argument("--max-events", type=_positive_int, help="stop after consuming this many")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_land)
+
+    p = sub.add_parser("import", help="backfill JSON-lines files through the same validation",
+                       description="Each line is one event. Re-importing a file is a no-op; "
+                                   "invalid lines go to a dead-letter file.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("dataset", help="inspect or compact the master dataset")
+    p.add_argument("action", choices=["info", "snapshots", "compact"],
+                   help="info: rows/bytes per partition and offsets; snapshots: the "
+                        "commit history; compact: merge small files into a new snapshot")
+    p.add_argument("--json", action="store_true", help="info as JSON")
+    p.add_argument("--limit", type=_positive_int, default=20, help="snapshots to list")
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("schemas", help="list event schemas or check compatibility",
+                       description="check: every schema version must be backward compatible "
+                                   "with the previous one; --new FILE checks a proposed one.")
+    p.add_argument("action", choices=["list", "check"])
+    p.add_argument("--new", metavar="FILE", help="a proposed schema file to check")
+    p.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure(args.log_level)
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        settings = load_settings(args.config)
+        return func(args, settings)
+    except LaminaError as exc:
+        print(f"lamina {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lamina {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
