@@ -240,3 +240,81 @@ def test_binary_garbage_is_dead_lettered_and_never_stops_the_lander(kafka, tmp_p
     letters = read_topic(bootstrap, dlq, len(garbage))
     assert sorted(m.value for m in letters) == sorted(garbage)
     assert set(landed_ids(master)) == {f"tx-{n}" for n in range(len(good))}
+
+
+def commits_by_writer(master: Path) -> Counter[str]:
+    """How many commits each lander process (host:pid) made."""
+    table = MasterDataset(str(master)).table() if MasterDataset(str(master)).exists() else None
+    if table is None:
+        return Counter()
+    return Counter(str(e.get("lamina.writer")) for e in table.history() if e.get("lamina.writer"))
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_landers_and_a_paused_zombie_land_each_event_exactly_once(kafka, tmp_path):
+    """Lander A is frozen (SIGSTOP) past its session timeout, likely holding
+    an uncommitted batch; B takes A's partitions over and lands them; then A
+    wakes up (SIGCONT) and commits what it held. The offsets in the table
+    fence it: nothing lands twice, nothing is lost."""
+    bootstrap = kafka.bootstrap_servers
+    raw, dlq = new_topics(bootstrap, partitions=4)
+    records = list(generate(GeneratorConfig(seed=5, transactions=30_000, cards=1500, days=3.0)))
+    phases = [records[:15_000], records[15_000:22_000], records[22_000:]]
+
+    def valid_ids(upto: int) -> set[str]:
+        return {r.event_id for phase in phases[:upto] for r in phase  # type: ignore[misc]
+                if r.kind == "valid"}
+
+    home = tmp_path / "home"
+    master = home / "master"
+    env = lander_env(bootstrap, raw, dlq, home)
+    del env["LAMINA_LANDER_INSTANCE_ID"]  # dynamic membership: B must take over
+    env.update({"LAMINA_LANDER_SESSION_TIMEOUT_MS": "6000",
+                # Long enough that A is likely to hold a batch when frozen.
+                "LAMINA_COMMIT_MAX_SECONDS": "4.0", "LAMINA_COMMIT_MAX_EVENTS": "50000"})
+    log = (tmp_path / "landers.log").open("ab")
+    command = [sys.executable, "-m", "lamina.cli", "land", "--quiet"]
+
+    def landed_set() -> set[str]:
+        return set(landed_ids(master)) if MasterDataset(str(master)).exists() else set()
+
+    lander_a = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    lander_b = None
+    try:
+        produce_all(bootstrap, raw, [(r.key, r.value) for r in phases[0]])
+        wait_for(lambda: landed_set() == valid_ids(1), 90, "A to land phase 1")
+
+        lander_b = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        produce_all(bootstrap, raw, [(r.key, r.value) for r in phases[1]])
+        wait_for(lambda: landed_set() == valid_ids(2), 90, "A and B to land phase 2")
+        pid_b = lander_b.pid
+        assert any(w.endswith(f":{pid_b}") for w in commits_by_writer(master)), \
+            "B never got partitions"
+
+        producer = threading.Thread(target=produce_all, args=(
+            bootstrap, raw, [(r.key, r.value) for r in phases[2]]))
+        producer.start()
+        time.sleep(0.5)
+        lander_a.send_signal(signal.SIGSTOP)  # A becomes a zombie mid-phase 3
+        producer.join()
+        # B alone lands everything once A's session has expired.
+        wait_for(lambda: landed_set() == valid_ids(3), 120, "B to take over A's partitions")
+        lander_a.send_signal(signal.SIGCONT)
+        time.sleep(5.0)  # the zombie wakes, commits what it held, rejoins
+    finally:
+        for proc in (lander_a, lander_b):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()  # graceful: commits what it holds, then exits
+                proc.wait(timeout=60)
+
+    counts = landed_ids(master)
+    assert [e for e, n in counts.items() if n > 1] == []
+    assert set(counts) == valid_ids(3)
