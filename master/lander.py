@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lamina.errors import InfraError
 from lamina.logs import get_logger
 from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
 from lamina.master.deadletters import DeadLetter, DeadLetterSink
@@ -291,6 +292,14 @@ class Lander:
             def on_partitions_assigned(self, assigned: Any) -> None:
                 lander.on_partitions_assigned(assigned)
 
+        # Fetch the topic's metadata first: kafka-python 3.0.12 otherwise often
+        # joins with no partitions known, gets an empty assignment, and may
+        # not apply the rejoin that follows (seen in the benchmarks).
+        if not self.consumer.partitions_for_topic(self.topic):
+            raise InfraError(
+                f"topic {self.topic} does not exist on the broker; create it with "
+                "`lamina infra up` (local) or your cluster's tooling"
+            )
         self.consumer.subscribe([self.topic], listener=_Listener())
 
     def run(

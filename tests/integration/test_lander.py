@@ -291,7 +291,12 @@ def test_two_landers_and_a_paused_zombie_land_each_event_exactly_once(kafka, tmp
         produce_all(bootstrap, raw, [(r.key, r.value) for r in phases[0]])
         wait_for(lambda: landed_set() == valid_ids(1), 90, "A to land phase 1")
 
-        lander_b = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        b_log_path = tmp_path / "lander-b.log"
+        with b_log_path.open("ab") as b_log:
+            lander_b = subprocess.Popen(command, env=env, stdout=b_log, stderr=b_log)
+        # Produce phase 2 only once the group has shared the partitions out.
+        wait_for(lambda: b"partition assigned" in b_log_path.read_bytes(), 90,
+                 "B to be assigned partitions")
         produce_all(bootstrap, raw, [(r.key, r.value) for r in phases[1]])
         wait_for(lambda: landed_set() == valid_ids(2), 90, "A and B to land phase 2")
         pid_b = lander_b.pid

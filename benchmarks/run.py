@@ -1,0 +1,492 @@
+"""Lamina's landing benchmarks, each figure beside its reference in the same run.
+
+How to run
+----------
+    make bench                                   # = .venv/bin/python -m benchmarks.run
+    .venv/bin/python -m benchmarks.run --quick   # 100k records: a smoke run
+    .venv/bin/python -m benchmarks.run --events 300000 --only lander
+    .venv/bin/python -m benchmarks.run --quick --no-append   # print only
+
+The run starts its own single-node Kafka (temporary directory, random ports),
+prints a markdown table and appends it, with the machine, UTC date, git commit
+and this command, to docs/benchmarks.md. It never runs in the test suite.
+
+Setup
+-----
+* The broker's JVM is pinned to core 1 (`taskset -a -cp 1`, every thread),
+  this process (and so every client thread it starts) to core 0, kcat with
+  `taskset -c 0`: client and broker never fight for a core. Without two
+  cores or taskset nothing is pinned, and the notes say so.
+* `bench.raw` (3 partitions) is loaded with the first N records of the
+  generator (transactions=N; labels, duplicates and malformed records at the
+  generator's default fractions), keyed like a producer keys them, with
+  confluent-kafka. Loading is not timed as a figure.
+* Every figure is run twice, interleaved round by round with its
+  reference, and the better run of each is reported (both are in the note).
+
+Figures (events/s are records of the topic per second of wall time)
+-------------------------------------------------------------------
+* kafka-python raw consume -- THE REFERENCE. `lamina.kafkaio.make_consumer`
+  settings (the lander's client), the 3 partitions assigned, seek to the
+  beginning, poll until N records; from creating the consumer to closing it.
+* confluent-kafka / kcat raw consume -- the client tax: the same read with
+  librdkafka (`consume(num_messages=10000)`, no commits) and with kcat
+  (`-o beginning -e -q -f '%o\\n'`, lines counted, process start included).
+  Ratio to kafka-python.
+* lander committed -- `Lander` with its default commit rule (50k events or
+  2 s), a unique consumer group, dead letters to `bench.dlq`, a fresh
+  `MasterDataset`, `run(max_events=N)`; from creating the consumer until
+  `run` returns with everything committed. Records consumed per second, and
+  rows landed per second, as a ratio to the reference (target >= 0.5x).
+  Then the time split of `LanderStats`: poll_s (Kafka), validate_s
+  (validation and buffering), commit_s (dedup, dead letters, Delta commit)
+  and the rest (group join, table creation, close), as shares of the wall
+  time. A watchdog stops a lander that makes no progress for 20 s (a start
+  that consumed nothing is retried, up to 3 times, and listed in the notes;
+  a stall midway fails the run). Afterwards the table is checked: row
+  count == landed == the generator's valid events, each once; dead letters
+  == malformed records; duplicates dropped == duplicates produced. A
+  mismatch fails the run.
+* validation alone -- `EventValidator.validate` over the N loaded values in
+  memory on one core, as a ratio to the reference: it must be well above 1x
+  or validation alone caps the lander.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks import consume
+from benchmarks.common import (
+    DLQ_TOPIC,
+    RAW_PARTITIONS,
+    RAW_TOPIC,
+    BenchmarkError,
+    Timed,
+    best_of,
+    fmt_rate,
+    fmt_ratio,
+)
+from benchmarks.landing import (
+    STALL_S,
+    LanderRun,
+    LoadedTopic,
+    check_landed,
+    land,
+    load_topic,
+)
+from benchmarks.machine import (
+    BENCH_CORE,
+    BROKER_CORE,
+    can_pin,
+    describe_machine,
+    git_commit,
+    load_average,
+    pin_pid_threads,
+    pin_self,
+)
+from benchmarks.report import Row, append_section, render_section
+from benchmarks.validation import validation_rate
+from lamina import kafkaio
+from lamina.broker import KafkaCluster, create_topics, kafka_libs
+from lamina.errors import LaminaError
+from lamina.generator import KIND_DUPLICATE, KIND_VALID
+from lamina.logs import configure as configure_logging
+from lamina.schemas.topics import TopicSpec
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT = REPO / "docs" / "benchmarks.md"
+DEFAULT_EVENTS = 1_000_000
+QUICK_EVENTS = 100_000
+ROUNDS = 2
+SUITES = ("lander", "validation", "clients")
+LANDER_TARGET = 0.5
+LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
+
+
+@dataclass
+class Results:
+    """Every run of every figure (ROUNDS each), in the order they ran."""
+
+    raw: list[Timed] = field(default_factory=list)
+    confluent: list[Timed] = field(default_factory=list)
+    kcat: list[Timed] = field(default_factory=list)
+    kcat_missing: bool = False
+    lander: list[LanderRun] = field(default_factory=list)
+    lander_stalls: list[str] = field(default_factory=list)
+    validation: list[Timed] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -- arguments ---------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Lamina's landing benchmarks; appends a table to docs/benchmarks.md.",
+    )
+    parser.add_argument("--events", type=int, default=None,
+                        help=f"records in the topic (default {DEFAULT_EVENTS:,})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run with {QUICK_EVENTS:,} records (unless --events)")
+    parser.add_argument("--only", default=",".join(SUITES),
+                        help="comma-separated subset of " + ",".join(SUITES)
+                        + "; the kafka-python reference always runs")
+    parser.add_argument("--no-append", action="store_true",
+                        help="print the table only; do not append it to docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.events is None:
+        args.events = QUICK_EVENTS if args.quick else DEFAULT_EVENTS
+    if args.events < 1:
+        parser.error("--events must be at least 1")
+    args.suites = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = args.suites - set(SUITES)
+    if unknown or not args.suites:
+        parser.error(f"--only takes names from {','.join(SUITES)}, got {args.only!r}")
+    return args
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command as typed from the repo root, e.g.
+    `.venv/bin/python -m benchmarks.run --quick`."""
+    python = Path(sys.executable)
+    try:
+        shown = str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python)
+    except ValueError:
+        shown = str(python)
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join([shown, "-m", "benchmarks.run", *args])
+
+
+# -- the broker --------------------------------------------------------------
+
+
+def start_broker(workdir: Path) -> KafkaCluster:
+    cluster = KafkaCluster(workdir / "kafka", kafka_libs(REPO / ".lamina"), nodes=1)
+    say(f"starting Kafka in {cluster.cluster_dir}")
+    cluster.start()
+    return cluster
+
+
+def pin_cores(cluster: KafkaCluster) -> tuple[bool, str]:
+    """Broker on BROKER_CORE, this process on BENCH_CORE; returns whether it
+    pinned, and the note saying what it did."""
+    if not can_pin():
+        return False, ("Nothing pinned (needs cores 0 and 1 and taskset): client and broker "
+                       "share the CPUs.")
+    pids = [pid for pid in cluster.pids if pid is not None]
+    for pid in pids:
+        pin_pid_threads(pid, BROKER_CORE)
+    pin_self(BENCH_CORE)
+    return True, (f"The broker's JVM (pid {', '.join(map(str, pids))}) is pinned to core "
+            f"{BROKER_CORE} (`taskset -a -cp {BROKER_CORE}`, all threads); this process and "
+            f"its client threads to core {BENCH_CORE} (`os.sched_setaffinity`), kcat with "
+            f"`taskset -c {BENCH_CORE}`.")
+
+
+def create_bench_topics(bootstrap: str) -> None:
+    create_topics(bootstrap, [TopicSpec(RAW_TOPIC, RAW_PARTITIONS, -1),
+                              TopicSpec(DLQ_TOPIC, 1, -1)])
+
+
+def warm_up_group_coordinator(bootstrap: str) -> None:
+    """Commit one group offset so the broker creates `__consumer_offsets`
+    and loads the coordinator now: a fresh broker does that on the first
+    group use, and it must not be timed as part of the first lander run."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = kafkaio.make_consumer(bootstrap, group_id="bench-warm-up")
+    try:
+        tp = TopicPartition(DLQ_TOPIC, 0)
+        consumer.assign([tp])
+        consumer.commit({tp: OffsetAndMetadata(0, "", -1)})
+    finally:
+        consumer.close()
+
+
+# -- measuring ---------------------------------------------------------------
+
+
+def measure(bootstrap: str, loaded: LoadedTopic, suites: set[str], workdir: Path,
+            pinned: bool) -> Results:
+    """ROUNDS rounds of reference, clients and lander, then validation."""
+    results = Results()
+    n = loaded.records
+    results.kcat_missing = consume.kcat_version() is None
+    for round_no in range(1, ROUNDS + 1):
+        results.raw.append(consume.kafka_python_raw(bootstrap, RAW_TOPIC, RAW_PARTITIONS, n))
+        say(f"round {round_no}: kafka-python raw {fmt_rate(results.raw[-1].rate)}")
+        if "clients" in suites:
+            results.confluent.append(consume.confluent_raw(bootstrap, RAW_TOPIC,
+                                                           RAW_PARTITIONS, n))
+            say(f"round {round_no}: confluent-kafka raw {fmt_rate(results.confluent[-1].rate)}")
+            if not results.kcat_missing:
+                results.kcat.append(consume.kcat_raw(bootstrap, RAW_TOPIC, n, pinned))
+                say(f"round {round_no}: kcat raw {fmt_rate(results.kcat[-1].rate)}")
+        if "lander" in suites:
+            run = land_checked(bootstrap, loaded, workdir, round_no, results)
+            results.lander.append(run)
+            say(f"round {round_no}: lander {fmt_rate(run.consumed_rate)} "
+                f"({run.seconds:.1f} s, {run.stats.commits} commits, checked)")
+    if "validation" in suites:
+        expected_valid = loaded.kinds[KIND_VALID] + loaded.kinds[KIND_DUPLICATE]
+        for round_no in range(1, ROUNDS + 1):
+            results.validation.append(validation_rate(loaded.values, expected_valid))
+            say(f"round {round_no}: validation {fmt_rate(results.validation[-1].rate)}")
+    return results
+
+
+def land_checked(bootstrap: str, loaded: LoadedTopic, workdir: Path, round_no: int,
+                 results: Results) -> LanderRun:
+    """One lander run that landed everything, checked; a start that never
+    consumed anything (see LanderRun.stalled_at_start) is noted and retried."""
+    for attempt in range(1, LANDER_ATTEMPTS + 1):
+        dataset_dir = workdir / f"master-{round_no}-{attempt}"
+        run = land(bootstrap, RAW_TOPIC, DLQ_TOPIC, loaded.records, dataset_dir)
+        if run.stalled_at_start:
+            results.lander_stalls.append(f"round {round_no}, attempt {attempt}: {run.stall}")
+            say(f"round {round_no}: the lander consumed nothing and was stopped: {run.stall} "
+                f"(attempt {attempt} of {LANDER_ATTEMPTS})")
+            shutil.rmtree(dataset_dir, ignore_errors=True)
+            continue
+        check_landed(run, loaded)
+        shutil.rmtree(dataset_dir, ignore_errors=True)
+        return run
+    raise BenchmarkError(f"the lander consumed nothing in {LANDER_ATTEMPTS} attempts: "
+                         + "; ".join(results.lander_stalls))
+
+
+# -- the table -----------------------------------------------------------------
+
+
+def _runs(rates: list[float]) -> str:
+    return f"best of {len(rates)}: " + ", ".join(f"{r:,.0f}" for r in rates)
+
+
+def _cpu(share: float | None) -> str:
+    return "" if share is None else f"; CPU {share:.0%} of wall"
+
+
+def _rate_row(figure: str, runs: list[Timed], ref: Timed, target: str, note: str) -> Row:
+    best = best_of(runs, lambda t: t.rate)
+    return Row(figure, fmt_rate(best.rate), f"kafka-python raw {fmt_rate(ref.rate)}",
+               fmt_ratio(best.rate / ref.rate), target,
+               f"{note}{_cpu(best.cpu_share)}; {_runs([t.rate for t in runs])}")
+
+
+def build_rows(results: Results, loaded: LoadedTopic, suites: set[str]) -> list[Row]:
+    ref = best_of(results.raw, lambda t: t.rate)
+    rows = [Row("kafka-python raw consume (reference)", fmt_rate(ref.rate), "—", "1.00×", "—",
+                f"make_consumer settings, 3 partitions assigned, from the beginning; "
+                f"{ref.seconds:.2f} s for {ref.events:,} records{_cpu(ref.cpu_share)}; "
+                f"{_runs([t.rate for t in results.raw])}")]
+    if "clients" in suites:
+        rows.append(_rate_row("confluent-kafka raw consume", results.confluent, ref, "—",
+                              "client tax: librdkafka, consume(num_messages=10000), no commits"))
+        if results.kcat:
+            rows.append(_rate_row("kcat raw consume", results.kcat, ref, "—",
+                                  "`kcat -C -o beginning -e -q -f '%o\\n'`, lines counted, "
+                                  "process start included"))
+        else:
+            rows.append(Row("kcat raw consume", "not measured", "—", "—", "—",
+                            "kcat is not installed (`apt-get install -y kcat`)"))
+    if "lander" in suites:
+        rows += lander_rows(results.lander, len(results.lander_stalls), ref)
+    if "validation" in suites:
+        best = best_of(results.validation, lambda t: t.rate)
+        cpu = f"{best.cpu_rate:,.0f} ev/s" if best.cpu_rate else "n/a"
+        rows.append(_rate_row("validation alone (EventValidator.validate)", results.validation,
+                              ref, "≫ 1× (not the bottleneck)",
+                              f"{loaded.records:,} loaded values in memory, one core; per CPU "
+                              f"second of the thread {cpu} (wall is lower when other "
+                              "processes share the core)"))
+    return rows
+
+
+def lander_rows(runs: list[LanderRun], stalls: int, ref: Timed) -> list[Row]:
+    best = best_of(runs, lambda r: r.consumed_rate)
+    stalled = (f"; {stalls} more start(s) consumed nothing and were retried (see notes)"
+               if stalls else "")
+    stats, wall = best.stats, best.seconds
+    ratio = best.consumed_rate / ref.rate
+    met = "met" if ratio >= LANDER_TARGET else "NOT met"
+    reference = f"kafka-python raw {fmt_rate(ref.rate)}"
+    rows = [
+        Row("lander, records consumed and committed", fmt_rate(best.consumed_rate), reference,
+            fmt_ratio(ratio), f"≥ {LANDER_TARGET:.1f}×",
+            f"target {met}; {stats.consumed:,} records in {wall:.2f} s wall (consumer "
+            f"creation to run() return), {stats.commits} commits"
+            f"{_cpu(best.cpu_seconds / wall)}; "
+            f"{_runs([r.consumed_rate for r in runs])}{stalled}"),
+        Row("lander, rows landed", fmt_rate(best.landed_rate), reference,
+            fmt_ratio(best.landed_rate / ref.rate), "—",
+            f"{stats.landed:,} rows = the valid events, each once (checked in the table); "
+            f"{stats.dead_lettered:,} dead-lettered, {stats.duplicates_dropped:,} duplicates "
+            "dropped"),
+    ]
+    other = wall - stats.poll_s - stats.validate_s - stats.commit_s
+    for figure, seconds, note in (
+        ("lander time: Kafka poll", stats.poll_s, "LanderStats.poll_s"),
+        ("lander time: validate + buffer", stats.validate_s, "LanderStats.validate_s"),
+        ("lander time: commit", stats.commit_s,
+         "LanderStats.commit_s: dedup, dead letters, Arrow batch, Delta commit"),
+        ("lander time: the rest", other,
+         "wall minus the above: group join, table creation, consumer close"),
+    ):
+        rows.append(Row(figure, f"{seconds:.2f} s", f"lander wall {wall:.2f} s",
+                        f"{seconds / wall:.0%}", "—", f"{note} (best lander run)"))
+    return rows
+
+
+# -- the report ----------------------------------------------------------------
+
+
+def versions() -> str:
+    parts = []
+    for dist in ("kafka-python", "confluent-kafka", "deltalake", "pyarrow", "orjson"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    try:
+        import confluent_kafka
+
+        parts.append(f"librdkafka {confluent_kafka.libversion()[0]}")
+    except ImportError:
+        pass
+    parts.append(consume.kcat_version() or "kcat (not installed)")
+    parts.append(f"kafka-python CRC32C: {kafka_python_crc()}")
+    jars = sorted((REPO / ".lamina" / "kafka" / "libs").glob("kafka_2.13-*.jar"))
+    if jars:
+        parts.append("Kafka " + jars[0].stem.removeprefix("kafka_2.13-"))
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the report says about the run besides its figures."""
+
+    command: str
+    commit: str
+    started: datetime
+    load_before: str
+    events: int
+    began: float = field(default_factory=time.monotonic)
+
+
+def run_benchmarks(args: argparse.Namespace) -> tuple[LoadedTopic, Results, str]:
+    """Broker up, cores pinned, topic loaded, figures measured; the broker is
+    always stopped. The work directory is removed on success and kept (and
+    named) on failure. Returns the loaded topic, the results, the pin note."""
+    workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-"))
+    cluster: KafkaCluster | None = None
+    finished = False
+    try:
+        cluster = start_broker(workdir)
+        pinned, pin_note = pin_cores(cluster)
+        bootstrap = cluster.bootstrap_servers
+        create_bench_topics(bootstrap)
+        warm_up_group_coordinator(bootstrap)
+        say(f"loading {args.events:,} records into {RAW_TOPIC}")
+        loaded = load_topic(bootstrap, RAW_TOPIC, args.events)
+        say(f"loaded {loaded.describe()} in {loaded.seconds:.1f} s")
+        results = measure(bootstrap, loaded, args.suites, workdir, pinned)
+        finished = True
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if finished:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"kept {workdir} for inspection (broker log: kafka/node-0/server.log)")
+    return loaded, results, pin_note
+
+
+def report_notes(results: Results, pin_note: str) -> list[str]:
+    notes = [
+        pin_note,
+        f"Each figure ran {ROUNDS} times, interleaved round by round with the reference; "
+        "the better run of each is reported and ratios are best over best.",
+        "CPU % of wall: this process's CPU time (all its threads; for kcat, kcat's plus "
+        "reading its pipe) over the wall time. With the client pinned to one core, well "
+        "under 100 % means it waited for the broker or for other processes on that core.",
+        "Before any figure, one group offset is committed so the broker's group coordinator "
+        "(`__consumer_offsets`) exists: the first lander run does not pay for creating it.",
+    ]
+    if results.lander_stalls:
+        notes.append(
+            f"{len(results.lander_stalls)} lander start(s) consumed nothing for {STALL_S:.0f} s "
+            "and were stopped with `Lander.stop()`, then retried with a fresh dataset and "
+            "group; they are not figures: " + "; ".join(results.lander_stalls) + ". A known "
+            "cause with kafka-python 3.0.12: the first assignment comes before the topic's "
+            "metadata (kafka-python warns `No partition metadata`), the rejoin that follows "
+            "completes after `poll(timeout_ms=200)` gave up, and it is never applied.")
+    return notes
+
+
+def render_report(ctx: RunContext, loaded: LoadedTopic, results: Results, suites: set[str],
+                  pin_note: str) -> str:
+    facts = [
+        ("Date", ctx.started.strftime("%Y-%m-%d %H:%M UTC")),
+        ("Commit", f"`{ctx.commit}`"),
+        ("Command", f"`{ctx.command}`"),
+        ("Machine", describe_machine().describe()),
+        ("Load average (1/5/15 min)", f"{ctx.load_before} at start, {load_average()} at end"),
+        ("Versions", versions()),
+        ("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, {loaded.describe()} "
+                 f"(generator seed 42, defaults but transactions={ctx.events:,}); "
+                 f"loaded in {loaded.seconds:.1f} s, not a figure"),
+        ("Duration", f"{time.monotonic() - ctx.began:.0f} s"),
+    ]
+    title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {ctx.events:,} records · `{ctx.commit}`"
+    return render_section(title, facts, build_rows(results, loaded, suites),
+                          report_notes(results, pin_note))
+
+
+def kafka_python_crc() -> str:
+    """kafka-python checks record CRCs with the `crc32c` C module if it is
+    installed, else in pure Python, which dominates its consume cost."""
+    try:
+        from kafka.record import util
+    except ImportError:
+        return "unknown"
+    pure_python = getattr(util._crc32c, "__module__", "") == "kafka.record._crc32c"
+    return "pure Python (no `crc32c` module)" if pure_python else "C (`crc32c` module)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging("WARNING")
+    # Before anything runs: the commit as checked out, the load as found.
+    ctx = RunContext(command=command_line(argv), commit=git_commit(REPO),
+                     started=datetime.now(UTC), load_before=load_average(),
+                     events=args.events)
+    try:
+        loaded, results, pin_note = run_benchmarks(args)
+    except (BenchmarkError, LaminaError) as exc:
+        say(f"benchmark failed: {exc}")
+        return 1
+    section = render_report(ctx, loaded, results, args.suites, pin_note)
+    print(section)
+    if not args.no_append:
+        append_section(REPORT, section)
+        say(f"appended to {REPORT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
