@@ -173,22 +173,7 @@ def commit_batch(
 
         dead_letters.send(rejects)
         ingest = now_ms()
-        rows = pa.table(
-            [
-                pa.array([batch.event_id[i] for i in keep], pa.string()),
-                pa.array([batch.event_type[i] for i in keep], pa.string()),
-                pa.array([batch.schema_version[i] for i in keep], pa.int32()),
-                pa.array([batch.event_time[i] for i in keep], pa.int64()).cast(
-                    pa.timestamp("ms", tz="UTC")),
-                pa.array([batch.entity_key[i] for i in keep], pa.string()),
-                pa.array([batch.topic[i] for i in keep], pa.string()),
-                pa.array([batch.partition[i] for i in keep], pa.int32()),
-                pa.array([batch.offset[i] for i in keep], pa.int64()),
-                pa.array([ingest] * len(keep), pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-                pa.array([batch.payload[i] for i in keep], pa.binary()),
-            ],
-            schema=_ROW_SCHEMA,
-        )
+        rows = _rows(batch, keep, ingest)
         try:
             snapshot = dataset.append(table, rows, advances, metadata={"lamina.writer": writer})
         except CommitConflict as exc:
@@ -210,6 +195,30 @@ def commit_batch(
     raise CommitConflict(
         f"gave up after {MAX_COMMIT_RETRIES} conflicting commits to {dataset.uri}; "
         "is another lander writing the same partitions?"
+    )
+
+
+def _rows(batch: PendingBatch, keep: list[int], ingest_ms: int) -> pa.Table:
+    """The kept records as an Arrow table (MASTER_SCHEMA minus event_date)."""
+    def pick(column: list[Any]) -> list[Any]:
+        # Usually nothing was dropped: skip the copy.
+        return column if len(keep) == len(column) else [column[i] for i in keep]
+
+    ms = pa.timestamp("ms", tz="UTC")
+    return pa.table(
+        [
+            pa.array(pick(batch.event_id), pa.string()),
+            pa.array(pick(batch.event_type), pa.string()),
+            pa.array(pick(batch.schema_version), pa.int32()),
+            pa.array(pick(batch.event_time), pa.int64()).cast(ms),
+            pa.array(pick(batch.entity_key), pa.string()),
+            pa.array(pick(batch.topic), pa.string()),
+            pa.array(pick(batch.partition), pa.int32()),
+            pa.array(pick(batch.offset), pa.int64()),
+            pa.array([ingest_ms] * len(keep), pa.int64()).cast(ms),
+            pa.array(pick(batch.payload), pa.binary()),
+        ],
+        schema=_ROW_SCHEMA,
     )
 
 
