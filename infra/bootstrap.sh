@@ -29,7 +29,7 @@ if [ "$(cat "$stamp_dir/python" 2>/dev/null)" != "$py_hash" ]; then
   echo "bootstrap: installing pinned Python dependencies"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    -c requirements.lock -e '.[dev]'
+    -c requirements.lock -e '.[dev,batch]'
   .venv/bin/python -m pip check
   echo "$py_hash" > "$stamp_dir/python"
 fi

@@ -1,0 +1,285 @@
+"""What the `lamina train`, `lamina evaluate` and `lamina models` commands
+(and the retraining DAG's tasks) call. Each function does one thing, takes
+plain values (paths, numbers, a registry location), returns a JSON-able dict,
+and raises a LaminaError with an actionable message when it cannot.
+
+- `train_command`: training set (Parquet file/folder or Delta table) ->
+  saved model (+ drift reference profile) -> registered version with its
+  lineage. Idempotent: the model folder and the registry entry are keyed by
+  a hash of (snapshot, code version, features, params, seed, workers), so a
+  retried task returns what the first attempt made.
+- `evaluate_command`: a registered candidate and the champion are scored on
+  the *same* backtest rows; the gate decides; the decision (promote, or
+  reject with reasons) is recorded in the registry. Also reports feature
+  drift (PSI) of the backtest window against the candidate's training data.
+- `models_command`: list / show / champion / audit / promote / rollback.
+
+`registry` everywhere is a `ModelRegistry`, a tracking URI
+(`sqlite:///...`, `http://...`) or a Lamina home directory (the embedded
+`<home>/mlflow.db`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lamina.batch.model import MODEL_CARD, TrainingError, TrainParams, to_pandas
+from lamina.batch.registry import ModelRegistry, RegistryError, code_version
+from lamina.logs import get_logger
+
+log = get_logger(__name__)
+
+DRIFT_PROFILE = "drift_profile.json"
+DEFAULT_SLICES = ("merchant_category", "channel")
+
+
+def default_features() -> tuple[str, ...]:
+    """The model's feature list from the schemas (lamina.schemas.card_views)."""
+    from lamina.schemas.card_views import FEATURES
+
+    return tuple(FEATURES)
+
+
+def open_registry(registry: ModelRegistry | str | Path) -> ModelRegistry:
+    if isinstance(registry, ModelRegistry):
+        return registry
+    if "://" in str(registry):
+        return ModelRegistry(str(registry))
+    return ModelRegistry.local(Path(registry))
+
+
+def read_table(source: Any) -> Any:
+    """A pandas DataFrame from a DataFrame, a pyarrow Table, a Parquet file
+    or folder, or a Delta table folder (latest version)."""
+    if not isinstance(source, str | Path):
+        return to_pandas(source)
+    path = Path(source)
+    if (path / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        return DeltaTable(str(path)).to_pyarrow_table().to_pandas()
+    if not path.exists():
+        raise TrainingError(f"{path} does not exist")
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path)).to_pandas()
+
+
+def run_key(snapshot_id: Any, features: Sequence[str], params: TrainParams, seed: int,
+            workers: int, code: str) -> str:
+    """A stable id for one training run's inputs (for idempotent retries)."""
+    payload = json.dumps({"snapshot_id": snapshot_id, "features": list(features),
+                          "params": params.to_dict(), "seed": seed, "workers": workers,
+                          "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def train_command(
+    training_set: Any,
+    *,
+    models_dir: str | Path,
+    registry: ModelRegistry | str | Path | None = None,
+    snapshot_id: int | str,
+    features: Sequence[str] | None = None,
+    params: TrainParams | dict[str, Any] | None = None,
+    seed: int = 42,
+    workers: int = 0,
+    spark: Any = None,
+    spark_master: str = "local[2]",
+    training_window: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Train a model on a training set and (given a registry) register it.
+
+    `training_set`: a frame or a path (see `read_table`) with the features,
+    `label`, `event_time`, `event_id`. `snapshot_id`: the master-dataset
+    version the training set was built from (recorded in the lineage).
+    `workers=0` trains in this process; `workers>=1` on that many Spark
+    barrier tasks (`spark` or a session on `spark_master`). The model is
+    saved under `models_dir/<run key>/`; the training window defaults to the
+    training set's event-time range. Returns model_dir, version (or None),
+    run_key, history, rows, seconds.
+    """
+    from lamina.batch import drift
+    from lamina.batch.model import save_model, train_local
+
+    began = time.perf_counter()
+    features = tuple(features or default_features())
+    p = TrainParams.from_dict(params)
+    code = code_version()
+    key = run_key(snapshot_id, features, p, seed, workers, code)
+    target = Path(models_dir) / key
+    frame = read_table(training_set)
+    if training_window is None:
+        if "event_time" not in frame.columns or frame.empty:
+            raise TrainingError("give training_window: the training set has no event_time")
+        t = frame["event_time"]
+        training_window = (int(t.min()), int(t.max()) + 1)
+
+    history: dict[str, list[float]] = {}
+    if (target / MODEL_CARD).exists():
+        log.info("model already trained", model_dir=target, run_key=key)
+        history = json.loads((target / MODEL_CARD).read_text()).get("history", {})
+    elif workers == 0:
+        model, history = train_local(frame, features, p, seed)
+        save_model(model, target, features=features, params=p, seed=seed,
+                   extra={"history": history, "snapshot_id": snapshot_id, "run_key": key})
+    else:
+        from lamina.batch.distributed import train_distributed
+
+        session = spark
+        if session is None:
+            from lamina.batch.spark import spark_session
+
+            session = spark_session(spark_master)
+        result = train_distributed(session, frame, features, p, seed, num_workers=workers,
+                                   model_dir=target)
+        history = result.history
+    profile = drift.reference_profile(frame, features)
+    (target / DRIFT_PROFILE).write_text(json.dumps(drift.profile_to_dict(profile)))
+
+    rows, positives = len(frame), int(frame["label"].sum())
+    metrics = {"train_rows": float(rows), "train_positives": float(positives)}
+    for name, values in history.items():
+        if values and name in ("loss", "auc", "examples_per_s"):
+            metrics[f"train_{name}"] = float(values[-1])
+    version = None
+    if registry is not None:
+        lineage = {
+            "snapshot_id": snapshot_id, "code_version": code,
+            "params": {**p.to_dict(), "seed": seed, "workers": workers},
+            "metrics": metrics, "training_window": training_window,
+            "features": list(features), "extra": {"run_key": key},
+        }
+        version = open_registry(registry).register(target, lineage, run_key=key)
+    summary = {"model_dir": str(target), "version": version, "run_key": key,
+               "snapshot_id": snapshot_id, "rows": rows, "positives": positives,
+               "training_window": list(training_window), "history": history,
+               "seconds": round(time.perf_counter() - began, 3)}
+    log.info("trained", run_key=key, version=version, snapshot_id=snapshot_id, rows=rows)
+    return summary
+
+
+def evaluate_command(
+    backtest: Any,
+    *,
+    registry: ModelRegistry | str | Path,
+    candidate: int,
+    slice_columns: Sequence[str] = DEFAULT_SLICES,
+    window: tuple[int, int] | None = None,
+    thresholds: Any = None,
+    apply: bool = True,
+) -> dict[str, Any]:
+    """Evaluate registered version `candidate` against the champion on one
+    backtest window and (if `apply`) promote or reject it.
+
+    `backtest`: frame or path with the features, `label`, `event_time` and
+    the slice columns; it must be later in event time than the candidate's
+    training window (refused otherwise). `thresholds`: a `GateThresholds` or
+    a dict of its fields. A version that was once rolled back is never
+    promoted here (only by `models_command("promote", ...)`). Re-running an
+    evaluation that already rejected the candidate records nothing new.
+    Returns both evaluations' overall metrics, the decision and its reasons,
+    the champion before and after, and the PSI per feature of the backtest
+    against the candidate's training data.
+    """
+    from lamina.batch import drift
+    from lamina.batch.evaluate import Decision, GateThresholds, evaluate_model, gate, json_safe
+    from lamina.batch.model import load_model
+
+    reg = open_registry(registry)
+    frame = read_table(backtest)
+    lineage = reg.lineage(candidate)
+    features = lineage.features
+    if window is None and "event_time" in frame.columns and not frame.empty:
+        window = (int(frame["event_time"].min()), int(frame["event_time"].max()) + 1)
+    if window is not None and window[0] < lineage.training_window[1]:
+        raise TrainingError(
+            f"the backtest window starts at {window[0]}, before the end of version "
+            f"{candidate}'s training window ({lineage.training_window[1]}): a backtest must "
+            "be later in time than the training data")
+    if isinstance(thresholds, dict):
+        thresholds = GateThresholds(**thresholds)
+    slices = [c for c in slice_columns if c in frame.columns]
+
+    candidate_dir = reg.download(candidate)
+    cand_eval = evaluate_model(load_model(candidate_dir), frame, features,
+                               slice_columns=slices, window=window)
+    champion = reg.champion()
+    champ_eval = None
+    if champion is not None and champion != candidate:
+        champ_features = reg.lineage(champion).features
+        champ_eval = evaluate_model(load_model(reg.download(champion)), frame, champ_features,
+                                    slice_columns=slices, window=window)
+    rolled_back = [e for e in reg.audit_log(candidate)
+                   if e.action == "rollback" and e.previous == candidate]
+    if champion == candidate:
+        decision = Decision(True, ["ok: already the champion"])
+    else:
+        decision = gate(cand_eval, champ_eval, thresholds)
+        if rolled_back:
+            # An operator took it out for a reason the backtest may not see;
+            # only a person brings it back (`models promote`).
+            decision = Decision(False, [*decision.reasons, (
+                f"FAIL: version {candidate} was rolled back at {rolled_back[-1].time} "
+                f"({rolled_back[-1].reason}); only `lamina models promote` can bring it back")])
+    reg.record_evaluation(candidate, json_safe({
+        "candidate": cand_eval.to_dict(), "champion_version": champion,
+        "champion": champ_eval.to_dict() if champ_eval else None,
+        "decision": {"promote": decision.promote, "reasons": decision.reasons}}))
+
+    after = champion
+    if apply and champion != candidate:
+        already = reg.show(candidate).get("gate")
+        if decision.promote or already != "rejected":
+            after = reg.apply_decision(candidate, decision)
+
+    psi: dict[str, float] = {}
+    profile_path = candidate_dir / DRIFT_PROFILE
+    if profile_path.exists():
+        profile = drift.profile_from_dict(json.loads(profile_path.read_text()))
+        psi = drift.psi_against(profile, frame)
+    result = {
+        "candidate": candidate, "champion_before": champion, "champion_after": after,
+        "promote": decision.promote, "reasons": decision.reasons, "applied": apply,
+        "window": list(window) if window else None,
+        "candidate_metrics": cand_eval.flat(),
+        "champion_metrics": champ_eval.flat() if champ_eval else None,
+        "psi": psi, "drifted_features": drift.drifted_features(psi),
+    }
+    log.info("evaluated", candidate=candidate, champion_before=champion, champion_after=after,
+             promote=decision.promote, summary=decision.summary())
+    return dict(json_safe(result))
+
+
+def models_command(action: str, *, registry: ModelRegistry | str | Path,
+                   version: int | None = None, reason: str | None = None) -> Any:
+    """`list`, `show VERSION`, `champion`, `audit`, `promote VERSION --reason`,
+    `rollback --reason`. Returns a JSON-able value (promote: the previous
+    champion; rollback: the champion now)."""
+    reg = open_registry(registry)
+    if action == "list":
+        return reg.list_versions()
+    if action == "champion":
+        return {"champion": reg.champion()}
+    if action == "audit":
+        from dataclasses import asdict
+
+        return [asdict(e) for e in reg.audit_log(version)]
+    if action in ("show", "promote") and version is None:
+        raise RegistryError(f"`models {action}` needs a version")
+    if action == "show":
+        return reg.show(int(version))  # type: ignore[arg-type]
+    if action in ("promote", "rollback") and not (reason or "").strip():
+        raise RegistryError(f"`models {action}` needs --reason (it goes into the audit trail)")
+    if action == "promote":
+        previous = reg.promote(int(version), reason or "")  # type: ignore[arg-type]
+        return {"champion": int(version), "previous": previous}  # type: ignore[arg-type]
+    if action == "rollback":
+        return {"champion": reg.rollback(reason or "")}
+    raise RegistryError(
+        f"unknown action '{action}'; use list, show, champion, audit, promote or rollback")

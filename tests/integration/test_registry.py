@@ -1,0 +1,248 @@
+"""The model registry on a real MLflow SQLite store (invariant 7): register
+with lineage, promote, roll back in one call, an audit record of every move,
+and a candidate that loses to the champion stays out with its reasons."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lamina.batch.commands import evaluate_command, models_command, train_command
+from lamina.batch.evaluate import time_split
+from lamina.batch.model import save_model, score, train_local
+from lamina.batch.registry import CHAMPION, ModelRegistry, RegistryError, code_version
+
+FEATURES = [f"f{i}" for i in range(6)]
+PARAMS = {"epochs": 2, "batch_size": 256, "hidden": [32, 16], "learning_rate": 0.005}
+
+
+def synthetic_training_set(n: int, seed: int) -> pd.DataFrame:
+    """The same shape as test_training's: ~7% positives, a learnable signal."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    x[:, 0] = np.exp(x[:, 0] + 3)
+    logit = -3.6 + 0.02 * x[:, 0] + 1.2 * x[:, 2] - 0.8 * x[:, 3] * x[:, 4]
+    frame = pd.DataFrame(x, columns=FEATURES)
+    frame["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    frame["event_time"] = 1_767_225_600_000 + np.arange(n, dtype=np.int64) * 60_000
+    frame["event_id"] = [f"evt-{seed}-{i:06d}" for i in range(n)]
+    frame["merchant_category"] = np.array(["grocery", "travel", "online"])[rng.integers(0, 3, n)]
+    return frame
+
+# Loose absolute floors for a 2-epoch model on 3,500 rows; the relative
+# checks (beat the champion) are the ones under test.
+THRESHOLDS = {"min_roc_auc": 0.6, "max_ece": 0.2, "min_examples": 500, "min_positives": 20}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One SQLite MLflow store for the module (creating it runs MLflow's
+    migrations, several seconds); each test uses its own model name."""
+    home = tmp_path_factory.mktemp("lamina-home")
+    ModelRegistry.local(home)._experiment_id()  # create the schema once
+    yield home
+
+
+@pytest.fixture
+def registry(store: Path) -> ModelRegistry:
+    return ModelRegistry.local(store, name=f"fraud-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = synthetic_training_set(5000, seed=21)
+    cutoff = int(frame["event_time"].iloc[3500])
+    return time_split(frame, cutoff)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory,
+              data: tuple[pd.DataFrame, pd.DataFrame]) -> Path:
+    train, _ = data
+    model, _ = train_local(train, FEATURES, PARAMS, seed=1)
+    return save_model(model, tmp_path_factory.mktemp("models") / "m1", features=FEATURES)
+
+
+def _lineage(snapshot: int, **metrics: float) -> dict[str, Any]:
+    return {"snapshot_id": snapshot, "code_version": code_version(), "params": dict(PARAMS),
+            "metrics": metrics or {"train_auc": 0.8}, "training_window": [0, 1000 * snapshot],
+            "features": FEATURES}
+
+
+def test_lineage_round_trips_through_the_registry(registry: ModelRegistry,
+                                                  model_dir: Path) -> None:
+    lineage = {**_lineage(7, train_auc=0.81, train_loss=0.4),
+               "params": {**PARAMS, "seed": 1, "workers": 0}}
+    version = registry.register(model_dir, lineage)
+    shown = registry.show(version)
+    assert shown["lineage"] == {**lineage, "extra": {}}
+    assert registry.lineage(version).features == FEATURES
+    assert shown["champion"] is False and registry.champion() is None
+    run = registry.client.get_run(shown["run_id"])
+    assert run.data.params["snapshot_id"] == "7"
+    assert run.data.metrics["train_auc"] == pytest.approx(0.81)
+    assert registry.client.list_artifacts(shown["run_id"], "model")
+    assert [e.action for e in registry.audit_log(version)] == ["register"]
+    # Lineage is refused when incomplete.
+    with pytest.raises(RegistryError, match="missing"):
+        registry.register(model_dir, {"snapshot_id": 1})
+
+
+def test_promote_returns_previous_champion_and_rollback_is_one_call(
+        registry: ModelRegistry, model_dir: Path) -> None:
+    v1, v2, v3 = (registry.register(model_dir, _lineage(s)) for s in (1, 2, 3))
+    assert registry.promote(v1, "first model") is None
+    assert registry.promote(v2, "beat v1 on backtest") == v1
+    assert registry.promote(v2, "a retried task") == v2  # nothing moves
+    assert registry.promote(v3, "beat v2 on backtest") == v2
+    assert int(registry.client.get_model_version_by_alias(registry.name, CHAMPION).version) == v3
+
+    assert registry.rollback("v3 false-positive spike") == v2
+    assert registry.champion() == v2
+    assert registry.rollback("v2 also bad") == v1
+    with pytest.raises(RegistryError, match="first champion"):
+        registry.rollback("nothing left")
+    assert registry.champion() == v1
+
+    moves = [(e.action, e.version, e.previous, e.reason) for e in registry.audit_log()
+             if e.action != "register"]
+    assert moves == [
+        ("promote", v1, None, "first model"),
+        ("promote", v2, v1, "beat v1 on backtest"),
+        ("promote", v3, v2, "beat v2 on backtest"),
+        ("rollback", v2, v3, "v3 false-positive spike"),
+        ("rollback", v1, v2, "v2 also bad"),
+    ]
+    assert all(e.time and e.actor for e in registry.audit_log())
+    assert registry.show(v3)["gate"] == "rolled_back"
+
+
+def test_rollback_refuses_when_the_alias_was_moved_outside_lamina(
+        registry: ModelRegistry, model_dir: Path) -> None:
+    v1, v2, v3 = (registry.register(model_dir, _lineage(s)) for s in (1, 2, 3))
+    registry.promote(v1, "first")
+    registry.promote(v2, "second")
+    registry.client.set_registered_model_alias(registry.name, CHAMPION, str(v3))
+    with pytest.raises(RegistryError, match="moved outside Lamina"):
+        registry.rollback("confused")
+    assert registry.champion() == v3
+
+
+def test_load_champion_gives_the_registered_model(
+        registry: ModelRegistry, model_dir: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    from lamina.batch.model import load_model
+
+    with pytest.raises(RegistryError, match="no champion"):
+        registry.load_champion()
+    version = registry.register(model_dir, _lineage(1))
+    registry.promote(version, "first")
+    model, loaded_version = registry.load_champion()
+    assert loaded_version == version
+    _, backtest = data
+    np.testing.assert_array_equal(score(model, backtest, features=FEATURES),
+                                  score(load_model(model_dir), backtest, features=FEATURES))
+
+
+def test_register_with_the_same_run_key_registers_once(registry: ModelRegistry,
+                                                       model_dir: Path) -> None:
+    first = registry.register(model_dir, _lineage(1), run_key="abc123")
+    again = registry.register(model_dir, _lineage(1), run_key="abc123")
+    other = registry.register(model_dir, _lineage(1), run_key="def456")
+    assert first == again != other
+    assert [v["version"] for v in registry.list_versions()] == [first, other]
+
+
+def test_candidate_that_loses_to_the_champion_is_not_promoted_and_the_reason_is_recorded(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, backtest = data
+    good = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                         snapshot_id=10, features=FEATURES, params=PARAMS, seed=1)
+    first = evaluate_command(backtest, registry=registry, candidate=good["version"],
+                             thresholds=THRESHOLDS)
+    assert first["promote"] and first["champion_after"] == good["version"], first["reasons"]
+    assert first["champion_before"] is None
+
+    # A candidate trained on shuffled labels has no signal: it must lose.
+    shuffled = train.assign(label=np.random.default_rng(0).permutation(train["label"]))
+    bad = train_command(shuffled, models_dir=tmp_path / "models", registry=registry,
+                        snapshot_id=11, features=FEATURES, params=PARAMS, seed=1)
+    result = evaluate_command(backtest, registry=registry, candidate=bad["version"],
+                              thresholds=THRESHOLDS)
+    assert not result["promote"]
+    assert result["champion_after"] == good["version"] == registry.champion()
+    assert result["candidate_metrics"]["roc_auc"] < result["champion_metrics"]["roc_auc"]
+
+    shown = registry.show(bad["version"])
+    assert shown["gate"] == "rejected"
+    assert any(r.startswith("FAIL: ROC AUC") for r in shown["gate_reasons"])
+    assert shown["evaluation"]["decision"]["promote"] is False
+    reject = [e for e in registry.audit_log(bad["version"]) if e.action == "reject"]
+    assert len(reject) == 1 and "ROC AUC" in reject[0].reason
+    assert reject[0].previous == good["version"]
+
+    # Re-running the same evaluation (a retried task) records nothing new.
+    evaluate_command(backtest, registry=registry, candidate=bad["version"],
+                     thresholds=THRESHOLDS)
+    assert len([e for e in registry.audit_log(bad["version"]) if e.action == "reject"]) == 1
+
+
+def test_evaluate_refuses_a_backtest_that_overlaps_training(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    from lamina.batch.model import TrainingError
+
+    train, _ = data
+    trained = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                            snapshot_id=3, features=FEATURES, params=PARAMS, seed=1)
+    with pytest.raises(TrainingError, match="later in time"):
+        evaluate_command(train, registry=registry, candidate=trained["version"])
+
+
+def test_train_command_is_idempotent_and_models_command_reports(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, _ = data
+    path = tmp_path / "train.parquet"
+    train.to_parquet(path)
+    first = train_command(path, models_dir=tmp_path / "models", registry=registry,
+                          snapshot_id=5, features=FEATURES, params=PARAMS, seed=2)
+    again = train_command(path, models_dir=tmp_path / "models", registry=registry,
+                          snapshot_id=5, features=FEATURES, params=PARAMS, seed=2)
+    assert first["version"] == again["version"] and first["model_dir"] == again["model_dir"]
+    assert (Path(first["model_dir"]) / "drift_profile.json").exists()
+
+    listed = models_command("list", registry=registry)
+    assert [v["version"] for v in listed] == [first["version"]]
+    assert listed[0]["snapshot_id"] == 5
+    with pytest.raises(RegistryError, match="reason"):
+        models_command("promote", registry=registry, version=first["version"])
+    moved = models_command("promote", registry=registry, version=first["version"],
+                           reason="manual")
+    assert moved == {"champion": first["version"], "previous": None}
+    assert models_command("champion", registry=registry) == {"champion": first["version"]}
+    shown = models_command("show", registry=registry, version=first["version"])
+    assert shown["lineage"]["training_window"] == [int(train["event_time"].min()),
+                                                   int(train["event_time"].max()) + 1]
+    assert [e["action"] for e in models_command("audit", registry=registry)] == [
+        "register", "promote"]
+
+
+def test_a_rolled_back_version_is_not_promoted_again_by_the_gate(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, backtest = data
+    v1 = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                       snapshot_id=1, features=FEATURES, params=PARAMS, seed=1)["version"]
+    v2 = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                       snapshot_id=2, features=FEATURES, params=PARAMS, seed=2)["version"]
+    registry.promote(v1, "first")
+    registry.promote(v2, "second")
+    assert registry.rollback("v2 misbehaved in production") == v1
+    result = evaluate_command(backtest, registry=registry, candidate=v2,
+                              thresholds={**THRESHOLDS, "min_roc_auc_gain": -1.0,
+                                          "max_log_loss_increase": 1.0})
+    assert not result["promote"] and registry.champion() == v1
+    assert any("was rolled back" in r for r in result["reasons"])
