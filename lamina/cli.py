@@ -258,6 +258,56 @@ def cmd_dataset(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- batch layer -----------------------------------------------------------
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.batch.views import batch_run_command
+
+    cutoff = _utc_ms(args.cutoff) if args.cutoff else None
+    result = batch_run_command(settings, args.snapshot, cutoff, args.master, force=args.force)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.batch.commands import train_command
+
+    params = json.loads(args.params) if args.params else None
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError("--params must be a JSON object, e.g. '{\"epochs\": 3}'")
+    result = train_command(
+        args.training_set,
+        models_dir=settings.home / "models",
+        registry=settings.home,
+        snapshot_id=args.snapshot,
+        params=params,
+        seed=args.seed,
+        workers=args.workers,
+        spark_master=args.master or "local[2]",
+    )
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.batch.commands import evaluate_command
+
+    result = evaluate_command(args.backtest, registry=settings.home, candidate=args.candidate,
+                              apply=not args.dry_run)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.batch.commands import models_command
+
+    result = models_command(args.action, registry=settings.home, version=args.version,
+                            reason=args.reason)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 # --- schemas ---------------------------------------------------------------
 
 
@@ -406,6 +456,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="info as JSON")
     p.add_argument("--limit", type=_positive_int, default=20, help="snapshots to list")
     p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("batch", help="compute and publish batch views (Spark)",
+                       description="Read a master-dataset snapshot, compute the card views as "
+                                   "time tiles before a cutoff, publish them in one commit.")
+    p.add_argument("action", choices=["run"])
+    p.add_argument("--snapshot", type=int, help="master dataset version (default: latest)")
+    p.add_argument("--cutoff", help="ISO-8601 UTC cutoff, a multiple of the largest tile hop "
+                                    "(default: the latest event time, floored)")
+    p.add_argument("--master", help="Spark master URL (default local[2])")
+    p.add_argument("--force", action="store_true", help="publish even if already published")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("train", help="train a model on a training set and register it",
+                       description="Idempotent: the same training set, snapshot, parameters "
+                                   "and seed register one version.")
+    p.add_argument("training_set", help="Parquet file/folder or Delta table with the features")
+    p.add_argument("--snapshot", required=True, help="master snapshot the set was built from")
+    p.add_argument("--params", help="training parameters as JSON")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workers", type=int, default=0,
+                   help="Spark barrier workers (0: train in this process)")
+    p.add_argument("--master", help="Spark master URL for --workers (default local[2])")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="backtest a candidate against the champion; promote "
+                                        "it only if it wins")
+    p.add_argument("backtest", help="Parquet/Delta rows later in time than the training data")
+    p.add_argument("--candidate", type=int, required=True, help="registered model version")
+    p.add_argument("--dry-run", action="store_true", help="decide but record nothing")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="the model registry: list, show, promote, rollback")
+    p.add_argument("action", choices=["list", "show", "champion", "audit", "promote",
+                                      "rollback"])
+    p.add_argument("version", nargs="?", type=int, help="model version (show, promote)")
+    p.add_argument("--reason", help="why (promote, rollback): goes into the audit trail")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("schemas", help="list event schemas or check compatibility",
                        description="check: every schema version must be backward compatible "
