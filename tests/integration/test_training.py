@@ -64,17 +64,11 @@ def training_set() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def barrier_spark(request: pytest.FixtureRequest) -> Any:
-    """The shared session of tests/spark_fixtures.py when that plugin is
-    registered, else a local[2] session of our own (never stopped here: other
-    modules may be using it)."""
-    try:
-        session = request.getfixturevalue("spark")
-    except pytest.FixtureLookupError:
-        from lamina.batch.spark import spark_session
-
-        session = spark_session("local[2]", extra_conf={"spark.ui.enabled": "false"})
-    if session.sparkContext.defaultParallelism < 2:
-        pytest.skip("the active Spark session has fewer than 2 slots for 2 barrier tasks")
+    """The shared session of tests/spark_fixtures.py (never stopped here:
+    other modules use it)."""
+    session = request.getfixturevalue("spark")
+    # Two barrier tasks need two task slots at once, or Spark waits forever.
+    assert session.sparkContext.defaultParallelism >= 2, "the test session needs local[2]"
     return session
 
 
