@@ -270,6 +270,27 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_training_set(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
+    from lamina.batch.spark import spark_session
+    from lamina.batch.training_set import write_training_set
+
+    start, end = _utc_ms(args.start), _utc_ms(args.end)
+    if end <= start:
+        raise ConfigError(f"--end ({args.end}) must be after --start ({args.start})")
+    out = args.out or str(settings.home / "training_sets" / f"{args.start}_{args.end}")
+    spark = spark_session(args.master or "local[2]")
+    try:
+        meta = write_training_set(
+            spark, settings.master_path, out, snapshot=args.snapshot, start_ms=start,
+            end_ms=end, label_maturity_ms=int(args.maturity_days * 86_400_000))
+    finally:
+        spark.stop()
+    print(json.dumps({"out": out, **dataclasses.asdict(meta)}, indent=2, default=str))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from lamina.batch.commands import train_command
 
@@ -467,6 +488,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master", help="Spark master URL (default local[2])")
     p.add_argument("--force", action="store_true", help="publish even if already published")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("training-set", help="build a point-in-time training set (Spark)",
+                       description="One row per transaction in [start, end): features as of "
+                                   "just before it, and its label (chargeback = 1; confirmed "
+                                   "genuine or mature and unlabelled = 0; recent unlabelled "
+                                   "rows are left out).")
+    p.add_argument("--start", required=True, help="ISO-8601 UTC, inclusive")
+    p.add_argument("--end", required=True, help="ISO-8601 UTC, exclusive")
+    p.add_argument("--snapshot", type=int, help="master dataset version (default: latest)")
+    p.add_argument("--maturity-days", type=_positive_float, default=30.0,
+                   help="unlabelled transactions older than this count as genuine (default 30)")
+    p.add_argument("--out", help="output folder (default: <home>/training_sets/START_END)")
+    p.add_argument("--master", help="Spark master URL (default local[2])")
+    p.set_defaults(func=cmd_training_set)
 
     p = sub.add_parser("train", help="train a model on a training set and register it",
                        description="Idempotent: the same training set, snapshot, parameters "
