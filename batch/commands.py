@@ -70,12 +70,27 @@ def read_table(source: Any) -> Any:
     return pq.read_table(str(path)).to_pandas()
 
 
+def data_fingerprint(frame: Any) -> str:
+    """A hash of which rows a training set holds and their labels, independent
+    of row order: two training sets from the same snapshot (e.g. different
+    windows) must not share a run key."""
+    import pandas as pd
+
+    cols = [c for c in ("event_id", "label") if c in frame.columns]
+    if not cols:
+        cols = list(frame.columns)
+    hashed = pd.util.hash_pandas_object(frame[cols], index=False).sort_values()
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+
+
 def run_key(snapshot_id: Any, features: Sequence[str], params: TrainParams, seed: int,
-            workers: int, code: str) -> str:
-    """A stable id for one training run's inputs (for idempotent retries)."""
+            workers: int, code: str, data: str = "") -> str:
+    """A stable id for one training run's inputs (for idempotent retries):
+    the snapshot, the training data's fingerprint, features, parameters, seed,
+    worker count and code version."""
     payload = json.dumps({"snapshot_id": snapshot_id, "features": list(features),
                           "params": params.to_dict(), "seed": seed, "workers": workers,
-                          "code": code}, sort_keys=True, default=str)
+                          "code": code, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -111,9 +126,9 @@ def train_command(
     features = tuple(features or default_features())
     p = TrainParams.from_dict(params)
     code = code_version()
-    key = run_key(snapshot_id, features, p, seed, workers, code)
-    target = Path(models_dir) / key
     frame = read_table(training_set)
+    key = run_key(snapshot_id, features, p, seed, workers, code, data_fingerprint(frame))
+    target = Path(models_dir) / key
     if training_window is None:
         if "event_time" not in frame.columns or frame.empty:
             raise TrainingError("give training_window: the training set has no event_time")
