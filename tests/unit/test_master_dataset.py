@@ -270,3 +270,18 @@ def test_info_reports_partitions_rows_and_offsets(dataset, validator):
     assert [(p["event_date"], p["rows"]) for p in info["partitions"]] == [
         ("2026-01-01", 3), ("2026-01-02", 1)]
     assert info["offsets"] == {app_id("events.raw", 0): 3}
+
+
+def test_add_records_buffers_exactly_what_add_does(validator):
+    class Record:
+        def __init__(self, offset: int, value: bytes | None) -> None:
+            self.offset, self.value = offset, value
+
+    values = [tx(0), b"nope", None, tx(3), tx(3)]
+    one_by_one, in_bulk = PendingBatch(), PendingBatch()
+    for offset, value in enumerate(values):
+        one_by_one.add("events.raw", 1, offset, value, validator)  # type: ignore[arg-type]
+    in_bulk.add_records("events.raw", 1, [Record(o, v) for o, v in enumerate(values)], validator)
+    for name in ("event_id", "event_type", "schema_version", "event_time", "entity_key",
+                 "topic", "partition", "offset", "payload", "rejects", "last_offsets"):
+        assert getattr(in_bulk, name) == getattr(one_by_one, name), name
