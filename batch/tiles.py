@@ -59,7 +59,7 @@ import pyarrow as pa
 
 from lamina.errors import ConfigError
 from lamina.schemas.aggregations import HLL_LG_K
-from lamina.schemas.views import DERIVED_FIELDS, Aggregate, Filter, GroupBy
+from lamina.schemas.views import DERIVED_FIELDS, Aggregate, Filter, GroupBy, value_kind
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -103,16 +103,6 @@ def _kind(data_type: DataType) -> str:
     return "other"
 
 
-def _value_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "other"
-
-
 def with_fields(events: DataFrame, group: GroupBy) -> DataFrame:
     """``events`` plus a column per derived field the group reads
     (``DERIVED_FIELDS[name].spark_sql``); ConfigError for a field that is
@@ -143,9 +133,9 @@ def filter_condition(events: DataFrame, flt: Filter) -> Column:
     column = F.col(flt.field)
     kind = _kind(events.schema[flt.field].dataType)
     if flt.op == "in":
-        values = [v for v in flt.value if _value_kind(v) == kind]
+        values = [v for v in flt.value if value_kind(v) == kind]
         condition = column.isin(values) if values else F.lit(False)
-    elif _value_kind(flt.value) != kind:
+    elif value_kind(flt.value) != kind:
         condition = F.lit(False)
     else:
         value = F.lit(flt.value)

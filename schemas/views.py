@@ -186,7 +186,9 @@ FILTER_OPS: Final[tuple[str, ...]] = get_args(FilterOp)
 Scalar = str | int | float | bool
 
 
-def _kind(value: Any) -> str:
+def value_kind(value: Any) -> str:
+    """A filter value's kind: bool, number, string or other (the batch layer
+    compares kinds the same way)."""
     # bool before int: JSON true is not the number 1 in a filter.
     if isinstance(value, bool):
         return "bool"
@@ -231,14 +233,14 @@ class Filter:
             object.__setattr__(self, "value", values)  # hashable, immutable
             return
         self._check_scalar(self.value)
-        if self.op in ("<", "<=", ">", ">=") and _kind(self.value) not in ("number", "string"):
+        if self.op in ("<", "<=", ">", ">=") and value_kind(self.value) not in ("number", "string"):
             raise ConfigError(
                 f"filter {self.field!r} {self.op} {self.value!r}: ordering compares "
                 f"numbers or strings only"
             )
 
     def _check_scalar(self, value: Any) -> None:
-        if _kind(value) == "other":
+        if value_kind(value) == "other":
             raise ConfigError(
                 f"filter on {self.field!r}: value {value!r} is not a string, number or bool"
             )
@@ -251,8 +253,8 @@ class Filter:
         if actual is None:
             return False
         if self.op == "in":
-            return any(_kind(v) == _kind(actual) and actual == v for v in self.value)
-        if _kind(actual) != _kind(self.value):
+            return any(value_kind(v) == value_kind(actual) and actual == v for v in self.value)
+        if value_kind(actual) != value_kind(self.value):
             return False
         if self.op == "==":
             return bool(actual == self.value)
@@ -425,7 +427,7 @@ def check_against_schema(group: GroupBy, schema: Mapping[str, Any]) -> None:
             return {declared} if isinstance(declared, str) else set(declared)
         values = [spec["const"]] if "const" in spec else list(spec.get("enum", ()))
         kinds = {"string" if isinstance(v, str) else
-                 "number" if _kind(v) == "number" else "other" for v in values}
+                 "number" if value_kind(v) == "number" else "other" for v in values}
         return kinds or {"other"}
 
     if group.entity_key not in properties or group.entity_key not in required:

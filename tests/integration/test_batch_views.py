@@ -46,7 +46,7 @@ from lamina.batch.views import (
 )
 from lamina.config import Settings
 from lamina.generator import GeneratorConfig, write_files
-from lamina.master.dataset import MASTER_SCHEMA, MasterDataset
+from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
 from lamina.schemas.card_views import CARD_VIEWS
 from lamina.schemas.validation import EventValidator
@@ -63,6 +63,7 @@ from lamina.schemas.views import (
     features_at,
     tile_start,
 )
+from tests.master_helpers import append_resends
 from tests.spark_fixtures import TEST_SPARK_CONF
 
 pytestmark = pytest.mark.integration
@@ -103,33 +104,6 @@ ALL_OPS = GroupBy(
 # --- the test master dataset -------------------------------------------------
 
 
-def _append_resends(dataset: MasterDataset, count: int, seed: int) -> int:
-    """Land `count` producer resends of landed transactions at new offsets,
-    one minute later; every other one with a different amount (which must
-    not count: the first landed copy wins). Returns the new snapshot."""
-    rows = dataset.read()
-    rows = rows.filter(pc.equal(rows.column("event_type"), "transaction"))
-    rows = rows.select([f.name for f in MASTER_SCHEMA if f.name != "event_date"])
-    rng = random.Random(seed)
-    picked = rows.take(sorted(rng.sample(range(rows.num_rows), count)))
-    payloads = []
-    for i, raw in enumerate(picked.column("payload").to_pylist()):
-        event = orjson.loads(raw)
-        if i % 2:
-            event["amount"] = round(event["amount"] * 100 + 1, 2)
-        payloads.append(orjson.dumps(event))
-    later = pc.add(picked.column("ingest_time"), pa.scalar(60_000, pa.duration("ms")))
-    resent = picked.set_column(picked.schema.get_field_index("payload"), "payload",
-                               pa.array(payloads, pa.binary()))
-    resent = resent.set_column(resent.schema.get_field_index("ingest_time"), "ingest_time",
-                               later.cast(pa.timestamp("ms", tz="UTC")))
-    resent = resent.set_column(resent.schema.get_field_index("kafka_topic"), "kafka_topic",
-                               pa.array(["resend"] * count, pa.string()))
-    resent = resent.set_column(resent.schema.get_field_index("kafka_offset"), "kafka_offset",
-                               pa.array(range(count), pa.int64()))
-    return dataset.append(dataset.table(), resent, {"resend:0": count - 1})
-
-
 @pytest.fixture(scope="module")
 def master(tmp_path_factory: pytest.TempPathFactory) -> MasterDataset:
     root = tmp_path_factory.mktemp("batch-master")
@@ -140,7 +114,7 @@ def master(tmp_path_factory: pytest.TempPathFactory) -> MasterDataset:
     files = write_files(config, root / "files", events_per_file=1_000)
     dataset = MasterDataset(str(root / "master"))
     import_files(dataset, files, EventValidator(), root / "dlq", batch_size=700, progress=False)
-    _append_resends(dataset, 60, seed=5)
+    append_resends(dataset, 60, seed=5)
     return dataset
 
 

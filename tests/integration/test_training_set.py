@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from lamina.batch import training_set as ts
 from lamina.generator import GeneratorConfig, write_files
-from lamina.master.dataset import MASTER_SCHEMA, MasterDataset
+from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
 from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
 from lamina.schemas.validation import EventValidator
 from lamina.schemas.views import DAY_MS, HOUR_MS, features_from_events
+from tests.master_helpers import append_resends
 
 pytestmark = pytest.mark.integration
 
@@ -58,31 +57,6 @@ def _raw(dataset: MasterDataset, event_type: str) -> list[dict[str, Any]]:
     return sorted(seen.values(), key=lambda e: (e["event_time"], e["event_id"]))
 
 
-def _append_resends(dataset: MasterDataset, count: int, seed: int) -> None:
-    """Land ``count`` resends of landed transactions one minute later at new
-    offsets, every other one with a different amount (must not count)."""
-    rows = dataset.read()
-    rows = rows.filter(pc.equal(rows.column("event_type"), "transaction"))
-    rows = rows.select([f.name for f in MASTER_SCHEMA if f.name != "event_date"])
-    picked = rows.take(sorted(random.Random(seed).sample(range(rows.num_rows), count)))
-    payloads = []
-    for i, raw in enumerate(picked.column("payload").to_pylist()):
-        event = orjson.loads(raw)
-        if i % 2:
-            event["amount"] = round(event["amount"] * 100 + 1, 2)
-        payloads.append(orjson.dumps(event))
-    later = pc.add(picked.column("ingest_time"), pa.scalar(60_000, pa.duration("ms")))
-    names = picked.schema.names
-    picked = picked.set_column(names.index("payload"), "payload", pa.array(payloads, pa.binary()))
-    picked = picked.set_column(names.index("ingest_time"), "ingest_time",
-                               later.cast(pa.timestamp("ms", tz="UTC")))
-    picked = picked.set_column(names.index("kafka_topic"), "kafka_topic",
-                               pa.array(["resend"] * count, pa.string()))
-    picked = picked.set_column(names.index("kafka_offset"), "kafka_offset",
-                               pa.array(range(count), pa.int64()))
-    dataset.append(dataset.table(), picked, {"resend:0": count - 1})
-
-
 def _label(n: int, tx: dict[str, Any], at: int, fraud: bool) -> dict[str, Any]:
     return {"event_id": f"planted-{n}", "event_type": "label", "schema_version": 1,
             "event_time": at, "card_id": tx["card_id"], "transaction_id": tx["event_id"],
@@ -101,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     files = write_files(config, root / "files", events_per_file=2_000)
     dataset = MasterDataset(str(root / "master"))
     import_files(dataset, files, EventValidator(), root / "dlq", progress=False)
-    _append_resends(dataset, 40, seed=3)
+    append_resends(dataset, 40, seed=3)
 
     # Planted labels on transactions the generator left unlabelled.
     labelled = {e["transaction_id"] for e in _raw(dataset, "label")}
