@@ -50,11 +50,21 @@ Figures (events/s are records of the topic per second of wall time)
 * validation alone -- `EventValidator.validate` over the N loaded values in
   memory on one core, as a ratio to the reference: it must be well above 1x
   or validation alone caps the lander.
+* training -- examples/s of the fraud MLP on CPU (`benchmarks/training.py`):
+  single-process Keras (`train_local`, the reference of these rows) next to
+  `train_distributed` with 1 and with 2 Spark barrier workers, same
+  synthetic data (200k rows), global batch 4096, 3 epochs, last epoch
+  (target: 2 workers >= 0.8x single-process), plus each distributed run's
+  fixed start-up (wall minus epochs). Runs after the broker is stopped, with
+  this process's affinity restored to every core it had at start (the Kafka
+  figures pin it to one core). It needs no broker: `--only training` starts
+  none.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -95,6 +105,7 @@ from benchmarks.machine import (
     pin_self,
 )
 from benchmarks.report import Row, append_section, render_section
+from benchmarks.training import TrainingResults, measure_training, training_notes, training_rows
 from benchmarks.validation import validation_rate
 from lamina import kafkaio
 from lamina.broker import KafkaCluster, create_topics, kafka_libs
@@ -108,7 +119,8 @@ REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2
-SUITES = ("lander", "validation", "clients")
+SUITES = ("lander", "validation", "clients", "training")
+KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
 
@@ -144,7 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"a smoke run with {QUICK_EVENTS:,} records (unless --events)")
     parser.add_argument("--only", default=",".join(SUITES),
                         help="comma-separated subset of " + ",".join(SUITES)
-                        + "; the kafka-python reference always runs")
+                        + "; the kafka-python reference runs with any Kafka figure")
     parser.add_argument("--no-append", action="store_true",
                         help="print the table only; do not append it to docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -288,7 +300,15 @@ def _rate_row(figure: str, runs: list[Timed], ref: Timed, target: str, note: str
                f"{note}{_cpu(best.cpu_share)}; {_runs([t.rate for t in runs])}")
 
 
-def build_rows(results: Results, loaded: LoadedTopic, suites: set[str]) -> list[Row]:
+def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[str],
+               training: TrainingResults | None = None) -> list[Row]:
+    rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
+    if training is not None:
+        rows += training_rows(training)
+    return rows
+
+
+def kafka_rows(results: Results, loaded: LoadedTopic, suites: set[str]) -> list[Row]:
     ref = best_of(results.raw, lambda t: t.rate)
     rows = [Row("kafka-python raw consume (reference)", fmt_rate(ref.rate), "—", "1.00×", "—",
                 f"make_consumer settings, 3 partitions assigned, from the beginning; "
@@ -355,9 +375,12 @@ def lander_rows(runs: list[LanderRun], stalls: int, ref: Timed) -> list[Row]:
 # -- the report ----------------------------------------------------------------
 
 
-def versions() -> str:
+def versions(training: bool = False) -> str:
     parts = []
-    for dist in ("kafka-python", "confluent-kafka", "deltalake", "pyarrow", "orjson"):
+    dists = ["kafka-python", "confluent-kafka", "deltalake", "pyarrow", "orjson"]
+    if training:
+        dists += ["tensorflow", "tf-keras", "pyspark"]
+    for dist in dists:
         try:
             parts.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -385,7 +408,30 @@ class RunContext:
     started: datetime
     load_before: str
     events: int
+    cores: frozenset[int] = field(default_factory=lambda: frozenset(os.sched_getaffinity(0)))
     began: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Measured:
+    """What a run measured: the Kafka figures (None if none was asked for)
+    and the training figures (None if not asked for)."""
+
+    loaded: LoadedTopic | None = None
+    results: Results | None = None
+    pin_note: str = ""
+    training: TrainingResults | None = None
+
+
+def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
+    """The Kafka figures (broker up and down), then the training figures
+    with this process's affinity back to every core it had at start."""
+    measured = Measured()
+    if args.suites & KAFKA_SUITES:
+        measured.loaded, measured.results, measured.pin_note = run_benchmarks(args)
+    if "training" in args.suites:
+        measured.training = measure_training(set(ctx.cores), ROUNDS, say)
+    return measured
 
 
 def run_benchmarks(args: argparse.Namespace) -> tuple[LoadedTopic, Results, str]:
@@ -416,7 +462,15 @@ def run_benchmarks(args: argparse.Namespace) -> tuple[LoadedTopic, Results, str]
     return loaded, results, pin_note
 
 
-def report_notes(results: Results, pin_note: str) -> list[str]:
+def report_notes(measured: Measured) -> list[str]:
+    notes = [] if measured.results is None else kafka_notes(measured.results,
+                                                            measured.pin_note)
+    if measured.training is not None:
+        notes += training_notes(measured.training)
+    return notes
+
+
+def kafka_notes(results: Results, pin_note: str) -> list[str]:
     notes = [
         pin_note,
         f"Each figure ran {ROUNDS} times, interleaved round by round with the reference; "
@@ -438,23 +492,27 @@ def report_notes(results: Results, pin_note: str) -> list[str]:
     return notes
 
 
-def render_report(ctx: RunContext, loaded: LoadedTopic, results: Results, suites: set[str],
-                  pin_note: str) -> str:
+def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
+    loaded = measured.loaded
     facts = [
         ("Date", ctx.started.strftime("%Y-%m-%d %H:%M UTC")),
         ("Commit", f"`{ctx.commit}`"),
         ("Command", f"`{ctx.command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{ctx.load_before} at start, {load_average()} at end"),
-        ("Versions", versions()),
-        ("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, {loaded.describe()} "
-                 f"(generator seed 42, defaults but transactions={ctx.events:,}); "
-                 f"loaded in {loaded.seconds:.1f} s, not a figure"),
-        ("Duration", f"{time.monotonic() - ctx.began:.0f} s"),
+        ("Versions", versions(measured.training is not None)),
     ]
-    title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {ctx.events:,} records · `{ctx.commit}`"
-    return render_section(title, facts, build_rows(results, loaded, suites),
-                          report_notes(results, pin_note))
+    if loaded is not None:
+        facts.append(("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, "
+                              f"{loaded.describe()} (generator seed 42, defaults but "
+                              f"transactions={ctx.events:,}); loaded in {loaded.seconds:.1f} s, "
+                              "not a figure"))
+    facts.append(("Duration", f"{time.monotonic() - ctx.began:.0f} s"))
+    size = f"{ctx.events:,} records" if loaded is not None else "training only"
+    title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
+    return render_section(title, facts,
+                          build_rows(measured.results, loaded, suites, measured.training),
+                          report_notes(measured))
 
 
 def kafka_python_crc() -> str:
@@ -476,11 +534,11 @@ def main(argv: list[str] | None = None) -> int:
                      started=datetime.now(UTC), load_before=load_average(),
                      events=args.events)
     try:
-        loaded, results, pin_note = run_benchmarks(args)
+        measured = run_all(args, ctx)
     except (BenchmarkError, LaminaError) as exc:
         say(f"benchmark failed: {exc}")
         return 1
-    section = render_report(ctx, loaded, results, args.suites, pin_note)
+    section = render_report(ctx, measured, args.suites)
     print(section)
     if not args.no_append:
         append_section(REPORT, section)
