@@ -6,6 +6,7 @@ How to run
     .venv/bin/python -m benchmarks.run --quick   # 100k records: a smoke run
     .venv/bin/python -m benchmarks.run --events 300000 --only lander
     .venv/bin/python -m benchmarks.run --quick --no-append   # print only
+    .venv/bin/python -m benchmarks.run --only views          # batch views, 10M
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -50,6 +51,12 @@ Figures (events/s are records of the topic per second of wall time)
 * validation alone -- `EventValidator.validate` over the N loaded values in
   memory on one core, as a ratio to the reference: it must be well above 1x
   or validation alone caps the lander.
+* views -- batch views over 10M transactions (`benchmarks/views.py`, which
+  says exactly what runs): Lamina's Spark job (`run_batch_views`) next to
+  the same aggregation in DuckDB on the same Parquet files (the reference,
+  target >= 0.5x) and in bare Spark SQL, then where the job's time goes. The
+  master dataset is generated once and cached under `.lamina/bench/`
+  (`--views-transactions N` to change its size). Needs no broker.
 * training -- examples/s of the fraud MLP on CPU (`benchmarks/training.py`):
   single-process Keras (`train_local`, the reference of these rows) next to
   `train_distributed` with 1 and with 2 Spark barrier workers, same
@@ -107,6 +114,14 @@ from benchmarks.machine import (
 from benchmarks.report import Row, append_section, render_section
 from benchmarks.training import TrainingResults, measure_training, training_notes, training_rows
 from benchmarks.validation import validation_rate
+from benchmarks.views import (
+    DEFAULT_TRANSACTIONS,
+    QUICK_TRANSACTIONS,
+    ViewsResults,
+    measure_views,
+    views_notes,
+    views_rows,
+)
 from lamina import kafkaio
 from lamina.broker import KafkaCluster, create_topics, kafka_libs
 from lamina.errors import LaminaError
@@ -119,7 +134,7 @@ REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2
-SUITES = ("lander", "validation", "clients", "training")
+SUITES = ("lander", "validation", "clients", "views", "training")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -154,6 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"records in the topic (default {DEFAULT_EVENTS:,})")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run with {QUICK_EVENTS:,} records (unless --events)")
+    parser.add_argument("--views-transactions", type=int, default=None,
+                        help="transactions in the batch-views master dataset (default "
+                        f"{DEFAULT_TRANSACTIONS:,}; {QUICK_TRANSACTIONS:,} with --quick)")
     parser.add_argument("--only", default=",".join(SUITES),
                         help="comma-separated subset of " + ",".join(SUITES)
                         + "; the kafka-python reference runs with any Kafka figure")
@@ -164,6 +182,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.events = QUICK_EVENTS if args.quick else DEFAULT_EVENTS
     if args.events < 1:
         parser.error("--events must be at least 1")
+    if args.views_transactions is None:
+        args.views_transactions = QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS
+    if args.views_transactions < 1000:
+        parser.error("--views-transactions must be at least 1000")
     args.suites = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = args.suites - set(SUITES)
     if unknown or not args.suites:
@@ -301,8 +323,11 @@ def _rate_row(figure: str, runs: list[Timed], ref: Timed, target: str, note: str
 
 
 def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[str],
-               training: TrainingResults | None = None) -> list[Row]:
+               training: TrainingResults | None = None,
+               views: ViewsResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
+    if views is not None:
+        rows += views_rows(views)
     if training is not None:
         rows += training_rows(training)
     return rows
@@ -375,11 +400,15 @@ def lander_rows(runs: list[LanderRun], stalls: int, ref: Timed) -> list[Row]:
 # -- the report ----------------------------------------------------------------
 
 
-def versions(training: bool = False) -> str:
+def versions(training: bool = False, views: bool = False) -> str:
     parts = []
     dists = ["kafka-python", "confluent-kafka", "deltalake", "pyarrow", "orjson"]
+    if training or views:
+        dists += ["pyspark", "delta-spark"]
+    if views:
+        dists += ["duckdb", "datasketches"]
     if training:
-        dists += ["tensorflow", "tf-keras", "pyspark"]
+        dists += ["tensorflow", "tf-keras"]
     for dist in dists:
         try:
             parts.append(f"{dist} {metadata.version(dist)}")
@@ -421,6 +450,7 @@ class Measured:
     results: Results | None = None
     pin_note: str = ""
     training: TrainingResults | None = None
+    views: ViewsResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -429,6 +459,13 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
     measured = Measured()
     if args.suites & KAFKA_SUITES:
         measured.loaded, measured.results, measured.pin_note = run_benchmarks(args)
+    if "views" in args.suites:
+        views_dir = Path(tempfile.mkdtemp(prefix="lamina-bench-views-"))
+        try:
+            measured.views = measure_views(args.views_transactions, set(ctx.cores), ROUNDS,
+                                           say, views_dir)
+        finally:
+            shutil.rmtree(views_dir, ignore_errors=True)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), ROUNDS, say)
     return measured
@@ -465,6 +502,8 @@ def run_benchmarks(args: argparse.Namespace) -> tuple[LoadedTopic, Results, str]
 def report_notes(measured: Measured) -> list[str]:
     notes = [] if measured.results is None else kafka_notes(measured.results,
                                                             measured.pin_note)
+    if measured.views is not None:
+        notes += views_notes(measured.views)
     if measured.training is not None:
         notes += training_notes(measured.training)
     return notes
@@ -500,7 +539,7 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         ("Command", f"`{ctx.command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{ctx.load_before} at start, {load_average()} at end"),
-        ("Versions", versions(measured.training is not None)),
+        ("Versions", versions(measured.training is not None, measured.views is not None)),
     ]
     if loaded is not None:
         facts.append(("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, "
@@ -508,10 +547,16 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
                               f"transactions={ctx.events:,}); loaded in {loaded.seconds:.1f} s, "
                               "not a figure"))
     facts.append(("Duration", f"{time.monotonic() - ctx.began:.0f} s"))
-    size = f"{ctx.events:,} records" if loaded is not None else "training only"
+    sizes = []
+    if loaded is not None:
+        sizes.append(f"{ctx.events:,} records")
+    if measured.views is not None and measured.views.data is not None:
+        sizes.append(f"views over {measured.views.data.rows:,} transactions")
+    size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
-                          build_rows(measured.results, loaded, suites, measured.training),
+                          build_rows(measured.results, loaded, suites, measured.training,
+                                     measured.views),
                           report_notes(measured))
 
 

@@ -1,0 +1,563 @@
+"""Batch views over >= 10M events: Lamina's Spark job next to DuckDB on the
+same Parquet files, in the same run.
+
+The data (built once, cached, not a figure)
+-------------------------------------------
+`GeneratorConfig(seed=42, transactions=N, cards=N/50, merchants=N/500,
+days=90)` -- defaults otherwise, so labels, duplicates, late and malformed
+records come at the generator's usual fractions -- validated and landed
+into a master dataset with the lander's own commit path
+(`PendingBatch` + `commit_batch`, 1M records per commit), then compacted
+(`MasterDataset.compact`), as an operator would before a large batch run.
+The table is cached under `.lamina/bench/` keyed by N, the seed and a hash of
+the generator and master-dataset code, so a second run reuses it; the report
+says whether it was built or reused. Every figure reads the same snapshot and
+the same cutoff (`default_cutoff`: the newest event's day, floored).
+
+Figures (rows/s = `transaction` rows of the snapshot, duplicates included,
+per second of wall time; every run writes its output, none is cached)
+-----------------------------------------------------------------------
+* DuckDB -- THE REFERENCE. One SQL statement over the snapshot's
+  `transaction` Parquet files (listed from the Delta log by deltalake, the
+  files Spark's partition pruning reads): parse the JSON payload
+  (`json_transform`), keep the first landed copy of each `event_id`
+  (`row_number()` over the landing order), drop events at or after the
+  cutoff, then per hop of `CARD_VIEWS` (5 min, 1 h, 1 d) one GROUP BY
+  (entity, tile) with every aggregate of that hop -- counts with their
+  filters, sums, means, maxima, `approx_count_distinct`, the 24-bucket hour
+  histogram -- and `COPY ... TO` one Parquet file. Each hop is aggregated
+  from the events (DuckDB has no mergeable HLL partial to roll up).
+* Lamina batch views -- `run_batch_views(force=True)` into a fresh views
+  table: the whole job as `lamina batch run` runs it (read, parse, dedup,
+  5-min tiles, roll-ups to 1 h and 1 d, deterministic sums, canonical
+  DataSketches HLL images through an Arrow UDF, one Delta commit with its
+  metadata). Target >= 0.5x DuckDB (ARCHITECTURE.md).
+* bare Spark SQL -- the DuckDB statement translated to Spark SQL
+  (`from_json`, Spark's `approx_count_distinct`), same files, written as
+  Parquet: what Spark alone does with the same aggregation, so the gap
+  between it and Lamina's job is Lamina's own cost.
+* Where Lamina's time goes -- once, after the rounds: the job's steps run
+  cumulatively into Spark's `noop` sink (which computes everything and
+  writes nothing): (1) read + parse + dedup, (2) + 5-min tile states,
+  (3) + roll-ups and storage columns, next to (4) the full job's wall time
+  from the rounds; each step's share is the difference to the previous one.
+
+Both engines get the whole machine: Spark `local[C]` with Lamina's local
+settings (`lamina.batch.spark.LOCAL_CONF`), DuckDB its default threads (C).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from benchmarks.common import BenchmarkError, best_of, fmt_ratio
+from benchmarks.report import Row
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from lamina.schemas.views import Aggregate, GroupBy
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE_ROOT = REPO / ".lamina" / "bench"
+DEFAULT_TRANSACTIONS = 10_000_000
+QUICK_TRANSACTIONS = 200_000
+SEED = 42
+DAYS = 90.0
+COMMIT_EVERY = 1_000_000
+TARGET = 0.5  # Lamina >= 0.5x DuckDB
+HOP_NAMES = {300_000: "5 min", 3_600_000: "1 h", 86_400_000: "1 d"}
+
+
+def say_nothing(_: str) -> None:
+    pass
+
+
+# -- the data -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewsData:
+    """The master dataset every figure reads, and what it holds."""
+
+    master_uri: str
+    snapshot: int
+    cutoff_ms: int
+    transactions: int  # generator setting
+    rows: int  # `transaction` rows in the snapshot (duplicates included)
+    files: tuple[str, ...]  # their Parquet files
+    bytes: int
+    built_s: float | None  # None: reused from the cache
+
+    def describe(self) -> str:
+        how = (f"built in {self.built_s:.0f} s" if self.built_s is not None
+               else "reused from the cache")
+        return (f"{self.rows:,} `transaction` rows in {len(self.files)} Parquet files "
+                f"({self.bytes / 1e6:,.0f} MB) of master snapshot {self.snapshot}, generator "
+                f"seed {SEED}, transactions={self.transactions:,}, {DAYS:.0f} days; {how} "
+                "(not a figure)")
+
+
+def generator_config(transactions: int) -> Any:
+    from lamina.generator import GeneratorConfig
+
+    return GeneratorConfig(seed=SEED, transactions=transactions,
+                           cards=max(100, transactions // 50),
+                           merchants=max(100, transactions // 500), days=DAYS)
+
+
+def _cache_key(transactions: int) -> str:
+    """N, the seed and the code that decides the table's bytes."""
+    from lamina import generator
+    from lamina.master import dataset, lander
+    from lamina.schemas import validation
+
+    digest = hashlib.sha256()
+    for module in (generator, dataset, lander, validation):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    digest.update(repr(generator_config(transactions)).encode())
+    return f"views-{transactions}-{SEED}-{digest.hexdigest()[:12]}"
+
+
+def land_generated(master_uri: str, transactions: int, progress: bool = True) -> None:
+    """Generate and land the benchmark's events with the lander's commit path."""
+    from tqdm import tqdm
+
+    from lamina.generator import generate
+    from lamina.master.dataset import MasterDataset
+    from lamina.master.deadletters import FileDeadLetters
+    from lamina.master.dedup import LandedIds
+    from lamina.master.lander import LanderStats, PendingBatch, commit_batch
+    from lamina.schemas.validation import EventValidator
+
+    dataset = MasterDataset(master_uri)
+    dataset.create_if_missing()
+    validator = EventValidator()
+    landed = LandedIds(24 * 3600 * 1000)
+    sink = FileDeadLetters(Path(master_uri).parent / "deadletters.jsonl")
+    stats = LanderStats()
+    batch = PendingBatch()
+    config = generator_config(transactions)
+    with tqdm(unit="rec", unit_scale=True, desc="generate + land", disable=not progress,
+              total=round(transactions * 1.06)) as bar:
+        for offset, record in enumerate(generate(config)):
+            batch.add("bench", 0, offset, record.value, validator)
+            if len(batch) >= COMMIT_EVERY:
+                commit_batch(dataset, batch, landed, sink, stats, writer="bench")
+                bar.update(len(batch))
+                batch = PendingBatch()
+        if batch.last_offsets:
+            commit_batch(dataset, batch, landed, sink, stats, writer="bench")
+            bar.update(len(batch))
+    dataset.compact()
+
+
+def prepare_data(transactions: int, say: Callable[[str], None] = say_nothing,
+                 cache_root: Path = CACHE_ROOT) -> ViewsData:
+    """The cached master dataset for `transactions` (built if missing; other
+    cached sizes or code versions are removed: they are gigabytes)."""
+    from deltalake import DeltaTable
+
+    from lamina.batch.views import default_cutoff
+    from lamina.master.dataset import MasterDataset
+    from lamina.schemas.card_views import CARD_VIEWS
+
+    key = _cache_key(transactions)
+    home = cache_root / key
+    done = home / "complete.json"
+    built_s: float | None = None
+    if not done.exists():
+        if cache_root.exists():
+            for old in cache_root.glob("views-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        home.mkdir(parents=True)
+        say(f"building the views benchmark's master dataset ({transactions:,} transactions) "
+            f"in {home}")
+        began = time.monotonic()
+        land_generated(str(home / "master"), transactions)
+        built_s = time.monotonic() - began
+        done.write_text(json.dumps({"built_s": built_s}))
+    master_uri = str(home / "master")
+    dataset = MasterDataset(master_uri)
+    snapshot = dataset.table().version()
+    cutoff = default_cutoff(dataset, snapshot, CARD_VIEWS)
+    table = DeltaTable(master_uri, version=snapshot)
+    only_transactions = [("event_type", "=", "transaction")]
+    files = tuple(sorted(table.file_uris(file_pruning_predicate=only_transactions)))
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pydict()
+    rows = bytes_ = 0
+    for size, num, kind in zip(actions["size_bytes"], actions["num_records"],
+                               actions["partition.event_type"], strict=True):
+        if kind == "transaction":
+            rows += int(num)
+            bytes_ += int(size)
+    if not files or rows == 0:
+        raise BenchmarkError(f"{master_uri} holds no transaction rows; delete {home} and rerun")
+    return ViewsData(master_uri, snapshot, cutoff, transactions, rows, files, bytes_, built_s)
+
+
+# -- the same aggregation as SQL (DuckDB and Spark dialects) -----------------------
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    epoch_ms: str  # of the master's event_time timestamp column
+    parse: str  # {payload} {schema}
+    idiv: str  # {a} {b}
+    array: str  # {items}
+    null_array: str
+    string: str
+
+    def json_schema(self, fields: dict[str, str]) -> str:
+        if self.name == "duckdb":
+            return json.dumps({k: {"string": "VARCHAR", "number": "DOUBLE"}[v]
+                               for k, v in fields.items()})
+        return ", ".join(f"`{k}` {({'string': 'STRING', 'number': 'DOUBLE'})[v]}"
+                         for k, v in fields.items())
+
+
+DUCKDB = Dialect("duckdb", "epoch_ms(event_time)",
+                 "json_transform(decode(payload), '{schema}')", "({a} // {b})",
+                 "list_value({items})", "CAST(NULL AS BIGINT[])", "VARCHAR")
+SPARK = Dialect("spark", "unix_millis(event_time)",
+                "from_json(CAST(payload AS STRING), '{schema}')", "({a} DIV {b})",
+                "array({items})", "CAST(NULL AS ARRAY<BIGINT>)", "STRING")
+
+# What each derived field is in SQL, from the epoch-ms `event_time` (>= 0
+# here, so integer division floors as DERIVED_FIELDS' definitions do).
+_DERIVED_SQL: dict[str, Callable[[Dialect], str]] = {
+    "hour_of_day": lambda d: "(" + d.idiv.format(a="event_time", b=3_600_000) + " % 24)",
+}
+
+
+def _json_types(event_type: str) -> dict[str, str]:
+    """JSON type of every property of every version of `event_type`."""
+    from lamina.schemas.registry import default_registry
+
+    registry = default_registry()
+    types: dict[str, str] = {}
+    for version in registry.versions(event_type):
+        for name, prop in registry.get(event_type, version)["properties"].items():
+            if isinstance(prop.get("type"), str):
+                types[name] = "number" if prop["type"] == "integer" else prop["type"]
+            elif all(isinstance(v, str) for v in prop.get("enum", [None])):
+                types[name] = "string"
+    return types
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def _condition(aggregate: Aggregate) -> str:
+    parts = []
+    for flt in aggregate.filters:
+        if flt.op == "in":
+            parts.append(f"{flt.field} IN ({', '.join(_literal(v) for v in flt.value)})")
+        else:
+            op = "=" if flt.op == "==" else "<>" if flt.op == "!=" else flt.op
+            parts.append(f"{flt.field} {op} {_literal(flt.value)}")
+    return " AND ".join(parts) if parts else "TRUE"
+
+
+def _aggregate_sql(aggregate: Aggregate, dialect: Dialect) -> str:
+    cond = _condition(aggregate)
+    where = f" FILTER (WHERE {cond})"
+    f = aggregate.field
+    op = aggregate.op
+    if op == "count":
+        return f"count(*){where}"
+    if op == "sum":
+        return f"sum(CAST({f} AS DOUBLE)){where}"
+    if op == "mean":
+        return f"avg(CAST({f} AS DOUBLE)){where}"
+    if op in ("max", "min"):
+        return f"{op}(CAST({f} AS DOUBLE)){where}"
+    if op == "approx_distinct":
+        return f"approx_count_distinct({f}){where}"
+    if op == "last":
+        return f"max_by({f}, event_time){where}"
+    if op == "histogram":
+        bounds = list(aggregate.buckets or ())
+        edges: list[tuple[Any, Any]] = list(zip([None, *bounds], [*bounds, None], strict=True))
+        items = []
+        for low, high in edges:
+            bucket = [cond]
+            if low is not None:
+                bucket.append(f"{f} >= {low!r}")
+            if high is not None:
+                bucket.append(f"{f} < {high!r}")
+            items.append(f"count(*) FILTER (WHERE {' AND '.join(bucket)})")
+        return dialect.array.format(items=", ".join(items))
+    raise BenchmarkError(f"no SQL for aggregation {op!r} of {aggregate.name!r}")
+
+
+def _null_sql(aggregate: Aggregate, dialect: Dialect) -> str:
+    if aggregate.op == "histogram":
+        return dialect.null_array
+    if aggregate.op in ("count", "approx_distinct"):
+        return "CAST(NULL AS BIGINT)"
+    return "CAST(NULL AS DOUBLE)"
+
+
+def views_sql(group: GroupBy, source: str, cutoff_ms: int, dialect: Dialect) -> str:
+    """One SELECT computing every hop's tiles of `group` from the master rows
+    in relation `source` (columns of MASTER_SCHEMA minus partitions)."""
+    from lamina.schemas.views import DERIVED_FIELDS
+
+    json_types = _json_types(group.event_type)
+    payload_fields: dict[str, str] = {group.entity_key: "string"}
+    derived: list[str] = []
+    for name in group.fields():
+        if name == "event_time":
+            continue
+        if name in DERIVED_FIELDS:
+            if name not in _DERIVED_SQL:
+                raise BenchmarkError(f"no SQL for derived field {name!r}")
+            derived.append(name)
+        elif json_types.get(name) in ("number", "string"):
+            payload_fields[name] = json_types[name]
+        else:
+            raise BenchmarkError(f"field {name!r} is not a string or number property")
+    schema = dialect.json_schema(payload_fields)
+    parse = dialect.parse.format(payload="payload", schema=schema)
+    typed = ", ".join(f"p.{name} AS {name}" for name in payload_fields if name != group.entity_key)
+    extra = "".join(f", {_DERIVED_SQL[d](dialect)} AS {d}" for d in derived)
+    key = f"CAST(p.{group.entity_key} AS {dialect.string})"
+    events = f"""
+        SELECT event_id, event_time, {key} AS entity_key, {typed}{extra}
+        FROM (
+            SELECT event_id, {dialect.epoch_ms} AS event_time, {parse} AS p,
+                   row_number() OVER (PARTITION BY event_id
+                                      ORDER BY ingest_time, kafka_topic, kafka_partition,
+                                               kafka_offset) AS landed_rank
+            FROM {source}
+        ) ranked
+        WHERE landed_rank = 1 AND event_time < {cutoff_ms}"""
+    per_hop = []
+    for hop in group.hops():
+        wanted = set(a.name for a in group.aggregates_for_hop(hop))
+        columns = ", ".join(
+            (_aggregate_sql(a, dialect) if a.name in wanted else _null_sql(a, dialect))
+            + f" AS {a.name}" for a in group.aggregates)
+        tile = dialect.idiv.format(a="event_time", b=hop) + f" * {hop}"
+        per_hop.append(f"SELECT entity_key, CAST({hop} AS BIGINT) AS hop_ms, {tile} AS tile_start, "
+                       f"{columns} FROM events GROUP BY entity_key, {tile}")
+    return f"WITH events AS ({events}) " + " UNION ALL ".join(per_hop)
+
+
+# -- the runs --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewsRun:
+    label: str
+    rows_in: int
+    seconds: float
+    tiles_out: int
+
+    @property
+    def rate(self) -> float:
+        return self.rows_in / self.seconds
+
+
+def run_duckdb(data: ViewsData, out: Path) -> ViewsRun:
+    import duckdb
+
+    from lamina.schemas.card_views import CARD_VIEWS
+
+    if out.exists():
+        out.unlink()
+    files = "[" + ", ".join(_literal(f) for f in data.files) + "]"
+    sql = views_sql(CARD_VIEWS, f"read_parquet({files})", data.cutoff_ms, DUCKDB)
+    began = time.perf_counter()
+    with duckdb.connect() as con:
+        con.execute(f"COPY ({sql}) TO {_literal(str(out))} (FORMAT parquet)")
+        seconds = time.perf_counter() - began
+        tiles = con.execute(f"SELECT count(*) FROM read_parquet({_literal(str(out))})").fetchone()
+    return ViewsRun("duckdb", data.rows, seconds, int(tiles[0]) if tiles else 0)
+
+
+def run_lamina(spark: SparkSession, data: ViewsData, views_uri: Path) -> ViewsRun:
+    from lamina.batch.views import run_batch_views
+    from lamina.schemas.card_views import CARD_VIEWS
+
+    shutil.rmtree(views_uri, ignore_errors=True)
+    began = time.perf_counter()
+    result = run_batch_views(spark, data.master_uri, str(views_uri), CARD_VIEWS,
+                             snapshot=data.snapshot, cutoff_ms=data.cutoff_ms, force=True)
+    seconds = time.perf_counter() - began
+    if result.status != "published":
+        raise BenchmarkError(f"run_batch_views returned {result.status!r}, not 'published'")
+    return ViewsRun("lamina", data.rows, seconds, result.rows)
+
+
+def run_bare_spark(spark: SparkSession, data: ViewsData, out: Path) -> ViewsRun:
+    from lamina.schemas.card_views import CARD_VIEWS
+
+    shutil.rmtree(out, ignore_errors=True)
+    began = time.perf_counter()
+    spark.read.parquet(*data.files).createOrReplaceTempView("bench_master")
+    frame = spark.sql(views_sql(CARD_VIEWS, "bench_master", data.cutoff_ms, SPARK))
+    frame.write.parquet(str(out))
+    seconds = time.perf_counter() - began
+    tiles = spark.read.parquet(str(out)).count()
+    return ViewsRun("bare spark", data.rows, seconds, tiles)
+
+
+def breakdown(spark: SparkSession, data: ViewsData) -> dict[str, float]:
+    """Seconds of the job's steps, each cumulative, computed into `noop`."""
+    from lamina.batch import events as batch_events
+    from lamina.batch import tiles as batch_tiles
+    from lamina.schemas.card_views import CARD_VIEWS
+
+    group = CARD_VIEWS
+
+    def events() -> Any:
+        rows = batch_events.read_master(spark, data.master_uri, data.snapshot)
+        return batch_events.events_for(rows, group.event_type, group.entity_key,
+                                       fields=("event_time", *group.fields()))
+
+    steps = {
+        "read + parse + dedup": lambda: batch_tiles.events_before(events(), data.cutoff_ms),
+        "+ 5-min tile states": lambda: batch_tiles.finest_states(events(), group,
+                                                                  data.cutoff_ms),
+        "+ roll-ups and storage columns": lambda: batch_tiles.tiles(events(), group,
+                                                                    data.cutoff_ms),
+    }
+    seconds = {}
+    for name, frame in steps.items():
+        began = time.perf_counter()
+        frame().write.format("noop").mode("overwrite").save()
+        seconds[name] = time.perf_counter() - began
+    return seconds
+
+
+@dataclass
+class ViewsResults:
+    data: ViewsData | None = None
+    duckdb: list[ViewsRun] = field(default_factory=list)
+    lamina: list[ViewsRun] = field(default_factory=list)
+    bare: list[ViewsRun] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)
+    slots: int = 0
+    spark_start_s: float | None = None
+
+
+def check_same_tiles(results: ViewsResults) -> None:
+    """Every engine must have produced the same number of tiles: the same
+    (entity, hop, tile) keys, or one of them computed something else."""
+    counts = {run.label: run.tiles_out for run in results.duckdb + results.lamina + results.bare}
+    if len(set(counts.values())) != 1:
+        raise BenchmarkError(f"the engines disagree on the number of tiles: {counts}")
+
+
+def measure_views(transactions: int, cores: set[int], rounds: int,
+                  say: Callable[[str], None], workdir: Path) -> ViewsResults:
+    """`rounds` interleaved rounds of DuckDB, Lamina and bare Spark on the
+    same data, then the breakdown; the Spark session is stopped at the end."""
+    from benchmarks.training import restore_affinity
+    from lamina.batch import spark as lamina_spark
+
+    restore_affinity(cores)
+    results = ViewsResults()
+    results.data = data = prepare_data(transactions, say)
+    say(f"views data: {data.describe()}")
+    results.slots = max(2, len(cores))
+    spark = lamina_spark.spark_session(f"local[{results.slots}]", app_name="lamina-bench-views",
+                                       extra_conf={"spark.ui.enabled": "false"})
+    results.spark_start_s = lamina_spark.last_start_seconds
+    try:
+        for round_no in range(1, rounds + 1):
+            for label, run, runs in (
+                ("DuckDB", lambda: run_duckdb(data, workdir / "duckdb.parquet"),
+                 results.duckdb),
+                ("Lamina batch views", lambda: run_lamina(spark, data, workdir / "views"),
+                 results.lamina),
+                ("bare Spark SQL", lambda: run_bare_spark(spark, data, workdir / "bare"),
+                 results.bare),
+            ):
+                runs.append(run())
+                say(f"round {round_no}: {label} {runs[-1].rate:,.0f} rows/s "
+                    f"({runs[-1].seconds:.1f} s, {runs[-1].tiles_out:,} tiles)")
+        check_same_tiles(results)
+        results.steps = breakdown(spark, data)
+        say("breakdown: " + ", ".join(f"{k} {v:.1f} s" for k, v in results.steps.items()))
+    finally:
+        spark.stop()
+    return results
+
+
+# -- the report --------------------------------------------------------------------
+
+
+def _runs(runs: list[ViewsRun]) -> str:
+    return f"best of {len(runs)}: " + ", ".join(f"{r.seconds:.1f} s" for r in runs)
+
+
+def _fmt(rate: float) -> str:
+    return f"{rate:,.0f} rows/s"
+
+
+def views_rows(results: ViewsResults) -> list[Row]:
+    ref = best_of(results.duckdb, lambda r: r.rate)
+    lamina = best_of(results.lamina, lambda r: r.rate)
+    bare = best_of(results.bare, lambda r: r.rate)
+    reference = f"DuckDB {_fmt(ref.rate)}"
+    ratio = lamina.rate / ref.rate
+    met = "met" if ratio >= TARGET else "NOT met"
+    rows = [
+        Row("batch views, DuckDB same aggregation (reference)", _fmt(ref.rate), "—", "1.00×",
+            "—", f"{ref.rows_in:,} rows in {ref.seconds:.1f} s → {ref.tiles_out:,} tiles "
+            f"(hops 5 min, 1 h, 1 d), one Parquet file; {_runs(results.duckdb)}"),
+        Row("batch views, Lamina (run_batch_views)", _fmt(lamina.rate), reference,
+            fmt_ratio(ratio), f"≥ {TARGET:.1f}×",
+            f"target {met}; `local[{results.slots}]`, {lamina.seconds:.1f} s → "
+            f"{lamina.tiles_out:,} tiles in one Delta commit; {_runs(results.lamina)}"),
+        Row("batch views, bare Spark SQL (same SQL as DuckDB)", _fmt(bare.rate), reference,
+            fmt_ratio(bare.rate / ref.rate), "—",
+            f"Spark alone on the same aggregation; Lamina's job at "
+            f"{lamina.rate / bare.rate:.2f}× of it; {_runs(results.bare)}"),
+    ]
+    previous = 0.0
+    steps = dict(results.steps)
+    steps["+ Delta write and publish"] = lamina.seconds
+    for name, cumulative in steps.items():
+        share = max(0.0, cumulative - previous)
+        rows.append(Row(f"Lamina views time: {name}", f"{share:.1f} s",
+                        f"Lamina job {lamina.seconds:.1f} s", f"{share / lamina.seconds:.0%}",
+                        "—", f"cumulative {cumulative:.1f} s (noop sink"
+                        + (")" if name != "+ Delta write and publish" else
+                           "; this row: the best full run minus the step above)")))
+        previous = cumulative
+    return rows
+
+
+def views_notes(results: ViewsResults) -> list[str]:
+    data = results.data
+    assert data is not None
+    spark = (f"started in {results.spark_start_s:.1f} s (not timed)"
+             if results.spark_start_s is not None else "")
+    return [
+        f"Batch views data: {data.describe()}; cutoff {data.cutoff_ms} (epoch ms).",
+        f"Batch views: DuckDB with its default threads, Spark `local[{results.slots}]` with "
+        f"Lamina's local settings, {spark}; the rounds are interleaved (DuckDB, Lamina, bare "
+        "Spark) and every engine produced the same number of tiles (checked). DuckDB "
+        "aggregates each hop from the events (`approx_count_distinct`, no HLL partials to "
+        "merge); Lamina aggregates 5-min tiles once and rolls them up, keeps canonical "
+        "DataSketches HLL images and adds sums in event order (deterministic bytes).",
+    ]
