@@ -9,6 +9,7 @@ subcommand that needs them, so `lamina --help` is instant.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -56,6 +57,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -81,8 +92,6 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_infra(args: argparse.Namespace, settings: Settings) -> int:
-    import dataclasses
-
     from lamina import broker
 
     if args.action == "up":
@@ -263,8 +272,16 @@ def cmd_dataset(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
-    from lamina.batch.views import batch_run_command
+    from lamina.batch.views import batch_run_command, batch_vacuum_command
 
+    if args.action == "vacuum":
+        result = batch_vacuum_command(settings, args.retain_hours, dry_run=args.dry_run,
+                                      unsafe_retention=args.unsafe_retention)
+        print(json.dumps(result, indent=2))
+        done = "would remove" if args.dry_run else "removed"
+        print(f"{done} {result['files']} files ({_human_bytes(result['bytes'])}) of "
+              f"{result['views_uri']}; retention {result['retain_hours']} h", file=sys.stderr)
+        return 0
     cutoff = _utc_ms(args.cutoff) if args.cutoff else None
     result = batch_run_command(settings, args.snapshot, cutoff, args.master, force=args.force)
     print(json.dumps(result, indent=2, default=str))
@@ -272,8 +289,6 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_training_set(args: argparse.Namespace, settings: Settings) -> int:
-    import dataclasses
-
     from lamina.batch.spark import spark_session
     from lamina.batch.training_set import write_training_set
 
@@ -357,20 +372,125 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- demo ------------------------------------------------------------------
 
+#: Labels in the demo are as known at the end of its generated period (14
+#: days by default) while chargebacks come 1-30 days after a fraud, so
+#: Lamina's default 30-day label maturity would leave every unlabelled row
+#: out. 4 days is the longest whole number of days that keeps the whole
+#: pre-drift period (drift at day 9.3 of 14) mature.
+DEMO_LABEL_MATURITY_DAYS = 4
+#: Expected transactions per demo training set or backtest at most: the
+#: point-in-time builder does ~700 rows/s on two cores, so 12k rows keep each
+#: build under ~20 s whatever --transactions asks for.
+DEMO_MAX_SET_ROWS = 12_000
+_HOUR_MS = 3_600_000
+_DAY_MS = 86_400_000
+_BATCH_PACKAGES = ("pyspark", "delta", "tensorflow", "mlflow")
+
+
+def _iso(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M") if ms % _DAY_MS else moment.strftime("%Y-%m-%d")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPlan:
+    """The demo's batch loop, as event-time windows [start, end) in ms."""
+
+    train: tuple[int, int]
+    backtest: tuple[int, int]
+    label_maturity_ms: int
+    drift_at_ms: int | None
+
+
+def demo_plan(config: Any) -> DemoPlan:
+    """Windows for the demo's training set and backtest from a
+    GeneratorConfig: both before the drift (the champion learns the
+    pre-drift pattern) and before ``end - label maturity`` (every row mature),
+    the backtest right after the training set, each a third of that span
+    (the first third is history for the lifetime features) but at most
+    ~DEMO_MAX_SET_ROWS expected transactions; whole hours. ConfigError if
+    the generated period leaves no room for them."""
+    maturity = DEMO_LABEL_MATURITY_DAYS * _DAY_MS
+    usable_end = config.end_ms - maturity
+    drift = config.drift_at_ms
+    if drift is not None:
+        usable_end = min(usable_end, drift)
+    usable_end = usable_end // _HOUR_MS * _HOUR_MS
+    per_day = config.transactions / config.days
+    cap = int(DEMO_MAX_SET_ROWS / per_day * _DAY_MS)
+    width = min((usable_end - config.start) // 3, cap) // _HOUR_MS * _HOUR_MS
+    if width < _HOUR_MS:
+        raise ConfigError(
+            f"the generated period ({_iso(config.start)} to {_iso(config.end_ms)}, drift at "
+            f"{_iso(drift) if drift is not None else 'none'}) leaves no room for a training set "
+            f"and a backtest before the drift and {DEMO_LABEL_MATURITY_DAYS} days before its "
+            "end (label maturity); generate more days (--days) or run with --no-batch")
+    return DemoPlan(train=(usable_end - 2 * width, usable_end - width),
+                    backtest=(usable_end - width, usable_end),
+                    label_maturity_ms=maturity, drift_at_ms=drift)
+
+
+def _check_batch_packages() -> None:
+    import importlib.util
+
+    missing = [name for name in _BATCH_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the batch layer's packages are not installed ({', '.join(missing)}): install "
+            "them with `pip install -e '.[batch]'` (infra/bootstrap.sh does), or run "
+            "`lamina demo --no-batch` to stop after landing")
+
+
+class _DemoStep:
+    """Numbered progress lines; a failure inside a step becomes one line
+    naming the step (the traceback goes to the DEBUG log)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.number, self.name = total, 0, ""
+
+    def __call__(self, name: str, line: str) -> _DemoStep:
+        self.number += 1
+        self.name = name
+        print(f"[{self.number}/{self.total}] {line}", flush=True)
+        return self
+
+    def __enter__(self) -> _DemoStep:
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if not isinstance(exc, Exception) or isinstance(exc, LaminaError):
+            return  # done, a message already, or Ctrl-C
+        import logging
+
+        logging.getLogger(__name__).debug("demo step failed", exc_info=exc)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise LaminaError(
+            f"the {self.name} step failed: {type(exc).__name__}: {first_line} (the traceback: "
+            "`lamina --log-level DEBUG demo`)") from exc
+
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Start Kafka, generate events, land them, print what landed."""
-    import dataclasses
+    """Start Kafka, generate events, land them, print what landed; then run the
+    batch loop on them: batch views, a point-in-time training set and backtest
+    from before the drift, training, the gate (the first model becomes the
+    champion) and the model registry. --no-batch stops after landing."""
     import shutil
 
     from lamina import broker, generator
     from lamina.schemas.topics import default_topics
 
+    began = time.monotonic()
+    config = _generator_config(args)
+    plan = None
+    if not args.no_batch:
+        _check_batch_packages()
+        plan = demo_plan(config)  # refuse a period with no room before doing anything
     home = settings.home / "demo"
     if home.exists():
         shutil.rmtree(home)  # a demo starts from nothing, every time
     demo = dataclasses.replace(settings, home=home, master_uri="")
-    print(f"[1/4] starting Kafka (single KRaft node, free loopback ports) under {home}/kafka")
+    step = _DemoStep(4 if plan is None else 9)
+    step("kafka", f"starting Kafka (single KRaft node, free loopback ports) under {home}/kafka")
     # Kafka's jars stay where the bootstrap put them (settings.home).
     started = broker.KafkaCluster(home / "kafka", broker.kafka_libs(settings), nodes=1)
     started.start()
@@ -378,16 +498,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         demo = dataclasses.replace(demo, bootstrap_servers=started.bootstrap_servers)
         started.create_topics(
             default_topics(demo.raw_topic, demo.dlq_topic, demo.raw_partitions))
-        config = _generator_config(args)
-        print(f"[2/4] producing {config.transactions:,} transactions (+ labels, late, duplicate "
-              f"and malformed events) to {demo.raw_topic} at {demo.bootstrap_servers}")
+        step("produce", f"producing {config.transactions:,} transactions (+ labels, late, "
+             f"duplicate and malformed events) to {demo.raw_topic} at {demo.bootstrap_servers}")
         counts = generator.produce(config, demo.bootstrap_servers, demo.raw_topic,
                                    rate=args.rate, progress=not args.quiet)
         print(f"      produced {counts}")
-        print(f"[3/4] landing into the master dataset at {demo.master_path}")
-        began = time.monotonic()
+        step("landing", f"landing into the master dataset at {demo.master_path}")
+        landing_began = time.monotonic()
         stats = run_lander(demo, idle_exit_s=3.0, progress=not args.quiet)
-        took = time.monotonic() - began
+        took = time.monotonic() - landing_began
         print(f"      landed {stats.landed:,}, dead-lettered {stats.dead_lettered:,}, "
               f"duplicates dropped {stats.duplicates_dropped:,} in {stats.commits} commits "
               f"({took:.1f} s including the idle wait)")
@@ -395,11 +514,109 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         if stats.landed != expected or stats.dead_lettered != counts.get("malformed", 0):
             print(f"      MISMATCH: the generator sent {expected} valid events", file=sys.stderr)
             return 1
-        print("[4/4] what landed:\n")
+        step("dataset", "what landed:\n")
         print_dataset_info(_dataset(demo).info())
     finally:
-        started.stop()
+        started.stop()  # the batch layer reads the master dataset, not Kafka
+    if plan is not None:
+        _demo_batch_loop(demo, plan, step)
+    print(f"\ndemo done in {time.monotonic() - began:.0f} s; everything is under {home}")
+    print(_demo_next_steps(home, plan))
     return 0
+
+
+def _demo_batch_loop(demo: Settings, plan: DemoPlan, step: _DemoStep) -> None:
+    """Steps 5-9 of the demo, on the master dataset it landed."""
+    with step("batch views", "batch views: Spark local[2], every card view as time tiles"):
+        from lamina.batch import spark as batch_spark
+        from lamina.batch.views import batch_run_command
+
+        spark = batch_spark.spark_session("local[2]", app_name="lamina-demo")
+        print(f"      Spark started in {batch_spark.last_start_seconds or 0:.1f} s")
+    try:
+        with step:
+            views = batch_run_command(demo, None, None, None)
+        print(f"      {views['status']} {views['rows']:,} tile rows from snapshot "
+              f"{views['snapshot']}, cutoff {_iso(views['cutoff_ms'])}, as version "
+              f"{views['version']} of {views['views_uri']} ({views['seconds']:.1f} s)")
+        snapshot = int(views["snapshot"])
+        drift = f"; the fraud pattern drifts at {_iso(plan.drift_at_ms)}" \
+            if plan.drift_at_ms is not None else ""
+        with step("training sets", f"point-in-time training set and backtest from snapshot "
+                  f"{snapshot}, labels as of its newest event, label maturity "
+                  f"{DEMO_LABEL_MATURITY_DAYS} days{drift}"):
+            from lamina.batch.commands import read_table
+            from lamina.batch.training_set import write_training_set
+
+            sets: dict[str, str] = {}
+            for name, (start, end) in (("train", plan.train), ("backtest", plan.backtest)):
+                out = str(demo.home / "training_sets" / name)
+                meta = write_training_set(spark, demo.master_path, out, snapshot=snapshot,
+                                          start_ms=start, end_ms=end,
+                                          label_maturity_ms=plan.label_maturity_ms)
+                labels = read_table(out)["label"]
+                print(f"      {name:<9} {_iso(start)} to {_iso(end)}: {len(labels):,} rows, "
+                      f"{int(labels.sum()):,} fraud -> {out} ({meta.built_seconds or 0:.1f} s)")
+                sets[name] = out
+    finally:
+        spark.stop()
+
+    with step("training", "training the model (TensorFlow MLP, in this process) and "
+              "registering it with its lineage"):
+        from lamina.batch.commands import evaluate_command, models_command, train_command
+
+        trained = train_command(sets["train"], models_dir=demo.home / "models",
+                                registry=demo.home, snapshot_id=snapshot)
+    auc = (trained["history"].get("auc") or [None])[-1]
+    print(f"      version {trained['version']}: {trained['rows']:,} rows, "
+          f"{trained['positives']:,} fraud, training ROC AUC "
+          f"{'n/a' if auc is None else f'{auc:.3f}'} ({trained['seconds']:.1f} s)")
+    print(f"      model in {trained['model_dir']}, registry {demo.home / 'mlflow.db'}")
+
+    version = int(trained["version"])
+    with step("evaluation", f"backtest of version {version} on the later window, and the "
+              "gate (no champion yet: the absolute minimums decide)"):
+        result = evaluate_command(sets["backtest"], registry=demo.home, candidate=version)
+    metrics = result["candidate_metrics"]
+    print(f"      ROC AUC {metrics['roc_auc']:.3f}, PR AUC {metrics['pr_auc']:.3f}, "
+          f"log loss {metrics['log_loss']:.4f}, ECE {metrics['ece']:.4f} on "
+          f"{int(metrics['n']):,} rows ({int(metrics['positives']):,} fraud)")
+    if result["champion_after"] == version:
+        print(f"      promoted: version {version} is the champion")
+    else:  # a different --seed or size can leave the backtest too thin for the gate
+        print("      not promoted, so there is no champion yet; the gate's reasons:")
+    for reason in result["reasons"]:
+        print(f"        {reason}")
+
+    with step("registry", "the model registry (`lamina models list`):\n"):
+        listed = models_command("list", registry=demo.home)
+    print(f"{'version':>7}  {'champion':<8}  {'gate':<10}  {'snapshot':>8}  "
+          f"{'train rows':>10}  created")
+    for row in listed:
+        rows = row["metrics"].get("train_rows")
+        print(f"{row['version']:>7}  {'yes' if row['champion'] else '':<8}  "
+              f"{row['gate'] or '':<10}  {row['snapshot_id']!s:>8}  "
+              f"{'' if rows is None else f'{int(rows):,}':>10}  {row['created']}")
+
+
+def _demo_next_steps(home: Path, plan: DemoPlan | None) -> str:
+    lines = [f"next (in this shell: export LAMINA_HOME={home}):",
+             "  lamina dataset info                 the master dataset",
+             "  lamina dataset snapshots            its commits (snapshots)"]
+    if plan is None:
+        lines.append("  lamina batch run                    batch views (needs the batch extras)")
+    else:
+        start, end = plan.train
+        lines += [
+            "  lamina models show 1                the champion: lineage, gate reasons, audit",
+            "  lamina models audit                 every promotion and rollback, with its reason",
+            "  lamina batch run                    again: skipped, the view is up to date",
+            "  lamina batch vacuum --dry-run       view files a vacuum would remove",
+            f"  lamina training-set --start {_iso(start)} --end {_iso(end)} "
+            f"--maturity-days {DEMO_LABEL_MATURITY_DAYS}",
+            "                                      the training set again, by hand",
+        ]
+    return "\n".join(lines)
 
 
 # --- parser ----------------------------------------------------------------
@@ -433,9 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="start Kafka, generate events, land them, show what landed",
+    p = sub.add_parser("demo", help="start Kafka, generate events, land them, then run the "
+                                    "batch loop on them (views, training, gate, registry)",
                        description=cmd_demo.__doc__)
     _add_generator_args(p, transactions=50_000)
+    p.add_argument("--no-batch", action="store_true",
+                   help="stop after landing (no Spark, TensorFlow or MLflow needed)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("infra", help="start, stop or inspect the local Kafka (KRaft) runtime",
@@ -479,15 +699,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=20, help="snapshots to list")
     p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("batch", help="compute and publish batch views (Spark)",
-                       description="Read a master-dataset snapshot, compute the card views as "
-                                   "time tiles before a cutoff, publish them in one commit.")
-    p.add_argument("action", choices=["run"])
+    p = sub.add_parser("batch", help="compute and publish batch views (Spark), or vacuum "
+                                     "the files of old ones")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("run", help="compute and publish the card views",
+                           description="Read a master-dataset snapshot, compute the card views "
+                                       "as time tiles before a cutoff, publish them in one "
+                                       "commit.")
     p.add_argument("--snapshot", type=int, help="master dataset version (default: latest)")
     p.add_argument("--cutoff", help="ISO-8601 UTC cutoff, a multiple of the largest tile hop "
                                     "(default: the latest event time, floored)")
     p.add_argument("--master", help="Spark master URL (default local[2])")
     p.add_argument("--force", action="store_true", help="publish even if already published")
+    p.set_defaults(func=cmd_batch)
+    p = actions.add_parser("vacuum", help="delete the files of views replaced long ago",
+                           description="Delete view files that were replaced by a publish more "
+                                       "than --retain-hours ago, and files of killed runs as "
+                                       "old. The published view never changes, and the "
+                                       "previous one stays readable unless "
+                                       "--unsafe-retention.")
+    p.add_argument("--retain-hours", type=_non_negative_int, metavar="N",
+                   help="keep files replaced less than N hours ago (default: the table's "
+                        "delta.deletedFileRetentionDuration, 168 unless set)")
+    p.add_argument("--dry-run", action="store_true", help="list the files, delete nothing")
+    p.add_argument("--unsafe-retention", action="store_true",
+                   help="allow a retention below the table's minimum: readers of older views, "
+                        "and a publish still writing, can lose files")
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("training-set", help="build a point-in-time training set (Spark)",
