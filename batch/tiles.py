@@ -72,6 +72,16 @@ class CutoffError(ConfigError):
     """The batch cutoff is not a tile boundary of every hop of the group."""
 
 
+def _iso(epoch_ms: int) -> str:
+    """``epoch_ms`` as ISO-8601 UTC, as the CLI takes it (``--cutoff``)."""
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+
+
 def check_cutoff(group: GroupBy, cutoff_ms: int) -> int:
     """``cutoff_ms`` if it is a multiple of the group's cutoff alignment (the
     largest hop), else CutoffError saying the nearest valid cutoffs."""
@@ -81,9 +91,10 @@ def check_cutoff(group: GroupBy, cutoff_ms: int) -> int:
     if cutoff_ms % alignment:
         below = cutoff_ms // alignment * alignment
         raise CutoffError(
-            f"cutoff {cutoff_ms} is not a multiple of {alignment} ms, the largest hop of "
-            f"group-by {group.name!r}: a batch view must end on a tile boundary of every "
-            f"hop; use {below} or {below + alignment}"
+            f"cutoff {cutoff_ms} ({_iso(cutoff_ms)}) is not a multiple of {alignment} ms, "
+            f"the largest hop of group-by {group.name!r}: a batch view must end on a tile "
+            f"boundary of every hop; use {_iso(below)} ({below}) or "
+            f"{_iso(below + alignment)} ({below + alignment})"
         )
     return cutoff_ms
 
