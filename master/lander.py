@@ -47,6 +47,10 @@ _ROW_SCHEMA = pa.schema([f for f in MASTER_SCHEMA if f.name != "event_date"])
 MAX_COMMIT_RETRIES = 10
 
 
+#: Longest wait of the assignment watchdog between two rejoins (seconds).
+MAX_REJOIN_S = 300.0
+
+
 def app_id(topic: str, partition: int) -> str:
     """The Delta transaction id of one source partition."""
     return f"lander:{topic}:{partition}"
@@ -59,6 +63,7 @@ class LanderStats:
     dead_lettered: int = 0
     duplicates_dropped: int = 0
     replays_skipped: int = 0
+    rejoins: int = 0  # watchdog re-subscriptions after holding no partition
     commits: int = 0
     conflicts: int = 0
     last_snapshot: int | None = None
@@ -284,6 +289,7 @@ class Lander:
         commit_max_events: int = 50_000,
         commit_max_seconds: float = 2.0,
         dedup_horizon_ms: int = 24 * 3600 * 1000,
+        rejoin_after_s: float = 15.0,
     ) -> None:
         self.dataset = dataset
         self.consumer = consumer
@@ -299,6 +305,11 @@ class Lander:
         self._batch = PendingBatch()
         self._stop = threading.Event()
         self._assigned_at = 0.0
+        # Watchdog: re-subscribe after holding no partition this long
+        # (doubled after each try, up to MAX_REJOIN_S).
+        self.rejoin_after_s = rejoin_after_s
+        self._rejoin_wait_s = rejoin_after_s
+        self._unassigned_since: float | None = None
 
     # --- partition ownership -------------------------------------------------
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
@@ -357,6 +368,35 @@ class Lander:
             )
         self.consumer.subscribe([self.topic], listener=_Listener())
 
+    def _watch_assignment(self, now: float) -> None:
+        """Re-subscribe when the consumer has held no partition for a while.
+
+        kafka-python 3.0.12 can get its partitions revoked by a rebalance and
+        never apply the rejoin that follows: the lander then polls forever
+        with nothing assigned (seen in CI and the benchmarks). Leaving the
+        group and subscribing again makes a fresh join. A lander that is
+        legitimately idle (more landers than partitions) also rejoins, which
+        costs the group a rebalance -- so the wait doubles after each try,
+        up to MAX_REJOIN_S, and resets once partitions are assigned.
+        """
+        if self.consumer.assignment():
+            self._unassigned_since = None
+            self._rejoin_wait_s = self.rejoin_after_s
+            return
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        if now - self._unassigned_since < self._rejoin_wait_s:
+            return
+        log.warning("no partition assigned, rejoining the group", topic=self.topic,
+                    unassigned_s=round(now - self._unassigned_since, 1),
+                    rejoins=self.stats.rejoins + 1)
+        self.consumer.unsubscribe()
+        self.subscribe()
+        self.stats.rejoins += 1
+        self._unassigned_since = now
+        self._rejoin_wait_s = min(self._rejoin_wait_s * 2, MAX_REJOIN_S)
+
     def run(
         self,
         *,
@@ -391,6 +431,7 @@ class Lander:
                         on_commit(self.stats)
                 if max_events is not None and self.stats.consumed >= max_events:
                     break
+                self._watch_assignment(now)
                 if (idle_exit_s is not None and self._assigned_at
                         and now - max(last_record_at, self._assigned_at) >= idle_exit_s
                         and self._caught_up()):

@@ -132,13 +132,15 @@ def test_lander_survives_kill_9_without_loss_or_duplicates(kafka, tmp_path):
         # moment: mid-poll, mid-validation, mid-commit.
         target = before + rng.randint(1, 4)
         deadline = time.monotonic() + 60
-        while snapshot_version(master) < target and time.monotonic() < deadline:
-            assert proc.poll() is None, f"lander exited early, see {tmp_path / 'lander.log'}"
-            time.sleep(0.02)
-        assert snapshot_version(master) > before, "lander made no progress"
-        time.sleep(rng.uniform(0.0, 0.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            while snapshot_version(master) < target and time.monotonic() < deadline:
+                assert proc.poll() is None, f"lander exited early, see {tmp_path / 'lander.log'}"
+                time.sleep(0.02)
+            assert snapshot_version(master) > before, "lander made no progress"
+            time.sleep(rng.uniform(0.0, 0.5))
+        finally:  # never leave a lander running past the test
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         kills += 1
     producer.join()
 
@@ -323,3 +325,47 @@ def test_two_landers_and_a_paused_zombie_land_each_event_exactly_once(kafka, tmp
     counts = landed_ids(master)
     assert [e for e, n in counts.items() if n > 1] == []
     assert set(counts) == valid_ids(3)
+
+
+def test_a_lander_holding_no_partition_rejoins_and_landing_stays_exactly_once(kafka, tmp_path):
+    """The assignment watchdog: lander B joins a group whose only partition
+    A holds, so B gets nothing; after `rejoin_after_s` it leaves and rejoins
+    (a fresh join, what un-sticks kafka-python's lost rejoin). The rebalance
+    may hand the partition to B, and then A is the one without and rejoins:
+    either way somebody keeps rejoining, with backoff. Every event still
+    lands exactly once."""
+    bootstrap = kafka.bootstrap_servers
+    raw, dlq = new_topics(bootstrap, partitions=1)
+    master = tmp_path / "master"
+    producer = kafkaio.make_producer(bootstrap)
+
+    def lander(rejoin_after_s: float) -> Lander:
+        return Lander(
+            dataset=MasterDataset(str(master)),
+            consumer=kafkaio.make_consumer(bootstrap, group_id=f"lander-{raw}"),
+            topic=raw, dead_letters=KafkaDeadLetters(producer, dlq),
+            validator=EventValidator(max_event_bytes=64 * 1024),
+            commit_max_events=100, commit_max_seconds=0.2, rejoin_after_s=rejoin_after_s)
+
+    a, b = lander(0.5), lander(0.5)
+    threads = [threading.Thread(target=x.run, daemon=True) for x in (a, b)]
+    try:
+        produce_all(bootstrap, raw, [(b"card-1", orjson.dumps(tx(n))) for n in range(300)])
+        threads[0].start()
+        wait_for(lambda: len(landed_ids(master)) == 300 if master.exists() else False,
+                 60, "lander A to land the first 300 events")
+        threads[1].start()
+        wait_for(lambda: a.stats.rejoins + b.stats.rejoins >= 2, 60,
+                 "the lander without a partition to rejoin twice")
+        produce_all(bootstrap, raw, [(b"card-1", orjson.dumps(tx(n)))
+                                     for n in range(300, 600)])
+        wait_for(lambda: len(landed_ids(master)) == 600, 90, "all 600 events to land")
+    finally:
+        a.stop()
+        b.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+        producer.close()
+    counts = landed_ids(master)
+    assert set(counts) == {f"tx-{n}" for n in range(600)}
+    assert max(counts.values()) == 1
