@@ -144,7 +144,7 @@ def land_generated(master_uri: str, transactions: int, progress: bool = True) ->
     dataset = MasterDataset(master_uri)
     dataset.create_if_missing()
     validator = EventValidator()
-    landed = LandedIds(24 * 3600 * 1000)
+    landed = LandedIds(dataset)
     sink = FileDeadLetters(Path(master_uri).parent / "deadletters.jsonl")
     stats = LanderStats()
     batch = PendingBatch()

@@ -183,7 +183,7 @@ def run_lander(settings: Settings, *, idle_exit_s: float | None = None,
         validator=_validator(settings),
         commit_max_events=settings.commit_max_events,
         commit_max_seconds=settings.commit_max_seconds,
-        dedup_horizon_ms=int(settings.dedup_horizon_hours * 3600 * 1000),
+        dedup_cached_days=settings.dedup_cached_days,
     )
     lander.install_signal_handlers()
     bar = tqdm(unit=" events", desc="landing", disable=not progress)
@@ -218,7 +218,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         _validator(settings),
         settings.home / "deadletters",
         batch_size=settings.commit_max_events,
-        dedup_horizon_ms=int(settings.dedup_horizon_hours * 3600 * 1000),
+        dedup_cached_days=settings.dedup_cached_days,
         progress=not args.quiet,
     )
     print(json.dumps([

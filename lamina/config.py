@@ -40,8 +40,10 @@ class Settings:
     lander_session_timeout_ms: int = 10_000
     commit_max_events: int = 50_000
     commit_max_seconds: float = 2.0
-    # Drop an event_id seen before within this many hours of event time.
-    dedup_horizon_hours: float = 24.0
+    # A resent event_id is dropped when it landed on the same event date,
+    # however old; this many newest dates of ids are kept in memory (older
+    # dates are looked up in the table).
+    dedup_cached_days: int = 3
     # Events larger than this go to the dead-letter topic.
     max_event_bytes: int = 64 * 1024
 
@@ -73,6 +75,19 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     return coerced
 
 
+#: Settings that existed once, and what to do instead.
+REMOVED_SETTINGS: Mapping[str, str] = {
+    "dedup_horizon_hours": "resends are now dropped whatever their age (same event_id on "
+                           "the same event date); remove it, and set dedup_cached_days "
+                           "to tune memory",
+}
+
+
+def _refuse_removed(name: str, where: str) -> None:
+    if name in REMOVED_SETTINGS:
+        raise ConfigError(f"{where}: setting '{name}' was removed: {REMOVED_SETTINGS[name]}")
+
+
 def load_settings(
     config_file: str | Path | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -92,6 +107,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         for key, value in raw.items():
+            _refuse_removed(key, f"config file {path}")
             if key not in known:
                 raise ConfigError(
                     f"config file {path}: unknown setting '{key}' "
@@ -99,6 +115,9 @@ def load_settings(
                 )
             values[key] = _coerce(key, known[key], value)
 
+    for key in REMOVED_SETTINGS:
+        if env.get(f"LAMINA_{key.upper()}"):
+            _refuse_removed(key, f"environment variable LAMINA_{key.upper()}")
     for key, kind in known.items():
         env_value = env.get(f"LAMINA_{key.upper()}")
         if env_value is not None and env_value != "":

@@ -1,85 +1,69 @@
-"""Which event_ids have already landed, within a horizon of event time.
+"""The lander's dedup index: event_ids already in the master dataset.
 
 Redelivery of a Kafka offset is handled by the transaction versions; this
 handles the other kind of duplicate: a producer that resends the same
-event_id at a new offset. The index keeps every event_id whose event time is
-no older than `watermark - horizon`, where the watermark is the newest event
-time landed. A resend of an event older than that lands again; batch and
-speed views count each event_id once, so they are still right, and
-`lamina dataset info` users can find such rows by event_id.
+event_id at a new offset. The rule is the generic one of
+:mod:`lamina.dedup`: an event is dropped when an event with the same
+event_id has landed on the same UTC event date (a resend carries the same
+event time, so it falls on the same date). The date is the table's
+partition, so the ids of a date are read from that partition alone.
 
-Producers key events by entity, so a resend goes to the same partition and
-thus to the same lander; the index is per lander process and is reloaded from
-the table on every partition assignment.
+There is no horizon: a resend of an event a year old is caught too. The
+newest ``cached_days`` dates the lander touched are held in memory; an
+event of an older date costs one read of that date's partition, filtered
+to the batch's ids. See ``docs/decisions.md`` ("Duplicates").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from lamina.dedup import DAY_MS, EventIdIndex
 from lamina.master.dataset import MasterDataset
 
-
-class LandedIds:
-    def __init__(self, horizon_ms: int) -> None:
-        self.horizon_ms = horizon_ms
-        self.watermark_ms = 0
-        self._ids: dict[str, int] = {}
-        self._pruned_at_ms = 0
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._ids
-
-    def add_many(self, event_ids: Iterable[str], event_times_ms: Iterable[int]) -> None:
-        ids = self._ids
-        newest = self.watermark_ms
-        for event_id, t in zip(event_ids, event_times_ms, strict=True):
-            ids[event_id] = t
-            if t > newest:
-                newest = t
-        self.watermark_ms = newest
-        # Prune lazily: only when the watermark moved by a tenth of the horizon.
-        if newest - self._pruned_at_ms > self.horizon_ms // 10:
-            self.prune()
-
-    def prune(self) -> None:
-        floor = self.watermark_ms - self.horizon_ms
-        self._ids = {k: t for k, t in self._ids.items() if t >= floor}
-        self._pruned_at_ms = self.watermark_ms
-
-    @classmethod
-    def load(cls, dataset: MasterDataset, horizon_ms: int) -> LandedIds:
-        """Rebuild the index from the latest snapshot of the table."""
-        index = cls(horizon_ms)
-        if not dataset.exists():
-            return index
-        stats = dataset.file_stats()
-        if stats.num_rows == 0 or "max.event_time" not in stats.column_names:
-            return index
-        # Stats may come back in another time unit: normalise to epoch ms.
-        newest = pc.max(_epoch_ms(stats.column("max.event_time"))).as_py()
-        if newest is None:
-            return index
-        floor = newest - horizon_ms
-        floor_ts = pa.scalar(floor, type=pa.timestamp("ms", tz="UTC"))
-        rows = dataset.read(
-            columns=["event_id", "event_time"],
-            filters=ds.field("event_time") >= floor_ts,
-        )
-        times = _epoch_ms(rows.column("event_time")).to_pylist()
-        index.add_many(rows.column("event_id").to_pylist(), times)
-        index.watermark_ms = max(index.watermark_ms, newest)
-        return index
+#: Dates of event ids a lander keeps in memory by default.
+DEFAULT_CACHED_DAYS = 3
 
 
-def _epoch_ms(times: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Timestamps of any unit (delta-rs may hand back microseconds) as int64
-    epoch milliseconds."""
-    return times.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+def _date(start_ms: int) -> str:
+    return datetime.fromtimestamp(start_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+class MasterDatasetIds:
+    """The master dataset as a :class:`lamina.dedup.SeenIdsSource`: ids of
+    one event-time day (= one `event_date` partition) at the latest
+    snapshot."""
+
+    def __init__(self, dataset: MasterDataset) -> None:
+        self.dataset = dataset
+
+    def _day_filter(self, start_ms: int, end_ms: int) -> ds.Expression:
+        if start_ms % DAY_MS or end_ms - start_ms != DAY_MS:
+            raise ValueError("the master dataset's dedup buckets are whole UTC days")
+        return ds.field("event_date") == _date(start_ms)
+
+    def ids_between(self, start_ms: int, end_ms: int) -> list[str]:
+        if not self.dataset.exists():
+            return []
+        rows = self.dataset.read(columns=["event_id"], filters=self._day_filter(start_ms, end_ms))
+        return rows.column("event_id").to_pylist()
+
+    def seen_among(self, start_ms: int, end_ms: int, event_ids: Sequence[str]) -> set[str]:
+        if not self.dataset.exists() or not event_ids:
+            return set()
+        condition = self._day_filter(start_ms, end_ms) & ds.field("event_id").isin(
+            list(event_ids))
+        rows = self.dataset.read(columns=["event_id"], filters=condition)
+        return set(rows.column("event_id").to_pylist())
+
+
+class LandedIds(EventIdIndex):
+    """Event ids landed in the master dataset, by UTC event date."""
+
+    def __init__(self, dataset: MasterDataset, *,
+                 cached_days: int = DEFAULT_CACHED_DAYS) -> None:
+        super().__init__(MasterDatasetIds(dataset), bucket_ms=DAY_MS,
+                         cached_buckets=cached_days)

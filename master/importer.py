@@ -63,7 +63,7 @@ def import_files(
     dead_letter_dir: Path,
     *,
     batch_size: int = 50_000,
-    dedup_horizon_ms: int = 24 * 3600 * 1000,
+    dedup_cached_days: int = 3,
     progress: bool = True,
 ) -> list[ImportResult]:
     from tqdm import tqdm
@@ -72,7 +72,7 @@ def import_files(
         if not path.is_file():
             raise DatasetError(f"cannot import {path}: no such file")
     dataset.create_if_missing()
-    landed = LandedIds.load(dataset, dedup_horizon_ms)
+    landed = LandedIds(dataset, cached_days=dedup_cached_days)
     results = []
     for path in paths:
         source = file_source(path)

@@ -7,7 +7,8 @@ The commit protocol (invariant 2), in the order it happens:
    load the Delta table once, read each partition's transaction version
    (`lander:<topic>:<partition>`, = last offset landed) from *that*
    snapshot, and drop records at or below it (a replay or a zombie's range).
-3. Drop event_ids already landed within the dedup horizon (producer resends).
+3. Drop event_ids already landed on the same event date (producer resends;
+   see lamina.master.dedup).
 4. Send the batch's dead letters and wait until they are durable.
 5. Append the rows *and* the new transaction versions in one commit through
    the same table object: if another lander committed the same app id since
@@ -188,17 +189,17 @@ def commit_batch(
             return floor is None or offset > floor
 
         keep: list[int] = []
-        seen_in_batch: set[str] = set()
+        seen = landed.lookup(batch.event_id, batch.event_time)
         replays = duplicates = 0
         for i in range(len(batch.event_id)):
             if not fresh(batch.topic[i], batch.partition[i], batch.offset[i]):
                 replays += 1
                 continue
             event_id = batch.event_id[i]
-            if event_id in landed or event_id in seen_in_batch:
+            if seen.seen(i, event_id):
                 duplicates += 1
                 continue
-            seen_in_batch.add(event_id)
+            seen.accept(i, event_id)
             keep.append(i)
         rejects = [r for r in batch.rejects
                    if fresh(r.source_topic, r.source_partition, r.source_offset)]
@@ -217,6 +218,7 @@ def commit_batch(
         except CommitConflict as exc:
             stats.conflicts += 1
             log.warning("commit conflict, reloading", attempt=attempt + 1, error=exc)
+            landed.clear()  # another writer landed ids: reload the buckets
             continue
         landed.add_many((batch.event_id[i] for i in keep), (batch.event_time[i] for i in keep))
         stats.commits += 1
@@ -288,7 +290,7 @@ class Lander:
         validator: EventValidator,
         commit_max_events: int = 50_000,
         commit_max_seconds: float = 2.0,
-        dedup_horizon_ms: int = 24 * 3600 * 1000,
+        dedup_cached_days: int = 3,
         rejoin_after_s: float = 15.0,
     ) -> None:
         self.dataset = dataset
@@ -298,10 +300,9 @@ class Lander:
         self.validator = validator
         self.commit_max_events = commit_max_events
         self.commit_max_seconds = commit_max_seconds
-        self.dedup_horizon_ms = dedup_horizon_ms
         self.stats = LanderStats()
         self.writer = f"{socket.gethostname()}:{os.getpid()}"
-        self.landed = LandedIds(dedup_horizon_ms)
+        self.landed = LandedIds(dataset, cached_days=dedup_cached_days)
         self._batch = PendingBatch()
         self._stop = threading.Event()
         self._assigned_at = 0.0
@@ -328,8 +329,9 @@ class Lander:
             log.info("partition assigned", topic=tp.topic, partition=tp.partition,
                      resume_offset="beginning" if last is None else last + 1,
                      snapshot=table.version())
-        # Another lander may have landed events of these partitions.
-        self.landed = LandedIds.load(self.dataset, self.dedup_horizon_ms)
+        # Another lander may have landed events of these partitions: reload
+        # the dedup buckets from the table when next needed.
+        self.landed.clear()
         self._assigned_at = time.monotonic()
 
     def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:

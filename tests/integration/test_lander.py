@@ -369,3 +369,36 @@ def test_a_lander_holding_no_partition_rejoins_and_landing_stays_exactly_once(ka
     counts = landed_ids(master)
     assert set(counts) == {f"tx-{n}" for n in range(600)}
     assert max(counts.values()) == 1
+
+
+def test_a_resend_behind_a_partition_that_got_ahead_lands_once_across_restarts(
+        kafka, tmp_path):
+    """Keyed production as the outside check did it: 50 events dated Jan 6 on
+    partition 0, one dated Jan 1 on partition 2; a new lander process (only
+    the table survives) then sees the producer resend the Jan 1 event."""
+    bootstrap = kafka.bootstrap_servers
+    raw, dlq = new_topics(bootstrap)
+    master = tmp_path / "master"
+    jan6 = T0 + 5 * 86_400_000
+    producer = kafkaio.make_producer(bootstrap)
+    try:
+        for n in range(50):
+            producer.send(raw, value=orjson.dumps(tx(100 + n, event_time=jan6 + n)),
+                          partition=0)
+        producer.send(raw, value=orjson.dumps(tx(7)), partition=2)
+        producer.flush()
+    finally:
+        producer.close()
+    first = run_lander_in_process(bootstrap, raw, dlq, master, expected=51)
+    assert first.landed == 51
+
+    producer = kafkaio.make_producer(bootstrap)
+    try:
+        producer.send(raw, value=orjson.dumps(tx(7)), partition=2)
+        producer.flush()
+    finally:
+        producer.close()
+    second = run_lander_in_process(bootstrap, raw, dlq, master, expected=1)
+    assert second.duplicates_dropped == 1
+    counts = landed_ids(master)
+    assert counts["tx-7"] == 1 and sum(counts.values()) == 51

@@ -20,6 +20,7 @@ from lamina.schemas.validation import EventValidator
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000
+DAY = 24 * HOUR
 
 
 def tx(n: int, t: int = T0, card: str = "card-1") -> bytes:
@@ -62,7 +63,7 @@ def batch_of(values: list[tuple[int, bytes]], validator: EventValidator,
 def land(dataset: MasterDataset, batch: PendingBatch, landed: LandedIds | None = None,
          sink: ListSink | None = None) -> int | None:
     if landed is None:
-        landed = LandedIds(24 * HOUR)
+        landed = LandedIds(dataset)
     return commit_batch(dataset, batch, landed, sink if sink is not None else ListSink(),
                         LanderStats(), writer="test")
 
@@ -131,22 +132,60 @@ def test_offsets_are_committed_in_the_same_snapshot_as_the_rows(dataset, validat
     assert dataset.table().transaction_version(app_id("events.raw", 0)) == 7
 
 
-def test_resent_event_id_is_dropped_within_the_horizon_and_lands_beyond_it(dataset, validator):
-    landed = LandedIds(horizon_ms=2 * HOUR)
+def test_resent_event_id_is_dropped_in_the_batch_and_in_later_batches(dataset, validator):
+    landed = LandedIds(dataset)
     land(dataset, batch_of([(0, tx(1)), (1, tx(1))], validator), landed)  # resend in batch
     land(dataset, batch_of([(2, tx(1))], validator), landed)  # resend in a later batch
     assert event_ids(dataset) == ["tx-1"]
-    # Three hours later in event time, a resend of tx-1 is past the horizon.
-    land(dataset, batch_of([(3, tx(99, t=T0 + 3 * HOUR))], validator), landed)
+    # Days later in event time the resend is still recognised: the rule looks
+    # at the event's own date, not at how far landing got.
+    land(dataset, batch_of([(3, tx(99, t=T0 + 9 * DAY))], validator), landed)
     land(dataset, batch_of([(4, tx(1))], validator), landed)
-    assert event_ids(dataset) == ["tx-1", "tx-1", "tx-99"]
+    assert event_ids(dataset) == ["tx-1", "tx-99"]
+
+
+def test_resend_behind_a_partition_that_got_ahead_lands_once_after_a_restart(
+        dataset, validator):
+    """The outside check's case: 50 events dated Jan 6 on partition 0, then
+    one dated Jan 1 on partition 2; the lander restarts (kill -9: only the
+    table survives) and the producer resends the Jan 1 event. A floor of
+    "newest landed - 24 h" would let it land twice."""
+    jan6 = T0 + 5 * DAY
+    land(dataset, batch_of([(i, tx(100 + i, t=jan6)) for i in range(50)], validator,
+                           partition=0))
+    land(dataset, batch_of([(0, tx(7))], validator, partition=2))
+    restarted = LandedIds(dataset)  # a fresh process: nothing in memory
+    land(dataset, batch_of([(1, tx(7))], validator, partition=2), restarted)
+    assert event_ids(dataset).count("tx-7") == 1
+    # Also with only the newest date cached and the old one probed.
+    small = LandedIds(dataset, cached_days=1)
+    land(dataset, batch_of([(50, tx(200, t=jan6))], validator, partition=0), small)
+    land(dataset, batch_of([(2, tx(7))], validator, partition=2), small)
+    assert event_ids(dataset).count("tx-7") == 1
+    assert small.probes >= 1 and small.cached() == [jan6 // DAY * DAY]
+
+
+def test_the_same_event_id_on_another_date_is_another_event(dataset, validator):
+    land(dataset, batch_of([(0, tx(1))], validator))
+    land(dataset, batch_of([(1, tx(1, t=T0 + DAY))], validator))
+    assert event_ids(dataset) == ["tx-1", "tx-1"]
+
+
+def test_import_of_an_event_already_landed_from_kafka_is_a_duplicate(
+        tmp_path, dataset, validator):
+    jan6 = T0 + 5 * DAY
+    land(dataset, batch_of([(i, tx(100 + i, t=jan6)) for i in range(20)], validator))
+    land(dataset, batch_of([(0, tx(3))], validator, partition=1))  # Jan 1, from Kafka
+    path = tmp_path / "backfill.jsonl"
+    path.write_bytes(tx(3) + b"\n" + tx(4) + b"\n")
+    [result] = import_files(dataset, [path], validator, tmp_path / "dead", progress=False)
+    assert (result.stats.landed, result.stats.duplicates_dropped) == (1, 1)
+    assert event_ids(dataset).count("tx-3") == 1 and "tx-4" in event_ids(dataset)
 
 
 def test_landed_ids_index_is_rebuilt_from_the_table(dataset, validator):
     land(dataset, batch_of([(i, tx(i)) for i in range(5)], validator))
-    index = LandedIds.load(dataset, horizon_ms=24 * HOUR)
-    assert all(f"tx-{i}" in index for i in range(5))
-    assert index.watermark_ms == T0 + 4
+    index = LandedIds(dataset)  # a restarted lander's: loaded lazily from the table
     # A restarted lander uses it: a resend of tx-3 at a new offset is dropped.
     land(dataset, batch_of([(5, tx(3)), (6, tx(6))], validator), index)
     assert event_ids(dataset) == ["tx-0", "tx-1", "tx-2", "tx-3", "tx-4", "tx-6"]
@@ -179,7 +218,7 @@ def test_commit_retries_after_a_conflict_and_refilters(dataset, validator, monke
     monkeypatch.setattr(MasterDataset, "table", first_stale)
     stats = LanderStats()
     commit_batch(dataset, batch_of([(i, tx(i)) for i in range(4)], validator),
-                 LandedIds(24 * HOUR), ListSink(), stats, writer="zombie")
+                 LandedIds(dataset), ListSink(), stats, writer="zombie")
     monkeypatch.undo()
     assert stats.conflicts == 1
     assert event_ids(dataset) == ["tx-0", "tx-1", "tx-2", "tx-3"]
@@ -194,7 +233,7 @@ def test_dead_letters_are_stored_before_the_commit_and_a_failing_sink_commits_no
     batch = batch_of([(0, tx(0)), (1, b"{not json"), (2, tx(2))], validator)
     version = dataset.table().version()
     with pytest.raises(RuntimeError):
-        commit_batch(dataset, batch, LandedIds(HOUR), Broken(), LanderStats(), writer="t")
+        commit_batch(dataset, batch, LandedIds(dataset), Broken(), LanderStats(), writer="t")
     assert dataset.table().version() == version
     assert dataset.table().transaction_version(app_id("events.raw", 0)) is None
 
