@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`.
 # Each bootstraps what it needs (infra/bootstrap.sh is idempotent and quick).
-.PHONY: bootstrap demo test lint bench clean
+.PHONY: bootstrap demo test test-fast lint bench clean
 
 VENV := .venv/bin
 
@@ -16,6 +16,11 @@ lint: bootstrap
 
 test: bootstrap lint
 	$(VENV)/python -m pytest
+
+# The inner loop: no JVM, TensorFlow, broker or Redis (tests/conftest.py
+# refuses a component fixture in a test without the integration marker).
+test-fast: bootstrap lint
+	$(VENV)/python -m pytest -m "not integration"
 
 # kcat is only a reference in the client-tax table; without it that row says so.
 bench: bootstrap

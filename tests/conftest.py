@@ -1,1 +1,57 @@
+"""Test-suite wiring: the fixture plugins, and the tier rule.
+
+Tiers: `integration` marks every test that starts a JVM (Kafka, Spark),
+TensorFlow, a broker or Redis; `make test-fast` runs the rest (pure
+functions, Delta tables on local disk) for the inner loop. A test that uses
+one of the component fixtures without the marker fails collection, so the
+fast tier never starts a component by accident.
+"""
+
+from __future__ import annotations
+
+import pytest
+
 pytest_plugins = ["tests.kafka_fixtures", "tests.spark_fixtures"]
+
+#: Fixtures that start a real component.
+COMPONENT_FIXTURES = frozenset({"kafka", "kafka_cluster3", "fresh_topics", "spark", "redis",
+                                "redis_server", "tile_store"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid for item in items
+        if COMPONENT_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a real component but are not marked "
+            "@pytest.mark.integration:\n  " + "\n  ".join(unmarked))
+
+
+def _components_started() -> set[str]:
+    import sys
+
+    started = set()
+    if "tensorflow" in sys.modules:
+        started.add("TensorFlow")
+    context = getattr(sys.modules.get("pyspark"), "SparkContext", None)
+    if context is not None and getattr(context, "_active_spark_context", None) is not None:
+        started.add("a Spark JVM")
+    return started
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+    """A test without the integration marker that starts TensorFlow or a
+    Spark JVM in this process fails: it belongs to the integration tier."""
+    before = _components_started()
+    result = yield
+    if item.get_closest_marker("integration") is None:
+        new = _components_started() - before
+        if new:
+            raise AssertionError(
+                f"{item.nodeid} started {', '.join(sorted(new))} but is not marked "
+                "@pytest.mark.integration")
+    return result

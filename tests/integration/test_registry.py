@@ -18,6 +18,8 @@ from lamina.batch.evaluate import time_split
 from lamina.batch.model import save_model, score, train_local
 from lamina.batch.registry import CHAMPION, ModelRegistry, RegistryError, code_version
 
+pytestmark = pytest.mark.integration  # TensorFlow and MLflow
+
 FEATURES = [f"f{i}" for i in range(6)]
 PARAMS = {"epochs": 2, "batch_size": 256, "hidden": [32, 16], "learning_rate": 0.005}
 

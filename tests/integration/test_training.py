@@ -37,6 +37,8 @@ from lamina.batch.model import (
     train_local,
 )
 
+pytestmark = pytest.mark.integration  # TensorFlow and MLflow
+
 FEATURES = [f"f{i}" for i in range(6)]
 PARAMS = {"epochs": 2, "batch_size": 256, "hidden": [32, 16], "learning_rate": 0.005}
 
