@@ -44,6 +44,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from lamina.schemas.contract import FeatureContract, LabelRule
 from lamina.schemas.views import WINDOWS, Aggregate, Filter, GroupBy, field_value
 
 _W = WINDOWS
@@ -177,3 +178,17 @@ def model_features(event_payload: Mapping[str, Any],
     near = 0 if total == 0 else sum(histogram[(hour + d) % 24] for d in (-1, 0, 1))
     vector["hour_share_30d"] = NO_HISTORY if total == 0 else near / total
     return vector
+
+
+#: The default use case's contract: card transactions scored for fraud.
+CARD_FRAUD: Final = FeatureContract(
+    name="card_fraud",
+    query_event_type="transaction",
+    groups=(CARD_VIEWS,),
+    request_fields=("amount", "currency", "country", "channel", "event_time"),
+    features=FEATURES,
+    vectoriser=model_features,
+    label=LabelRule(event_type="label", target_field="transaction_id", positive_field="is_fraud"),
+    context_columns=("merchant_category", "channel"),
+    slices=("merchant_category", "channel"),
+)
