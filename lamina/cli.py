@@ -272,7 +272,8 @@ def cmd_dataset(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
-    from lamina.batch.views import batch_run_command, batch_vacuum_command
+    from lamina.batch.vacuum import batch_vacuum_command
+    from lamina.batch.views import batch_run_command
 
     if args.action == "vacuum":
         result = batch_vacuum_command(settings, args.retain_hours, dry_run=args.dry_run,

@@ -36,14 +36,8 @@ import pytest
 
 from lamina.batch import events as batch_events
 from lamina.batch import tiles as batch_tiles
-from lamina.batch.views import (
-    BatchViewStore,
-    ViewsError,
-    batch_run_command,
-    latest_published,
-    read_published,
-    run_batch_views,
-)
+from lamina.batch.published import BatchViewStore, ViewsError, latest_published, read_published
+from lamina.batch.views import batch_run_command, run_batch_views
 from lamina.config import Settings
 from lamina.generator import GeneratorConfig, write_files
 from lamina.master.dataset import MasterDataset

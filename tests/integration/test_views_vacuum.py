@@ -1,4 +1,4 @@
-"""Vacuuming the batch-views table (``lamina.batch.views.vacuum_views``).
+"""Vacuuming the batch-views table (``lamina.batch.vacuum.vacuum_views``).
 
 Real views tables, published by the real Spark job on a small generated
 master dataset: each publish is an overwrite commit, so the files of the
@@ -27,15 +27,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from lamina.batch.views import (
-    DEFAULT_RETENTION_HOURS,
-    BatchViewStore,
-    ViewsError,
-    latest_published,
-    read_published,
-    run_batch_views,
-    vacuum_views,
-)
+from lamina.batch.published import BatchViewStore, ViewsError, latest_published, read_published
+from lamina.batch.vacuum import DEFAULT_RETENTION_HOURS, vacuum_views
+from lamina.batch.views import run_batch_views
 from lamina.generator import GeneratorConfig, write_files
 from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files

@@ -8,12 +8,8 @@ from typing import Any
 
 import pytest
 
-from lamina.batch.views import (
-    DEFAULT_RETENTION_HOURS,
-    ViewsError,
-    _checksum_source,
-    retention_minimum_hours,
-)
+from lamina.batch.published import ViewsError
+from lamina.batch.vacuum import DEFAULT_RETENTION_HOURS, _checksum_source, retention_minimum_hours
 
 
 def _table(configuration: dict[str, str]) -> Any:
