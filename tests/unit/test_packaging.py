@@ -4,6 +4,7 @@ is quiet on success and still ships the event schemas."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,11 +16,17 @@ REPO = Path(__file__).resolve().parents[2]
 def test_building_the_package_prints_no_setuptools_warnings_and_ships_the_schemas(
     tmp_path: Path,
 ) -> None:
+    # A copy: setuptools builds in the source tree and would leave build/
+    # and *.egg-info in the clone.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".lamina", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+        ".hypothesis"))
     # -v: pip shows the build backend's output only when asked (older pips)
     # or always (newer ones, which is what a bootstrap prints).
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-v",
-         str(REPO), "-w", str(tmp_path)],
+         str(source), "-w", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     output = built.stdout + built.stderr
     assert built.returncode == 0, output[-3000:]
