@@ -63,6 +63,19 @@ _KAFKA_CLIENT_NOISE = re.compile(
 )
 
 
+_CONNECTION_ERROR_NAMES = {"KafkaConnectionError", "NodeNotReadyError"}
+
+
+def _is_connection_error(exc_info: Any) -> bool:
+    """True for a traceback of a lost connection (a reset socket, say),
+    which kafka-python logs with `log.exception`."""
+    exc = exc_info[1] if exc_info else None
+    if exc is None:
+        return False
+    return isinstance(exc, ConnectionError | TimeoutError) or any(
+        cls.__name__ in _CONNECTION_ERROR_NAMES for cls in type(exc).__mro__)
+
+
 class KafkaClientNoise(logging.Filter):
     """Demotes kafka-python's per-retry connection errors (and its event
     loop's self-diagnosis) to DEBUG: shown, as DEBUG, only when the root
@@ -77,7 +90,7 @@ class KafkaClientNoise(logging.Filter):
             message = record.getMessage()
         except Exception:  # a malformed record is not ours to judge
             return True
-        if not _KAFKA_CLIENT_NOISE.search(message):
+        if not (_KAFKA_CLIENT_NOISE.search(message) or _is_connection_error(record.exc_info)):
             return True
         if not logging.getLogger().isEnabledFor(logging.DEBUG):
             return False

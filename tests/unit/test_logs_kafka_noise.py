@@ -11,8 +11,10 @@ import pytest
 from lamina.logs import KafkaClientNoise
 
 
-def record(name: str, level: int, msg: str, *args: object) -> logging.LogRecord:
-    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+def record(name: str, level: int, msg: str, *args: object,
+           error: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error is not None else None
+    return logging.LogRecord(name, level, __file__, 1, msg, args, exc_info)
 
 
 @pytest.fixture
@@ -38,6 +40,9 @@ RETRY_NOISE = [
     record("kafka.net.transport", logging.ERROR, "%s: socket disconnected", "<KafkaTCPTransport>"),
     record("kafka.net.selector", logging.WARNING, "Task %s ran for %.3fs (>%.3fs threshold). "
            "It is blocking the event loop", "<Task>", 0.155, 0.1),
+    # log.exception of a socket the stopping broker reset
+    record("kafka.net.transport", logging.ERROR, "%s: Error receiving network data closing socket",
+           "<KafkaTCPTransport [none]>", error=ConnectionResetError(104, "reset by peer")),
 ]
 
 
@@ -66,6 +71,8 @@ def test_kafka_retry_errors_show_as_debug_when_debugging() -> None:
            "UnsupportedSaslMechanismError"),
     record("kafka.producer.sender", logging.WARNING, "Got error produce response: %s",
            "MessageSizeTooLargeError"),
+    record("kafka.net.selector", logging.ERROR, "Unhandled exception in task %s:", "<Task>",
+           error=ValueError("a bug")),
     # Lamina's own lines about the same outage are not kafka-python's noise.
     record("lamina.kafkaio", logging.WARNING, "kafka broker lost, retrying node=0"),
     record("lamina.master.lander", logging.ERROR, "Connection failed: KafkaConnectionError"),
