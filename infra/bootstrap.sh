@@ -5,13 +5,34 @@
 #   2. Apache Kafka's jars under .lamina/kafka/libs, copied by Maven from
 #      infra/kafka/pom.xml (skipped when the pom is unchanged).
 # Caches outside the clone (pip's, Maven's ~/.m2) make reruns fast.
+# Quiet on success: a step's output is kept in .lamina/bootstrap.log and
+# shown only if the step fails.
 set -euo pipefail
+
+# quietly LOG COMMAND...: run COMMAND with its output appended to LOG; if it
+# fails, show that output and exit with its status.
+quietly() {
+  local log=$1 status=0 start
+  shift
+  start=$( [ -f "$log" ] && wc -c < "$log" || echo 0 )
+  "$@" >>"$log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then
+    tail -c +"$((start + 1))" "$log" >&2
+    echo "bootstrap: '$*' failed with status $status (output above, also in $log)" >&2
+    exit "$status"
+  fi
+}
+# Sourced (by the tests): define the helpers only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 stamp_dir=.lamina/stamps
 mkdir -p "$stamp_dir"
+log=.lamina/bootstrap.log
+: > "$log"
 
 need() { command -v "$1" >/dev/null || { echo "bootstrap: '$1' is required ($2)" >&2; exit 1; }; }
 need "$PYTHON" "Python 3.11"
@@ -27,10 +48,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$stamp_dir/python" 2>/dev/null)" != "$py_hash" ]; then
   echo "bootstrap: installing pinned Python dependencies"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  quietly "$log" .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  # pip shows the build backend's notices even with --quiet (setuptools
+  # tells every editable install with a package-dir mapping that a folder
+  # named like the package could shadow it): kept in the log.
+  quietly "$log" .venv/bin/python -m pip install --quiet --disable-pip-version-check \
     -c requirements.lock -e '.[dev,batch]'
-  .venv/bin/python -m pip check
+  quietly "$log" .venv/bin/python -m pip check
   echo "$py_hash" > "$stamp_dir/python"
 fi
 
@@ -39,7 +63,7 @@ kafka_hash=$(sha256sum infra/kafka/pom.xml | cut -d' ' -f1)
 if [ "$(cat "$stamp_dir/kafka" 2>/dev/null)" != "$kafka_hash" ] || [ ! -d .lamina/kafka/libs ]; then
   echo "bootstrap: copying Kafka jars with Maven"
   rm -rf .lamina/kafka/libs
-  mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies \
+  quietly "$log" mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies \
     -DoutputDirectory="$PWD/.lamina/kafka/libs"
   echo "$kafka_hash" > "$stamp_dir/kafka"
 fi

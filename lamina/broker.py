@@ -45,17 +45,48 @@ HOST = "127.0.0.1"
 _TOPIC_ALREADY_EXISTS = 36
 
 
-def kafka_libs(settings_or_home: Settings | Path) -> Path:
-    """The directory of Kafka's jars (`<home>/kafka/libs`), given Settings or
-    Lamina's home directory. Raises InfraError if the jars are not there."""
+def _clone_root() -> Path | None:
+    """The Lamina clone this code runs from (an editable install), or None
+    for an installed wheel. `infra/bootstrap.sh` puts Kafka's jars there."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "infra" / "bootstrap.sh").is_file() else None
+
+
+#: Where this code was cloned, if it was (see `kafka_libs`).
+CLONE = _clone_root()
+
+
+def _has_kafka_jars(libs: Path) -> bool:
+    return any(libs.glob("kafka_2.13-*.jar"))
+
+
+def kafka_libs(settings_or_home: Settings | Path, *, clone: Path | None = CLONE) -> Path:
+    """The directory of Kafka's jars, given Settings or Lamina's home
+    directory: `<home>/kafka/libs` if it holds them, else the clone's
+    `.lamina/kafka/libs` (where `infra/bootstrap.sh` copies them), so a
+    LAMINA_HOME anywhere works after the bootstrap. Raises InfraError with a
+    command that puts the jars where they are looked for."""
     home = settings_or_home.home if isinstance(settings_or_home, Settings) else settings_or_home
     libs = Path(home) / "kafka" / "libs"
-    if not any(libs.glob("kafka_2.13-*.jar")):
+    if _has_kafka_jars(libs):
+        return libs.resolve()
+    if clone is None:
         raise InfraError(
-            f"Kafka's jars are missing from {libs}; run `infra/bootstrap.sh` "
-            "(or `make demo`) to copy them with Maven"
+            f"Kafka's jars are missing from {libs}; in a Lamina clone, copy them there with "
+            f"`mvn -q -f infra/kafka/pom.xml dependency:copy-dependencies "
+            f"-DoutputDirectory={libs.absolute()}` (infra/bootstrap.sh does this for the "
+            "clone's own .lamina)"
         )
-    return libs.resolve()
+    clone_libs = clone / ".lamina" / "kafka" / "libs"
+    if _has_kafka_jars(clone_libs):
+        return clone_libs.resolve()
+    looked = str(clone_libs) if libs.absolute() == clone_libs.absolute() else \
+        f"{libs.absolute()} and {clone_libs}"
+    raise InfraError(
+        f"Kafka's jars are missing (looked in {looked}); run `{clone / 'infra' / 'bootstrap.sh'}` "
+        f"to copy them with Maven into {clone_libs}, where Lamina finds them whatever "
+        "LAMINA_HOME is"
+    )
 
 
 def free_port() -> int:

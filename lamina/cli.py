@@ -777,7 +777,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit status of a command whose reader closed stdout early (`lamina
+#: dataset info | head`): what a shell reports for a writer SIGPIPE ended.
+EXIT_STDOUT_CLOSED = 128 + 13
+
+
+def _stdout_closed() -> bool:
+    """True if stdout is a pipe or socket whose reader has gone away (the
+    kernel flags the write end with an error or hang-up)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> int:
+    """Point stdout at /dev/null, so the interpreter's last flush of what is
+    still buffered cannot fail again, and return EXIT_STDOUT_CLOSED."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_STDOUT_CLOSED
+
+
+def _from_broken_pipe(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Output into a pipe closed early by its reader ends
+    the command quietly with EXIT_STDOUT_CLOSED, like any Unix filter; a
+    broken pipe anywhere else (a socket, a subprocess) is a real error."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if _stdout_closed():
+            return _quiet_stdout()
+        raise
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure(args.log_level)
@@ -786,6 +838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         return func(args, settings)
     except LaminaError as exc:
+        if _from_broken_pipe(exc) and _stdout_closed():
+            return _quiet_stdout()  # a step wrapped the closed pipe (`lamina demo | head`)
         print(f"lamina {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

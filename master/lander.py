@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from lamina.errors import InfraError
+from lamina.kafkaio import BrokerWatch
 from lamina.logs import get_logger
 from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
 from lamina.master.deadletters import DeadLetter, DeadLetterSink
@@ -311,6 +312,9 @@ class Lander:
         self.rejoin_after_s = rejoin_after_s
         self._rejoin_wait_s = rejoin_after_s
         self._unassigned_since: float | None = None
+        # One line when the broker is lost and one when it is back (the
+        # client's own per-retry errors are hidden by lamina.logs).
+        self._broker_watch = BrokerWatch.of(consumer, name=f"lander:{topic}")
 
     # --- partition ownership -------------------------------------------------
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
@@ -417,6 +421,8 @@ class Lander:
                 polled = self.consumer.poll(timeout_ms=200, max_records=self.commit_max_events)
                 polled_at = time.perf_counter()
                 stats.poll_s += polled_at - began
+                if self._broker_watch is not None:
+                    self._broker_watch.check()
                 now = time.monotonic()
                 for tp, records in polled.items():
                     self._batch.add_records(tp.topic, tp.partition, records, validator)
