@@ -746,10 +746,11 @@ def _iso(ms: int | None) -> str:
 def _duration(ms: int | None) -> str:
     if ms is None:
         return "lifetime"
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
+    if ms % 86_400_000 == 0 and ms >= 2 * 86_400_000:
+        return f"{ms // 86_400_000}d"
+    if ms % 3_600_000 == 0:
+        return f"{ms // 3_600_000}h"
+    return f"{ms // 60_000}min" if ms % 60_000 == 0 else f"{ms}ms"
 
 
 def check_drift(reference: DriftReference, recent: Any, *, scores: Any = None,
