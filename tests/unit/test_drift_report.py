@@ -101,6 +101,19 @@ def test_a_window_still_filling_in_is_warming_up_not_drift() -> None:
     assert "count_30d" in drifted_features(plain, PSI_ALERT)
 
 
+def test_a_real_shift_in_a_covered_window_is_flagged_while_a_filling_one_waits() -> None:
+    rng = np.random.default_rng(6)
+    reference = _reference(rng)
+    r = S + 50 * DAY_MS
+    # Twice the transaction rate and dearer purchases, in a fresh stream.
+    recent = _stream(rng, r, r + 10 * DAY_MS, 6_000, data_start=r, rate=6.0, amount_shift=0.5)
+    report = check_drift(reference, recent, span=(r, r + 10 * DAY_MS))
+    assert report.alert is True
+    assert report.drifted_features() == ["count_1d", "amount"]
+    assert report.features["count_30d"].status == "warming_up"
+    assert report.reasons[0].startswith("ALERT: feature drift: 2 of 2 checked features")
+
+
 def test_the_reference_keeps_only_rows_whose_windows_its_span_covers() -> None:
     rng = np.random.default_rng(2)
     frame = _stream(rng, S, S + 45 * DAY_MS, 9_000, data_start=S)
