@@ -10,8 +10,9 @@ and raises a LaminaError with an actionable message when it cannot.
   retried task returns what the first attempt made.
 - `evaluate_command`: a registered candidate and the champion are scored on
   the *same* backtest rows; the gate decides; the decision (promote, or
-  reject with reasons) is recorded in the registry. Also reports feature
-  drift (PSI) of the backtest window against the candidate's training data.
+  reject with reasons) is recorded in the registry. Also reports the drift
+  of the backtest window (feature and score PSI with warm-up, performance)
+  against the candidate's and the champion's training data.
 - `models_command`: list / show / champion / audit / promote / rollback.
 
 `registry` everywhere is a `ModelRegistry`, a tracking URI
@@ -154,8 +155,8 @@ def train_command(
         result = train_distributed(session, frame, features, p, seed, num_workers=workers,
                                    model_dir=target)
         history = result.history
-    profile = drift.reference_profile(frame, features)
-    (target / DRIFT_PROFILE).write_text(json.dumps(drift.profile_to_dict(profile)))
+    # The drift reference (covered feature bins, training scores and AUC).
+    drift.save_model_reference(target, frame, features, span=training_window)
 
     rows, positives = len(frame), int(frame["label"].sum())
     metrics = {"train_rows": float(rows), "train_positives": float(positives)}
@@ -188,6 +189,7 @@ def evaluate_command(
     window: tuple[int, int] | None = None,
     thresholds: Any = None,
     apply: bool = True,
+    drift_thresholds: Any = None,
 ) -> dict[str, Any]:
     """Evaluate registered version `candidate` against the champion on one
     backtest window and (if `apply`) promote or reject it.
@@ -199,13 +201,18 @@ def evaluate_command(
     promoted here (only by `models_command("promote", ...)`). Re-running an
     evaluation that already rejected the candidate records nothing new.
     Returns both evaluations' overall metrics, the decision and its reasons,
-    the champion before and after, and the PSI per feature of the backtest
-    against the candidate's training data.
+    the champion before and after, and the drift of the backtest window
+    against the candidate's (`drift`) and the champion's (`champion_drift`)
+    training data (`lamina.batch.drift.DriftReport.to_dict`, with `alert` and
+    `reasons`; `drift_thresholds`: a `DriftThresholds` or a dict of its
+    fields); `psi` and `drifted_features` are the candidate's checked
+    features. A model without a drift reference gets None.
     """
     from lamina.batch import drift
     from lamina.batch.evaluate import Decision, GateThresholds, evaluate_model, gate, json_safe
     from lamina.batch.model import load_model
 
+    drift_limits = drift.DriftThresholds.from_dict(drift_thresholds)  # refused before any record
     reg = open_registry(registry)
     frame = read_table(backtest)
     lineage = reg.lineage(candidate)
@@ -253,18 +260,25 @@ def evaluate_command(
         if decision.promote or already != "rejected":
             after = reg.apply_decision(candidate, decision)
 
-    psi: dict[str, float] = {}
-    profile_path = candidate_dir / DRIFT_PROFILE
-    if profile_path.exists():
-        profile = drift.profile_from_dict(json.loads(profile_path.read_text()))
-        psi = drift.psi_against(profile, frame)
+    # Drift of the backtest window against each model's training data: the
+    # candidate's, and the serving champion's (the retraining signal).
+    cand_drift = drift.model_drift(candidate_dir, frame, features, span=window,
+                                   thresholds=drift_limits)
+    champ_drift = None
+    if champ_eval is not None and champion is not None:
+        champ_drift = drift.model_drift(reg.download(champion), frame,
+                                        reg.lineage(champion).features, span=window,
+                                        thresholds=drift_limits)
     result = {
         "candidate": candidate, "champion_before": champion, "champion_after": after,
         "promote": decision.promote, "reasons": decision.reasons, "applied": apply,
         "window": list(window) if window else None,
         "candidate_metrics": cand_eval.flat(),
         "champion_metrics": champ_eval.flat() if champ_eval else None,
-        "psi": psi, "drifted_features": drift.drifted_features(psi),
+        "psi": cand_drift.psi() if cand_drift else {},
+        "drifted_features": cand_drift.drifted_features() if cand_drift else [],
+        "drift": cand_drift.to_dict() if cand_drift else None,
+        "champion_drift": champ_drift.to_dict() if champ_drift else None,
     }
     log.info("evaluated", candidate=candidate, champion_before=champion, champion_after=after,
              promote=decision.promote, summary=decision.summary())
