@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.kafka_fixtures", "tests.spark_fixtures"]
+pytest_plugins = ["tests.kafka_fixtures", "tests.spark_fixtures", "tests.redis_fixtures"]
