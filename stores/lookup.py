@@ -76,7 +76,7 @@ from typing import Any, Final
 import orjson
 
 from lamina.schemas.aggregations import FeatureValue
-from lamina.schemas.views import GroupBy, Partials, Tiles, Window, window_range
+from lamina.schemas.views import GroupBy, Partials, Tiles, Window
 from lamina.stores.base import (
     BatchRecord,
     EntitySnapshot,
@@ -228,7 +228,8 @@ class FeatureReader:
         self.codec = TileCodec(group)
         self.spans: RealtimeSpans = realtime_spans(group)
         self.fingerprint = definition_fingerprint(group)
-        self._windows = [(a.name, a.feature_name(w), w, w.hop_ms, self.codec.partials[a.name])
+        self._windows = [(a.name, a.feature_name(w), w.length_ms, w.hop_ms,
+                          self.codec.partials[a.name])
                          for a in group.aggregates for w in a.windows]
 
     def features(self, snapshot: EntitySnapshot) -> dict[str, FeatureValue]:
@@ -271,8 +272,10 @@ class FeatureReader:
         decoded: dict[tuple[int, str], list[Any]] = {}
 
         out: dict[str, FeatureValue] = {}
-        for name, feature, window, hop, codec in self._windows:
-            start, _ = window_range(t, window)
+        for name, feature, length, hop, codec in self._windows:
+            # window_range: the window starts at floor((t - W) / h) * h
+            # (None: lifetime); a realtime store holds tiles from the cutoff.
+            start = None if length is None else (t - length) // hop * hop
             parts = []
             stored = entries.get(feature)
             if stored:
@@ -293,7 +296,9 @@ class FeatureReader:
                             partial = cache[i] = codec.load(tiles[i][1].get(name))
                         parts.append(partial)
             monoid = codec.aggregation
-            out[feature] = monoid.present(monoid.merge_all(parts))
+            # zero() is the identity: one part needs no merge.
+            merged = parts[0] if len(parts) == 1 else monoid.merge_all(parts)
+            out[feature] = monoid.present(merged)
         return out
 
 
