@@ -17,6 +17,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -259,6 +260,30 @@ def test_writes_and_publishes_of_one_process_are_seen_by_another(
         published = store.current_view("g")
         assert published is not None and published.batch_version == 9
         assert store.read_entity("g", "child", 1, {}).batch_record == b"r"
+
+
+def test_one_store_object_is_shared_by_threads(store: TileStore) -> None:
+    store.publish_batch(view(C0, 1), records(1))
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for k in range(1, 21):
+                store.write_tiles([tile(f"t{n}", C0, str(k).encode())], consumer=f"c{n}",
+                                  offsets={("events.raw", n): k})
+                snapshot = store.read_entity("g", f"t{n}", C0 + DAY_MS, {DAY_MS: None})
+                assert snapshot.tiles == {(DAY_MS, C0): str(k).encode()}
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    assert not errors, errors
+    for n in range(4):
+        assert store.read_offsets(f"c{n}") == {("events.raw", n): 20}
 
 
 # --- publishing -------------------------------------------------------------------
