@@ -46,7 +46,11 @@ Durability is the server's: Redis' own persistence (AOF with
 crash; the store asks for nothing. With ``maxmemory`` set, use
 ``noeviction``: an eviction policy could drop tiles, offsets or a view.
 The scripts read keys they compute (the record of the view's generation),
-so they need one Redis (primary and replicas), not Redis Cluster.
+so they need one Redis (primary and replicas), not Redis Cluster. The read
+script is flagged ``no-writes``, so serving may read from a replica (a
+replica applies each script's writes as one transaction: its snapshots are
+consistent too, only later; checked by hand with a ``--replicaof``
+server).
 """
 
 from __future__ import annotations
@@ -137,8 +141,8 @@ return 'OK'
 # generation is appended), ARGV[2] entity, ARGV[3] as_of, then (hop,
 # lookback) pairs, lookback -1 = back to the cutoff. Returns {} without a
 # view, {view} when as_of is outside [cutoff, horizon), else {view, record,
-# fields, tiles}.
-_READ: Final = """#!lua
+# fields, tiles}. no-writes: it also runs on a read-only replica.
+_READ: Final = """#!lua flags=no-writes
 local v = redis.call('HMGET', KEYS[1], __FIELDS__)
 if not v[1] then return {} end
 local cutoff, horizon, t = tonumber(v[2]), tonumber(v[3]), tonumber(ARGV[3])
