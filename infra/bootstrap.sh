@@ -50,8 +50,11 @@ fi
 if ! command -v redis-server >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "bootstrap: installing redis-server with apt-get"
-    apt-get install -y -qq redis-server >/dev/null 2>&1 || {
-      apt-get update -qq >/dev/null && apt-get install -y -qq redis-server >/dev/null; }
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+    } >/dev/null 2>&1 ||
+      echo "bootstrap: apt-get could not install redis-server; the Redis tile-store tests" \
+        "will fail until it is installed (apt-get install -y redis-server)" >&2
   else
     echo "bootstrap: redis-server is missing; the Redis tile-store tests will fail until it" \
       "is installed (as root: apt-get install -y redis-server)" >&2
