@@ -66,6 +66,11 @@ Figures (events/s are records of the topic per second of wall time)
   this process's affinity restored to every core it had at start (the Kafka
   figures pin it to one core). It needs no broker: `--only training` starts
   none.
+* stores -- tile stores (`benchmarks/tile_store.py`, which says exactly what
+  runs): SQLite and Redis on the same batch records and realtime tiles,
+  publish and write rates next to raw writes of the same rows, and the
+  snapshot and features lookup p50/p99 next to a raw read of the same
+  records. Starts its own redis-server; needs no broker (`--only stores`).
 """
 
 from __future__ import annotations
@@ -112,7 +117,23 @@ from benchmarks.machine import (
     pin_self,
 )
 from benchmarks.report import Row, append_section, render_section
-from benchmarks.training import TrainingResults, measure_training, training_notes, training_rows
+from benchmarks.tile_store import DEFAULT_TRANSACTIONS as STORE_TRANSACTIONS
+from benchmarks.tile_store import (
+    LOOKUPS,
+    QUICK_LOOKUPS,
+    TileStoreResults,
+    measure_tile_stores,
+    tile_store_notes,
+    tile_store_rows,
+)
+from benchmarks.tile_store import QUICK_TRANSACTIONS as STORE_QUICK_TRANSACTIONS
+from benchmarks.training import (
+    TrainingResults,
+    measure_training,
+    restore_affinity,
+    training_notes,
+    training_rows,
+)
 from benchmarks.validation import validation_rate
 from benchmarks.views import (
     DEFAULT_TRANSACTIONS,
@@ -134,7 +155,7 @@ REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2
-SUITES = ("lander", "validation", "clients", "views", "training")
+SUITES = ("lander", "validation", "clients", "views", "training", "stores")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -324,12 +345,15 @@ def _rate_row(figure: str, runs: list[Timed], ref: Timed, target: str, note: str
 
 def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[str],
                training: TrainingResults | None = None,
-               views: ViewsResults | None = None) -> list[Row]:
+               views: ViewsResults | None = None,
+               stores: TileStoreResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
     if training is not None:
         rows += training_rows(training)
+    if stores is not None:
+        rows += tile_store_rows(stores)
     return rows
 
 
@@ -451,6 +475,7 @@ class Measured:
     pin_note: str = ""
     training: TrainingResults | None = None
     views: ViewsResults | None = None
+    stores: TileStoreResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -466,6 +491,11 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
                                            say, views_dir)
         finally:
             shutil.rmtree(views_dir, ignore_errors=True)
+    if "stores" in args.suites:
+        restore_affinity(set(ctx.cores))
+        measured.stores = measure_tile_stores(
+            STORE_QUICK_TRANSACTIONS if args.quick else STORE_TRANSACTIONS,
+            QUICK_LOOKUPS if args.quick else LOOKUPS)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), ROUNDS, say)
     return measured
@@ -506,6 +536,8 @@ def report_notes(measured: Measured) -> list[str]:
         notes += views_notes(measured.views)
     if measured.training is not None:
         notes += training_notes(measured.training)
+    if measured.stores is not None:
+        notes += tile_store_notes(measured.stores)
     return notes
 
 
@@ -552,11 +584,13 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"{ctx.events:,} records")
     if measured.views is not None and measured.views.data is not None:
         sizes.append(f"views over {measured.views.data.rows:,} transactions")
+    if measured.stores is not None:
+        sizes.append(f"tile stores over {measured.stores.data.transactions:,} transactions")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
-                                     measured.views),
+                                     measured.views, measured.stores),
                           report_notes(measured))
 
 

@@ -3,7 +3,9 @@
 #   1. .venv with the pinned Python dependencies (skipped when pyproject.toml
 #      and requirements.lock are unchanged since the last install);
 #   2. Apache Kafka's jars under .lamina/kafka/libs, copied by Maven from
-#      infra/kafka/pom.xml (skipped when the pom is unchanged).
+#      infra/kafka/pom.xml (skipped when the pom is unchanged);
+#   3. Debian's redis-server, which the tile-store tests start as a user
+#      process (installed with apt when missing and running as root).
 # Caches outside the clone (pip's, Maven's ~/.m2) make reruns fast.
 # Quiet on success: a step's output is kept in .lamina/bootstrap.log and
 # shown only if the step fails.
@@ -66,4 +68,19 @@ if [ "$(cat "$stamp_dir/kafka" 2>/dev/null)" != "$kafka_hash" ] || [ ! -d .lamin
   quietly "$log" mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies \
     -DoutputDirectory="$PWD/.lamina/kafka/libs"
   echo "$kafka_hash" > "$stamp_dir/kafka"
+fi
+
+# --- redis-server (the Redis tile store's tests) ----------------------------------
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing redis-server with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+    } >/dev/null 2>&1 ||
+      echo "bootstrap: apt-get could not install redis-server; the Redis tile-store tests" \
+        "will fail until it is installed (apt-get install -y redis-server)" >&2
+  else
+    echo "bootstrap: redis-server is missing; the Redis tile-store tests will fail until it" \
+      "is installed (as root: apt-get install -y redis-server)" >&2
+  fi
 fi

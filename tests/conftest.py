@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.kafka_fixtures", "tests.spark_fixtures"]
+pytest_plugins = ["tests.kafka_fixtures", "tests.spark_fixtures", "tests.redis_fixtures"]
 
 #: Fixtures that start a real component.
-COMPONENT_FIXTURES = frozenset({"kafka", "kafka_cluster3", "fresh_topics", "spark", "redis",
-                                "redis_server", "tile_store"})
+COMPONENT_FIXTURES = frozenset({"kafka", "kafka_cluster3", "fresh_topics", "spark", "redis_server",
+                                "redis_url"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,323 @@
+"""The bounded lookup: one batch record plus a few realtime tiles per entity.
+
+A naive lookup of "the last 7 days as of t" reads every hourly tile of the
+window (168, and 720 daily ones for a lifetime... per entity, per query).
+Here a lookup reads **one batch record** and the **realtime tiles since the
+cutoff** that its windows need, and merges at most one batch partial per
+window with them.
+
+The batch record (built at publish time, pure: ``build_batch_record``)
+---------------------------------------------------------------------
+A batch view with cutoff ``T`` is published for the queries at ``T <= t <
+H`` (``H``, the horizon, is ``T`` plus the expected interval until the next
+publish, with some slack). For a window of length ``W`` and hop ``h`` the
+batch part at ``t`` is the merge of the batch tiles with ``start(t) <=
+tile_start < T``, where ``start(t) = floor((t - W) / h) * h`` (the sawtooth
+start, ``lamina.schemas.views.window_range``). Over ``[T, H)`` the start
+moves from ``T - W`` to ``S = floor((H - 1 - W) / h) * h``, so:
+
+* the tiles in ``[S, T)`` are needed whole by every query: they are
+  collapsed into one partial (Chronon's "collapsed" part);
+* the tiles in ``[T - W, S)`` leave the window during the interval
+  (Chronon's "tail hops"). Instead of storing them one by one and merging
+  the ones still inside at read time, the record stores, for each such tile
+  ``s``, the *suffix* ``merge(tiles in [s, T))`` -- collapsed part included.
+  A lookup then takes the first entry at or after ``start(t)``: exactly one
+  stored partial per window, never a merge over the tail. Entries equal to
+  the next one (an empty tile, or a filter that let nothing through) are
+  left out, so the record holds at most one entry per non-empty tail tile.
+* a lifetime window has one entry: all batch tiles merged.
+
+Per window that is at most ``min(non-empty tiles, (S - T + W) / h) + 1``
+partials, written once per publish; e.g. a daily publish of the card views
+(``H = T + 1 d``) keeps at most 24 hourly suffixes for the 24 h and 7 d
+windows and one partial for the 30 d and lifetime windows.
+
+The read (``FeatureReader.features``)
+------------------------------------
+For each window: the batch record's entry for ``start(t)`` (none if
+``start(t) >= T``: the window is all realtime), then the realtime tiles
+with ``max(T, start(t)) <= tile_start < t`` in time order, merged with the
+aggregation's ``merge_all`` and presented. The realtime tiles a store reads
+per hop are bounded by the longest window at that hop and by ``H - T``
+(``realtime_spans``, ``lamina.stores.base.realtime_ranges``).
+
+Equality with the reference (tested with hypothesis on random events and
+query times): for every ``t`` in ``[T, H)``, with batch tiles from the
+events before ``T`` and realtime tiles from the events in ``[T, t)``, the
+features equal ``lamina.schemas.views.features_at`` over all tiles (and
+``features_from_events``). Two conditions, both part of the design:
+
+* merges are exact (invariant 3): the suffixes merge in a different grouping
+  than a left fold over the tiles, which is invisible only for exact merges
+  (integers, fixed-point sums, min/max, canonical HLL images). Float sums
+  that do not add exactly could differ in the last bit.
+* the head tile (the one holding ``t``) is read whole: exact when no event
+  at or after ``t`` has been written to it -- a lookup "now", or at a tile
+  boundary. The store keeps partials per tile, not events, so a lookup as of
+  a past ``t`` inside a realtime tile that has since received later events
+  includes them; such queries belong to the offline path.
+
+Outside ``[T, H)`` a lookup is **refused** (``AsOfOutOfRange``): before
+``T`` the batch part would include events after ``t``, and from ``H`` on
+the collapsed part would include tiles that have left the window. A late
+batch publish therefore makes lookups fail loudly rather than answer
+wrongly; pick ``H`` with slack (``horizon_ms``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import orjson
+
+from lamina.schemas.aggregations import FeatureValue
+from lamina.schemas.views import GroupBy, Partials, Tiles, Window
+from lamina.stores.base import (
+    BatchRecord,
+    EntitySnapshot,
+    RealtimeSpans,
+    StoreError,
+    TileStore,
+    check_as_of,
+)
+from lamina.stores.codec import PartialCodec, TileCodec
+
+RECORD_FORMAT: Final = 1
+_MISSING: Final = object()
+
+
+def definition_fingerprint(group: GroupBy) -> str:
+    """A hash of the view definition (frozen dataclasses print stably); the
+    batch layer's ``definition_fingerprint`` is the same function."""
+    return hashlib.sha256(repr(group).encode()).hexdigest()[:16]
+
+
+def horizon_ms(cutoff_ms: int, publish_interval_ms: int, slack: float = 1.0) -> int:
+    """The horizon of a view published with cutoff ``cutoff_ms`` when the
+    next publish is expected ``publish_interval_ms`` later: ``cutoff +
+    interval * (1 + slack)`` (default: twice the interval, so one late or
+    failed publish does not stop lookups)."""
+    if publish_interval_ms <= 0 or slack < 0:
+        raise ValueError(f"publish interval must be > 0 ms and slack >= 0, got "
+                         f"{publish_interval_ms} and {slack}")
+    return cutoff_ms + int(publish_interval_ms * (1.0 + slack))
+
+
+def realtime_spans(group: GroupBy) -> dict[int, int | None]:
+    """Per hop, the longest window at that hop (ms), or None when a lifetime
+    window needs every realtime tile since the cutoff."""
+    longest: dict[int, int] = {}
+    lifetime: set[int] = set()
+    for aggregate in group.aggregates:
+        for window in aggregate.windows:
+            if window.length_ms is None:
+                lifetime.add(window.hop_ms)
+            else:
+                longest[window.hop_ms] = max(longest.get(window.hop_ms, 0), window.length_ms)
+    return {hop: None if hop in lifetime else longest[hop] for hop in group.hops()}
+
+
+def _check_publish(group: GroupBy, cutoff_ms: int, horizon: int) -> None:
+    alignment = group.cutoff_alignment_ms()
+    if cutoff_ms % alignment:
+        raise ValueError(f"view {group.name!r}: cutoff {cutoff_ms} is not a multiple of "
+                         f"{alignment} ms (its largest hop)")
+    if horizon <= cutoff_ms:
+        raise ValueError(f"view {group.name!r}: horizon {horizon} must be after the cutoff "
+                         f"{cutoff_ms}")
+
+
+def _window_entries(window: Window, codec: PartialCodec, tiles: Mapping[int, Partials],
+                    name: str, cutoff_ms: int, horizon: int) -> list[list[Any]]:
+    """The record's entries for one (aggregate, window): ``[start, stored
+    partial]`` ascending by start (``[[None, partial]]`` for lifetime)."""
+    monoid = codec.aggregation
+    zero = monoid.zero()
+    starts = sorted(tiles)
+    if window.length_ms is None:
+        merged = monoid.merge_all(tiles[s][name] for s in starts)
+        return [] if merged == zero else [[None, codec.dump(merged)]]
+    hop = window.hop_ms
+    first = cutoff_ms - window.length_ms
+    last_start = (horizon - 1 - window.length_ms) // hop * hop  # S: the latest start(t)
+    inside = [s for s in starts if first <= s]
+    collapsed = [s for s in inside if s >= last_start]
+    tail = [s for s in inside if s < last_start]
+    entries: list[tuple[int, Any]] = []  # descending by start while built
+    acc = monoid.merge_all(tiles[s][name] for s in collapsed)
+    if collapsed and acc != zero:
+        entries.append((last_start, acc))
+    for s in reversed(tail):
+        acc = monoid.merge(tiles[s][name], acc)
+        # Equal to the entry after it: a query that would pick this one gets
+        # the same partial from the next, so it is not stored.
+        if acc != (entries[-1][1] if entries else zero):
+            entries.append((s, acc))
+    return [[s, codec.dump(p)] for s, p in reversed(entries)]
+
+
+def build_batch_record(group: GroupBy, tiles: Mapping[int, Mapping[int, Partials]],
+                       cutoff_ms: int, horizon: int, *,
+                       codec: TileCodec | None = None) -> bytes | None:
+    """One entity's batch record for lookups at ``cutoff_ms <= t < horizon``
+    (see the module docstring), or None if no window of the view needs any
+    of its batch tiles in that interval.
+
+    ``tiles`` maps each hop to the entity's batch tiles ``{tile_start:
+    {aggregate: partial}}`` (every tile before the cutoff, as the batch
+    layer computed them; absent tiles are zero). ValueError for a tile at
+    or after the cutoff, a misaligned cutoff or a horizon not after it.
+    """
+    _check_publish(group, cutoff_ms, horizon)
+    codec = codec or TileCodec(group)
+    for hop, by_start in tiles.items():
+        late = [s for s in by_start if s >= cutoff_ms]
+        if late:
+            raise ValueError(f"view {group.name!r}: batch tile {min(late)} of hop {hop} ms is "
+                             f"not before the cutoff {cutoff_ms}")
+    features: dict[str, list[list[Any]]] = {}
+    for aggregate in group.aggregates:
+        partial_codec = codec.partials[aggregate.name]
+        for window in aggregate.windows:
+            entries = _window_entries(window, partial_codec, tiles.get(window.hop_ms, {}),
+                                      aggregate.name, cutoff_ms, horizon)
+            if entries:
+                features[aggregate.feature_name(window)] = entries
+    if not features:
+        return None
+    return orjson.dumps({"f": RECORD_FORMAT, "c": cutoff_ms, "h": horizon, "w": features})
+
+
+def batch_records(group: GroupBy, tiles_by_hop: Mapping[int, Tiles], cutoff_ms: int,
+                  horizon: int) -> Iterator[BatchRecord]:
+    """``build_batch_record`` for every entity of ``tiles_by_hop`` (the
+    reference layout, ``{hop: {(entity, tile_start): partials}}``, as
+    ``lamina.schemas.views.build_tiles`` returns per hop), entities in
+    sorted order; entities that need no record are skipped."""
+    per_entity: dict[str, dict[int, dict[int, Partials]]] = {}
+    for hop, tiles in tiles_by_hop.items():
+        for (entity, start), partials in tiles.items():
+            per_entity.setdefault(entity, {}).setdefault(hop, {})[start] = partials
+    codec = TileCodec(group)
+    for entity in sorted(per_entity):
+        payload = build_batch_record(group, per_entity[entity], cutoff_ms, horizon, codec=codec)
+        if payload is not None:
+            yield BatchRecord(entity, payload)
+
+
+def _pick(entries: list[list[Any]], start: int | None) -> Any:
+    """The stored partial of the first entry at or after ``start``."""
+    if start is None:
+        return entries[0][1]
+    for entry_start, stored in entries:
+        if entry_start >= start:
+            return stored
+    return _MISSING
+
+
+class FeatureReader:
+    """Features of one view from an ``EntitySnapshot``; build once per view."""
+
+    def __init__(self, group: GroupBy) -> None:
+        self.group = group
+        self.codec = TileCodec(group)
+        self.spans: RealtimeSpans = realtime_spans(group)
+        self.fingerprint = definition_fingerprint(group)
+        self._windows = [(a.name, a.feature_name(w), w.length_ms, w.hop_ms,
+                          self.codec.partials[a.name])
+                         for a in group.aggregates for w in a.windows]
+
+    def features(self, snapshot: EntitySnapshot) -> dict[str, FeatureValue]:
+        """Every feature of the snapshot's entity just before
+        ``snapshot.as_of_ms`` (keys in ``group.feature_names()`` order).
+
+        Raises ``AsOfOutOfRange`` outside the view's ``[cutoff, horizon)``
+        and ``StoreError`` if the view was published for another definition
+        of the group or the record belongs to another publish.
+        """
+        view = snapshot.view
+        t = snapshot.as_of_ms
+        check_as_of(view, t)
+        if view.definition and view.definition != self.fingerprint:
+            raise StoreError(
+                f"view {self.group.name!r}: the published batch view was built for definition "
+                f"{view.definition}, this reader has {self.fingerprint}; publish the view "
+                "again with this definition")
+        cutoff = view.cutoff_ms
+        entries: Mapping[str, list[list[Any]]] = {}
+        if snapshot.batch_record is not None:
+            record = orjson.loads(snapshot.batch_record)
+            if record.get("f") != RECORD_FORMAT or record.get("c") != cutoff \
+                    or record.get("h") != view.horizon_ms:
+                raise StoreError(
+                    f"view {self.group.name!r}: the batch record of {snapshot.entity!r} was "
+                    f"built for cutoff {record.get('c')} and horizon {record.get('h')}, the "
+                    f"view has {cutoff} and {view.horizon_ms}; publish the view again")
+            entries = record["w"]
+        # Realtime tiles per hop, in time order, parsed once; each
+        # aggregate's partial of a tile is decoded when a window first needs it.
+        by_hop: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for (hop, start), data in snapshot.tiles.items():
+            if cutoff <= start < t:
+                by_hop.setdefault(hop, []).append((start, orjson.loads(data)))
+        starts_by_hop: dict[int, list[int]] = {}
+        for hop, tiles in by_hop.items():
+            tiles.sort(key=lambda item: item[0])
+            starts_by_hop[hop] = [start for start, _ in tiles]
+        decoded: dict[tuple[int, str], list[Any]] = {}
+
+        out: dict[str, FeatureValue] = {}
+        for name, feature, length, hop, codec in self._windows:
+            # window_range: the window starts at floor((t - W) / h) * h
+            # (None: lifetime); a realtime store holds tiles from the cutoff.
+            start = None if length is None else (t - length) // hop * hop
+            parts = []
+            stored = entries.get(feature)
+            if stored:
+                value = _pick(stored, start)
+                if value is not _MISSING:
+                    parts.append(codec.load(value))
+            starts = starts_by_hop.get(hop)
+            if starts:
+                first = bisect.bisect_left(starts, cutoff if start is None else max(cutoff, start))
+                if first < len(starts):
+                    cache = decoded.get((hop, name))
+                    if cache is None:
+                        cache = decoded[(hop, name)] = [_MISSING] * len(starts)
+                    tiles = by_hop[hop]
+                    for i in range(first, len(starts)):
+                        partial = cache[i]
+                        if partial is _MISSING:
+                            partial = cache[i] = codec.load(tiles[i][1].get(name))
+                        parts.append(partial)
+            monoid = codec.aggregation
+            # zero() is the identity: one part needs no merge.
+            merged = parts[0] if len(parts) == 1 else monoid.merge_all(parts)
+            out[feature] = monoid.present(merged)
+        return out
+
+
+class FeatureLookup:
+    """Serving's read path: ``features(entity)`` of one view from a store
+    (one ``read_entity`` snapshot, then ``FeatureReader.features``)."""
+
+    def __init__(self, store: TileStore, group: GroupBy) -> None:
+        self.store = store
+        self.reader = FeatureReader(group)
+
+    def snapshot(self, entity: str, as_of_ms: int | None = None) -> EntitySnapshot:
+        """The store records a lookup of ``entity`` at ``as_of_ms`` (default:
+        now) reads."""
+        t = int(time.time() * 1000) if as_of_ms is None else as_of_ms
+        return self.store.read_entity(self.reader.group.name, entity, t, self.reader.spans)
+
+    def features(self, entity: str, as_of_ms: int | None = None) -> dict[str, FeatureValue]:
+        """Every feature of ``entity`` just before ``as_of_ms`` (default:
+        now). Raises ``NoPublishedView`` / ``AsOfOutOfRange`` (see
+        ``TileStore.read_entity``)."""
+        return self.reader.features(self.snapshot(entity, as_of_ms))
