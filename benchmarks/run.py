@@ -144,11 +144,12 @@ from benchmarks.views import (
     views_rows,
 )
 from lamina import kafkaio
-from lamina.broker import KafkaCluster, create_topics, kafka_libs
+from lamina.broker import KafkaCluster, kafka_libs
 from lamina.errors import LaminaError
 from lamina.generator import KIND_DUPLICATE, KIND_VALID
 from lamina.logs import configure as configure_logging
 from lamina.schemas.topics import TopicSpec
+from lamina.topics import create_topics
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "docs" / "benchmarks.md"

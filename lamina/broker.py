@@ -9,8 +9,9 @@ JVMs on 127.0.0.1 from a cluster directory that holds everything about them:
                                  server.log, stdout.log, data/
 
 A later process builds a `KafkaCluster` on the same directory to find, stop
-or restart the nodes; `infra_up`, `infra_down` and `infra_status` do that for
-the CLI with the directories under `Settings.kafka_home`.
+or restart the nodes; `lamina.infra` does that for the CLI with the
+directories under `Settings.kafka_home`. Topic administration is
+`lamina.topics`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from lamina.config import Settings
 from lamina.errors import InfraError
-from lamina.kafkaio import make_admin, parse_bootstrap
+from lamina.kafkaio import make_admin
 from lamina.logs import get_logger
-from lamina.schemas.topics import TopicSpec, default_topics
+from lamina.schemas.topics import TopicSpec
+from lamina.topics import create_topics
 
 log = get_logger(__name__)
 
@@ -41,8 +43,6 @@ NODES_PER_MODE: dict[Mode, int] = {"single": 1, "cluster": 3}
 
 READY_MARKER = b"Kafka Server started"
 HOST = "127.0.0.1"
-# Kafka's error code for "topic already exists" (CreateTopics response).
-_TOPIC_ALREADY_EXISTS = 36
 
 
 def _clone_root() -> Path | None:
@@ -665,234 +665,3 @@ logger.request.level = WARN
 logger.state.name = state.change.logger
 logger.state.level = WARN
 """
-
-
-# -- topics --------------------------------------------------------------------
-
-
-def create_topics(
-    bootstrap_servers: str,
-    specs: Sequence[TopicSpec],
-    replication_factor: int = 1,
-    min_insync: int | None = None,
-    *,
-    timeout_s: float = 30.0,
-) -> dict[str, int]:
-    """Create the topics that do not exist yet and wait until every
-    partition of every spec has a leader. Idempotent: an existing topic is
-    kept as it is (a warning is logged if its partition count differs from
-    the spec). Returns {topic: partition count as it exists on the cluster}.
-    Raises InfraError if the broker refuses a topic or leaders do not appear
-    within timeout_s."""
-    from kafka.errors import KafkaError
-
-    if not specs:
-        return {}
-    new_topics: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        configs = {"retention.ms": str(spec.retention_ms), **dict(spec.configs)}
-        if min_insync is not None:
-            configs["min.insync.replicas"] = str(min_insync)
-        new_topics[spec.name] = {
-            "num_partitions": spec.partitions,
-            "replication_factor": replication_factor,
-            "configs": configs,
-        }
-    names = list(new_topics)
-    admin = make_admin(bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
-    try:
-        response = admin.create_topics(
-            new_topics, timeout_ms=int(timeout_s * 1000), raise_errors=False
-        )
-        for result in response["topics"]:
-            code, name = result["error_code"], result["name"]
-            if code == 0:
-                log.info("topic created", topic=name, partitions=new_topics[name]["num_partitions"],
-                         replication_factor=replication_factor)
-            elif code != _TOPIC_ALREADY_EXISTS:
-                raise InfraError(
-                    f"Kafka refused to create topic {name}: "
-                    f"{result.get('error_message') or f'error code {code}'}"
-                )
-        try:
-            admin.wait_for_topics(names, timeout_ms=int(timeout_s * 1000))
-        except KafkaError as exc:
-            raise InfraError(
-                f"topics {', '.join(names)} have no leader after {timeout_s:.0f}s ({exc}); "
-                f"is every broker of {bootstrap_servers} up?"
-            ) from None
-        partitions = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
-    finally:
-        admin.close()
-    for spec in specs:
-        if partitions.get(spec.name) != spec.partitions:
-            log.warning("topic exists with another partition count", topic=spec.name,
-                        partitions=partitions.get(spec.name), wanted=spec.partitions)
-    return partitions
-
-
-def topic_partitions(bootstrap_servers: str) -> dict[str, int]:
-    """{topic: partition count} of every non-internal topic."""
-    admin = make_admin(bootstrap_servers, request_timeout_ms=5000)
-    try:
-        topics = admin.describe_topics()
-    finally:
-        admin.close()
-    return {
-        t["name"]: len(t["partitions"])
-        for t in sorted(topics, key=lambda t: t["name"])
-        if not t.get("is_internal") and not t["name"].startswith("__")
-    }
-
-
-# -- the CLI's `lamina infra up|down|status` ---------------------------------------
-
-
-@dataclass(frozen=True)
-class InfraUp:
-    """What `infra_up` did: the broker that runs now and Lamina's topics."""
-
-    mode: Mode
-    bootstrap_servers: str
-    already_running: bool
-    pids: list[int]
-    cluster_dir: Path
-    log_paths: list[Path]
-    topics: dict[str, int]
-
-
-def _cluster_for(settings: Settings, mode: Mode, **kwargs: Any) -> KafkaCluster:
-    return KafkaCluster(
-        settings.kafka_home / mode,
-        kwargs.pop("libs", settings.kafka_home / "libs"),
-        nodes=NODES_PER_MODE[mode],
-        **kwargs,
-    )
-
-
-def _existing_clusters(settings: Settings) -> Iterator[tuple[Mode, KafkaCluster]]:
-    for mode in NODES_PER_MODE:
-        if (settings.kafka_home / mode / "cluster.json").exists():
-            yield mode, _cluster_for(settings, mode)
-
-
-def _wanted_broker_ports(settings: Settings, nodes: int) -> list[int]:
-    # The broker listens where Lamina's clients look: the ports of
-    # settings.bootstrap_servers (a 3-node cluster uses p, p+1, p+2 unless
-    # three servers are listed).
-    servers = parse_bootstrap(settings.bootstrap_servers)
-    for host, _ in servers:
-        if host not in ("127.0.0.1", "localhost"):
-            raise InfraError(
-                f"bootstrap_servers is {settings.bootstrap_servers}, but `lamina infra up` "
-                "starts a broker on this machine (127.0.0.1); unset LAMINA_BOOTSTRAP_SERVERS "
-                "or point it at 127.0.0.1:<port>"
-            )
-    if len(servers) == nodes:
-        return [port for _, port in servers]
-    return [servers[0][1] + i for i in range(nodes)]
-
-
-def infra_up(settings: Settings, mode: Mode = "single", *, heap: str = "512m") -> InfraUp:
-    """Start Lamina's broker(s) as daemons under `settings.kafka_home/<mode>`
-    and create the default topics (RF = node count, min.insync 2 for 3
-    nodes). Idempotent: if the broker already runs, only the topics are
-    checked and `already_running` is True; nodes of it that died are started
-    again on their storage. Raises InfraError if the other mode is running
-    or a port is taken by another process (the message says what to do)."""
-    if mode not in NODES_PER_MODE:
-        raise InfraError(f"infra mode must be one of {', '.join(NODES_PER_MODE)}, not {mode!r}")
-    for other_mode, other in _existing_clusters(settings):
-        if other_mode != mode and other.any_running:
-            raise InfraError(
-                f"a {other_mode} Kafka is already running at {other.bootstrap_servers}; "
-                "run `lamina infra down` first"
-            )
-    libs = kafka_libs(settings)
-    cluster = _cluster_for(settings, mode, libs=libs, daemon=True, heap=heap)
-    already_running = cluster.is_running
-    if not cluster.any_running:
-        # Nothing runs, so the broker may move to the ports the settings name.
-        ports = _wanted_broker_ports(settings, cluster.nodes)
-        for port in ports:
-            if not port_is_free(port):
-                raise InfraError(
-                    f"port {port} on 127.0.0.1 is in use by another process, so Lamina cannot "
-                    "start its broker there; stop that process, or choose a free port with "
-                    "LAMINA_BOOTSTRAP_SERVERS=127.0.0.1:<port>"
-                )
-        cluster = _cluster_for(
-            settings, mode, libs=libs, daemon=True, heap=heap, broker_ports=ports
-        )
-    if not already_running:
-        cluster.start()  # starts only the nodes that are not running
-    specs = default_topics(settings.raw_topic, settings.dlq_topic, settings.raw_partitions)
-    topics = cluster.create_topics(specs)
-    log.info("kafka up", mode=mode, bootstrap=cluster.bootstrap_servers,
-             already_running=already_running)
-    return InfraUp(
-        mode=mode,
-        bootstrap_servers=cluster.bootstrap_servers,
-        already_running=already_running,
-        pids=[p for p in cluster.pids if p is not None],
-        cluster_dir=cluster.cluster_dir,
-        log_paths=cluster.log_paths,
-        topics=topics,
-    )
-
-
-def infra_down(settings: Settings, timeout_s: float = 30.0) -> list[Mode]:
-    """Stop every Lamina broker running from `settings.kafka_home` (clean
-    shutdown, SIGKILL after timeout_s). Storage is kept, so a later
-    `infra_up` resumes with the same topics and data. Returns the modes that
-    were running (empty if nothing was)."""
-    stopped: list[Mode] = []
-    for mode, cluster in _existing_clusters(settings):
-        if cluster.any_running:
-            cluster.stop(timeout_s)
-            stopped.append(mode)
-            log.info("kafka down", mode=mode, dir=cluster.cluster_dir)
-    return stopped
-
-
-def infra_status(settings: Settings) -> dict[str, Any]:
-    """The state of Lamina's own broker, JSON-serialisable:
-
-    running (bool, any node up), healthy (every node up), mode ("single",
-    "cluster" or None), bootstrap_servers, cluster_dir, nodes (node, pid,
-    running, broker_port, log), topics ({name: partitions} when running,
-    else {}) and error (why topics could not be listed, or None).
-    """
-    found = list(_existing_clusters(settings))
-    running = [(mode, c) for mode, c in found if c.any_running]
-    if not running and not found:
-        return {"running": False, "healthy": False, "mode": None, "bootstrap_servers": None,
-                "cluster_dir": None, "nodes": [], "topics": {}, "error": None}
-    mode, cluster = running[0] if running else found[0]
-    status: dict[str, Any] = {
-        "running": cluster.any_running,
-        "healthy": cluster.is_running,
-        "mode": mode,
-        "bootstrap_servers": cluster.bootstrap_servers,
-        "cluster_dir": str(cluster.cluster_dir),
-        "nodes": [
-            {
-                "node": i,
-                "pid": cluster.pid(i),
-                "running": cluster.node_running(i),
-                "broker_port": cluster.ports[i].broker,
-                "log": str(cluster.log_path(i)),
-            }
-            for i in range(cluster.nodes)
-        ],
-        "topics": {},
-        "error": None,
-    }
-    if cluster.any_running:
-        live = ",".join(cluster.node_bootstrap(i) for i in range(cluster.nodes)
-                        if cluster.node_running(i))
-        try:
-            status["topics"] = topic_partitions(live)
-        except Exception as exc:  # status reports a problem, it does not fail on it
-            status["error"] = f"could not list topics: {exc}"
-    return status

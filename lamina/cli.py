@@ -92,19 +92,19 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_infra(args: argparse.Namespace, settings: Settings) -> int:
-    from lamina import broker
+    from lamina import infra
 
     if args.action == "up":
-        info = broker.infra_up(settings, mode=args.mode)
+        info = infra.infra_up(settings, mode=args.mode)
         print(json.dumps(dataclasses.asdict(info), indent=2, default=str))
         if not info.already_running:
             print(f"Kafka is up at {info.bootstrap_servers}; stop it with `lamina infra down`",
                   file=sys.stderr)
     elif args.action == "down":
-        stopped = broker.infra_down(settings)
+        stopped = infra.infra_down(settings)
         print(json.dumps({"stopped": stopped}))
     else:
-        status = broker.infra_status(settings)
+        status = infra.infra_status(settings)
         print(json.dumps(status, indent=2, default=str))
         return 0 if status.get("running") else 1
     return 0

@@ -18,18 +18,12 @@ from typing import Any
 import pytest
 
 from lamina import kafkaio
-from lamina.broker import (
-    KafkaCluster,
-    free_port,
-    infra_down,
-    infra_status,
-    infra_up,
-    kafka_libs,
-    topic_partitions,
-)
+from lamina.broker import KafkaCluster, free_port, kafka_libs
 from lamina.config import Settings
 from lamina.errors import InfraError
+from lamina.infra import infra_down, infra_status, infra_up
 from lamina.schemas.topics import TopicSpec
+from lamina.topics import topic_partitions
 from tests.kafka_fixtures import REPO, FreshTopics
 
 pytestmark = pytest.mark.integration

@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lamina import kafkaio
-from lamina.broker import create_topics
 from lamina.generator import GeneratorConfig, generate
 from lamina.master.dataset import MasterDataset
 from lamina.master.deadletters import KafkaDeadLetters
 from lamina.master.lander import Lander
 from lamina.schemas.topics import TopicSpec
 from lamina.schemas.validation import EventValidator
+from lamina.topics import create_topics
 
 pytestmark = pytest.mark.integration
 
