@@ -197,11 +197,13 @@ def batch_vacuum_command(settings: Settings, retain_hours: int | None, *, dry_ru
                          unsafe_retention: bool = False,
                          group: GroupBy | None = None) -> dict[str, Any]:
     """`lamina batch vacuum`: ``vacuum_views`` on the card views (or
-    ``group``) under ``settings.home / "views"``. Returns the result as a
+    ``group``) at ``settings.view_uri(group.name)``. Returns the result as a
     dict (see ``VacuumResult.as_dict``)."""
     from lamina.schemas.card_views import CARD_VIEWS
 
     group = group or CARD_VIEWS
-    views_path = Path(settings.home) / "views" / group.name
-    return vacuum_views(str(views_path.resolve()), retain_hours, dry_run=dry_run,
+    views_uri = settings.view_uri(group.name)
+    if "://" not in views_uri:
+        views_uri = str(Path(views_uri).resolve())
+    return vacuum_views(views_uri, retain_hours, dry_run=dry_run,
                         unsafe_retention=unsafe_retention).as_dict()

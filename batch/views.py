@@ -228,7 +228,7 @@ def batch_run_command(settings: Settings, snapshot: int | None, cutoff: int | No
                       master: str | None, *, group: GroupBy | None = None,
                       force: bool = False) -> dict[str, Any]:
     """`lamina batch run`: compute and publish the card views (or ``group``)
-    from ``settings.master_path`` into ``settings.home / "views" / group.name``
+    from ``settings.master_uri`` into ``settings.view_uri(group.name)``
     on Spark master ``master`` (default local[2]; ignored when a session
     already runs in this process). Returns the run as a dict
     (``views_uri``, ``status``, ``version``, ``cutoff_ms``, ``snapshot``,
@@ -237,19 +237,21 @@ def batch_run_command(settings: Settings, snapshot: int | None, cutoff: int | No
     from lamina.schemas.card_views import CARD_VIEWS
 
     group = group or CARD_VIEWS
-    views_path = Path(settings.home) / "views" / group.name
-    views_path.parent.mkdir(parents=True, exist_ok=True)
-    master_url = master or "local[2]"
+    views_uri = settings.view_uri(group.name)
+    if "://" not in views_uri:
+        Path(views_uri).parent.mkdir(parents=True, exist_ok=True)
+        views_uri = str(Path(views_uri).resolve())
+    master_url = master or settings.spark.master
     from pyspark.sql import SparkSession
 
     # A session that already runs in this process (a test's, a notebook's)
     # is used and left running; one started here is stopped here.
     already_running = SparkSession.getActiveSession() is not None
     started = time.monotonic()
-    spark = spark_session(master_url)
+    spark = spark_session(master_url, extra_conf=settings.spark.conf)
     spark_start = time.monotonic() - started
     try:
-        result = run_batch_views(spark, settings.master_path, str(views_path.resolve()), group,
+        result = run_batch_views(spark, settings.master_uri, views_uri, group,
                                  snapshot=snapshot, cutoff_ms=cutoff, force=force)
     finally:
         if not already_running:

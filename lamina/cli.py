@@ -137,8 +137,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         files = generator.write_files(config, Path(args.out))
         print(json.dumps({"files": [str(f) for f in files]}, indent=2))
         return 0
-    topic = args.topic or settings.raw_topic
-    counts = generator.produce(config, settings.bootstrap_servers, topic,
+    topic = args.topic or settings.kafka.raw_topic
+    counts = generator.produce(config, settings.kafka.bootstrap_servers, topic,
                                rate=args.rate, progress=not args.quiet)
     print(json.dumps({"topic": topic, "produced": counts}, indent=2))
     return 0
@@ -150,13 +150,13 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 def _dataset(settings: Settings) -> Any:
     from lamina.master.dataset import MasterDataset
 
-    return MasterDataset(settings.master_path)
+    return MasterDataset(settings.master_uri)
 
 
 def _validator(settings: Settings) -> Any:
     from lamina.schemas.validation import EventValidator
 
-    return EventValidator(max_event_bytes=settings.max_event_bytes)
+    return EventValidator(max_event_bytes=settings.lander.max_event_bytes)
 
 
 def run_lander(settings: Settings, *, idle_exit_s: float | None = None,
@@ -169,21 +169,21 @@ def run_lander(settings: Settings, *, idle_exit_s: float | None = None,
     from lamina.master.lander import Lander
 
     consumer = kafkaio.make_consumer(
-        settings.bootstrap_servers,
-        group_id=settings.lander_group,
-        group_instance_id=settings.lander_instance_id or None,
-        session_timeout_ms=settings.lander_session_timeout_ms,
+        settings.kafka.bootstrap_servers,
+        group_id=settings.lander.group,
+        group_instance_id=settings.lander.instance_id or None,
+        session_timeout_ms=settings.lander.session_timeout_ms,
     )
-    producer = kafkaio.make_producer(settings.bootstrap_servers)
+    producer = kafkaio.make_producer(settings.kafka.bootstrap_servers)
     lander = Lander(
         dataset=_dataset(settings),
         consumer=consumer,
-        topic=settings.raw_topic,
-        dead_letters=KafkaDeadLetters(producer, settings.dlq_topic),
+        topic=settings.kafka.raw_topic,
+        dead_letters=KafkaDeadLetters(producer, settings.kafka.dlq_topic),
         validator=_validator(settings),
-        commit_max_events=settings.commit_max_events,
-        commit_max_seconds=settings.commit_max_seconds,
-        dedup_cached_days=settings.dedup_cached_days,
+        commit_max_events=settings.lander.commit_max_events,
+        commit_max_seconds=settings.lander.commit_max_seconds,
+        dedup_cached_days=settings.lander.dedup_cached_days,
     )
     lander.install_signal_handlers()
     bar = tqdm(unit=" events", desc="landing", disable=not progress)
@@ -217,8 +217,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         [Path(p) for p in args.files],
         _validator(settings),
         settings.home / "deadletters",
-        batch_size=settings.commit_max_events,
-        dedup_cached_days=settings.dedup_cached_days,
+        batch_size=settings.lander.commit_max_events,
+        dedup_cached_days=settings.lander.dedup_cached_days,
         progress=not args.quiet,
     )
     print(json.dumps([
@@ -296,11 +296,11 @@ def cmd_training_set(args: argparse.Namespace, settings: Settings) -> int:
     start, end = _utc_ms(args.start), _utc_ms(args.end)
     if end <= start:
         raise ConfigError(f"--end ({args.end}) must be after --start ({args.start})")
-    out = args.out or str(settings.home / "training_sets" / f"{args.start}_{args.end}")
-    spark = spark_session(args.master or "local[2]")
+    out = args.out or str(Path(settings.training_sets_uri) / f"{args.start}_{args.end}")
+    spark = spark_session(args.master or settings.spark.master, extra_conf=settings.spark.conf)
     try:
         meta = write_training_set(
-            spark, settings.master_path, out, snapshot=args.snapshot, start_ms=start,
+            spark, settings.master_uri, out, snapshot=args.snapshot, start_ms=start,
             end_ms=end, label_maturity_ms=int(args.maturity_days * 86_400_000))
     finally:
         spark.stop()
@@ -316,13 +316,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--params must be a JSON object, e.g. '{\"epochs\": 3}'")
     result = train_command(
         args.training_set,
-        models_dir=settings.home / "models",
-        registry=settings.home,
+        models_dir=settings.models_uri,
+        registry=settings.registry_uri,
         snapshot_id=args.snapshot,
         params=params,
         seed=args.seed,
         workers=args.workers,
-        spark_master=args.master or "local[2]",
+        spark_master=args.master or settings.spark.master,
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -331,8 +331,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from lamina.batch.commands import evaluate_command
 
-    result = evaluate_command(args.backtest, registry=settings.home, candidate=args.candidate,
-                              apply=not args.dry_run)
+    result = evaluate_command(args.backtest, registry=settings.registry_uri,
+                              candidate=args.candidate, apply=not args.dry_run)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -340,7 +340,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from lamina.batch.commands import models_command
 
-    result = models_command(args.action, registry=settings.home, version=args.version,
+    result = models_command(args.action, registry=settings.registry_uri, version=args.version,
                             reason=args.reason)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -489,22 +489,24 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     home = settings.home / "demo"
     if home.exists():
         shutil.rmtree(home)  # a demo starts from nothing, every time
-    demo = dataclasses.replace(settings, home=home, master_uri="")
+    demo = settings.relocated(home)
     step = _DemoStep(4 if plan is None else 9)
     step("kafka", f"starting Kafka (single KRaft node, free loopback ports) under {home}/kafka")
     # Kafka's jars stay where the bootstrap put them (settings.home).
     started = broker.KafkaCluster(home / "kafka", broker.kafka_libs(settings), nodes=1)
     started.start()
     try:
-        demo = dataclasses.replace(demo, bootstrap_servers=started.bootstrap_servers)
+        demo = dataclasses.replace(demo, kafka=dataclasses.replace(
+            demo.kafka, bootstrap_servers=started.bootstrap_servers))
+        kafka = demo.kafka
         started.create_topics(
-            default_topics(demo.raw_topic, demo.dlq_topic, demo.raw_partitions))
+            default_topics(kafka.raw_topic, kafka.dlq_topic, kafka.raw_partitions))
         step("produce", f"producing {config.transactions:,} transactions (+ labels, late, "
-             f"duplicate and malformed events) to {demo.raw_topic} at {demo.bootstrap_servers}")
-        counts = generator.produce(config, demo.bootstrap_servers, demo.raw_topic,
+             f"duplicate and malformed events) to {kafka.raw_topic} at {kafka.bootstrap_servers}")
+        counts = generator.produce(config, kafka.bootstrap_servers, kafka.raw_topic,
                                    rate=args.rate, progress=not args.quiet)
         print(f"      produced {counts}")
-        step("landing", f"landing into the master dataset at {demo.master_path}")
+        step("landing", f"landing into the master dataset at {demo.master_uri}")
         landing_began = time.monotonic()
         stats = run_lander(demo, idle_exit_s=3.0, progress=not args.quiet)
         took = time.monotonic() - landing_began
@@ -551,8 +553,8 @@ def _demo_batch_loop(demo: Settings, plan: DemoPlan, step: _DemoStep) -> None:
 
             sets: dict[str, str] = {}
             for name, (start, end) in (("train", plan.train), ("backtest", plan.backtest)):
-                out = str(demo.home / "training_sets" / name)
-                meta = write_training_set(spark, demo.master_path, out, snapshot=snapshot,
+                out = str(Path(demo.training_sets_uri) / name)
+                meta = write_training_set(spark, demo.master_uri, out, snapshot=snapshot,
                                           start_ms=start, end_ms=end,
                                           label_maturity_ms=plan.label_maturity_ms)
                 labels = read_table(out)["label"]
@@ -566,8 +568,8 @@ def _demo_batch_loop(demo: Settings, plan: DemoPlan, step: _DemoStep) -> None:
               "registering it with its lineage"):
         from lamina.batch.commands import evaluate_command, models_command, train_command
 
-        trained = train_command(sets["train"], models_dir=demo.home / "models",
-                                registry=demo.home, snapshot_id=snapshot)
+        trained = train_command(sets["train"], models_dir=demo.models_uri,
+                                registry=demo.registry_uri, snapshot_id=snapshot)
     auc = (trained["history"].get("auc") or [None])[-1]
     print(f"      version {trained['version']}: {trained['rows']:,} rows, "
           f"{trained['positives']:,} fraud, training ROC AUC "
@@ -577,7 +579,7 @@ def _demo_batch_loop(demo: Settings, plan: DemoPlan, step: _DemoStep) -> None:
     version = int(trained["version"])
     with step("evaluation", f"backtest of version {version} on the later window, and the "
               "gate (no champion yet: the absolute minimums decide)"):
-        result = evaluate_command(sets["backtest"], registry=demo.home, candidate=version)
+        result = evaluate_command(sets["backtest"], registry=demo.registry_uri, candidate=version)
     metrics = result["candidate_metrics"]
     print(f"      ROC AUC {metrics['roc_auc']:.3f}, PR AUC {metrics['pr_auc']:.3f}, "
           f"log loss {metrics['log_loss']:.4f}, ECE {metrics['ece']:.4f} on "
@@ -590,7 +592,7 @@ def _demo_batch_loop(demo: Settings, plan: DemoPlan, step: _DemoStep) -> None:
         print(f"        {reason}")
 
     with step("registry", "the model registry (`lamina models list`):\n"):
-        listed = models_command("list", registry=demo.home)
+        listed = models_command("list", registry=demo.registry_uri)
     print(f"{'version':>7}  {'champion':<8}  {'gate':<10}  {'snapshot':>8}  "
           f"{'train rows':>10}  created")
     for row in listed:

@@ -53,14 +53,15 @@ def _existing_clusters(settings: Settings) -> Iterator[tuple[Mode, KafkaCluster]
 
 def _wanted_broker_ports(settings: Settings, nodes: int) -> list[int]:
     # The broker listens where Lamina's clients look: the ports of
-    # settings.bootstrap_servers (a 3-node cluster uses p, p+1, p+2 unless
-    # three servers are listed).
-    servers = parse_bootstrap(settings.bootstrap_servers)
+    # settings.kafka.bootstrap_servers (a 3-node cluster uses p, p+1, p+2
+    # unless three servers are listed).
+    servers = parse_bootstrap(settings.kafka.bootstrap_servers)
     for host, _ in servers:
         if host not in ("127.0.0.1", "localhost"):
             raise InfraError(
-                f"bootstrap_servers is {settings.bootstrap_servers}, but `lamina infra up` "
-                "starts a broker on this machine (127.0.0.1); unset LAMINA_BOOTSTRAP_SERVERS "
+                f"kafka.bootstrap_servers is {settings.kafka.bootstrap_servers}, but `lamina "
+                "infra up` starts a broker on this machine (127.0.0.1); unset "
+                "LAMINA_KAFKA_BOOTSTRAP_SERVERS "
                 "or point it at 127.0.0.1:<port>"
             )
     if len(servers) == nodes:
@@ -94,14 +95,15 @@ def infra_up(settings: Settings, mode: Mode = "single", *, heap: str = "512m") -
                 raise InfraError(
                     f"port {port} on 127.0.0.1 is in use by another process, so Lamina cannot "
                     "start its broker there; stop that process, or choose a free port with "
-                    "LAMINA_BOOTSTRAP_SERVERS=127.0.0.1:<port>"
+                    "LAMINA_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:<port>"
                 )
         cluster = _cluster_for(
             settings, mode, libs=libs, daemon=True, heap=heap, broker_ports=ports
         )
     if not already_running:
         cluster.start()  # starts only the nodes that are not running
-    specs = default_topics(settings.raw_topic, settings.dlq_topic, settings.raw_partitions)
+    kafka = settings.kafka
+    specs = default_topics(kafka.raw_topic, kafka.dlq_topic, kafka.raw_partitions)
     topics = cluster.create_topics(specs)
     log.info("kafka up", mode=mode, bootstrap=cluster.bootstrap_servers,
              already_running=already_running)

@@ -35,7 +35,7 @@ def parse_bootstrap(bootstrap_servers: str) -> list[tuple[str, int]]:
         if not host or not port.isdigit():
             raise InfraError(
                 f"bootstrap server '{part}' is not host:port "
-                "(set LAMINA_BOOTSTRAP_SERVERS, e.g. 127.0.0.1:9092)"
+                "(set LAMINA_KAFKA_BOOTSTRAP_SERVERS, e.g. 127.0.0.1:9092)"
             )
         hosts.append((host, int(port)))
     return hosts
@@ -61,7 +61,7 @@ def require_broker(bootstrap_servers: str, wait_s: float = 5.0) -> None:
         if time.monotonic() >= deadline:
             raise InfraError(
                 f"no Kafka broker answers at {bootstrap_servers}; "
-                "start one with `lamina infra up` or set LAMINA_BOOTSTRAP_SERVERS"
+                "start one with `lamina infra up` or set LAMINA_KAFKA_BOOTSTRAP_SERVERS"
             )
         time.sleep(0.2)
 

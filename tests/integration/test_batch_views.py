@@ -38,7 +38,7 @@ from lamina.batch import events as batch_events
 from lamina.batch import tiles as batch_tiles
 from lamina.batch.published import BatchViewStore, ViewsError, latest_published, read_published
 from lamina.batch.views import batch_run_command, run_batch_views
-from lamina.config import Settings
+from lamina.config import MasterSettings, Settings
 from lamina.generator import GeneratorConfig, write_files
 from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
@@ -579,7 +579,7 @@ def test_kill_9_during_publish_leaves_the_previous_view_complete(
 
 def test_batch_run_command_publishes_under_the_lamina_home(
         spark: Any, master: MasterDataset, tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", master_uri=master.uri)
+    settings = Settings(home=tmp_path / "home", master=MasterSettings(uri=master.uri))
     result = batch_run_command(settings, snapshot=None, cutoff=None, master=None)
     views = (tmp_path / "home" / "views" / CARD_VIEWS.name).resolve()
     assert result["views_uri"] == str(views)

@@ -80,9 +80,9 @@ def test_a_broker_outage_logs_lost_and_back_once_and_loses_nothing(tmp_path: Pat
         bootstrap = cluster.bootstrap_servers
         cluster.create_topics([TopicSpec("raw", 3, 86_400_000), TopicSpec("dlq", 1, 86_400_000)])
         home = tmp_path / "home"
-        env = {**os.environ, "LAMINA_HOME": str(home), "LAMINA_BOOTSTRAP_SERVERS": bootstrap,
-               "LAMINA_RAW_TOPIC": "raw", "LAMINA_DLQ_TOPIC": "dlq",
-               "LAMINA_COMMIT_MAX_SECONDS": "0.5", "LAMINA_LOG_LEVEL": "INFO"}
+        env = {**os.environ, "LAMINA_HOME": str(home), "LAMINA_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+               "LAMINA_KAFKA_RAW_TOPIC": "raw", "LAMINA_KAFKA_DLQ_TOPIC": "dlq",
+               "LAMINA_LANDER_COMMIT_MAX_SECONDS": "0.5", "LAMINA_LOG_LEVEL": "INFO"}
         with log_path.open("wb") as log:
             lander = subprocess.Popen([sys.executable, "-m", "lamina.cli", "land", "--quiet"],
                                       env=env, stdout=log, stderr=log)

@@ -22,7 +22,7 @@ LAMINA = Path(sys.executable).with_name("lamina")
 def test_infra_up_with_lamina_home_elsewhere_finds_the_bootstrapped_jars(tmp_path: Path) -> None:
     home = tmp_path / "home"  # empty: no kafka/libs of its own
     env = {**os.environ, "LAMINA_HOME": str(home),
-           "LAMINA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+           "LAMINA_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
 
     def lamina(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(LAMINA), *args], env=env, capture_output=True, text=True,
@@ -32,7 +32,7 @@ def test_infra_up_with_lamina_home_elsewhere_finds_the_bootstrapped_jars(tmp_pat
         up = lamina("infra", "up")
         assert up.returncode == 0, up.stderr
         info = json.loads(up.stdout)
-        assert info["bootstrap_servers"] == env["LAMINA_BOOTSTRAP_SERVERS"]
+        assert info["bootstrap_servers"] == env["LAMINA_KAFKA_BOOTSTRAP_SERVERS"]
         assert Path(info["cluster_dir"]).is_relative_to(home.resolve())
         status = lamina("infra", "status")
         assert status.returncode == 0 and json.loads(status.stdout)["healthy"], status.stderr

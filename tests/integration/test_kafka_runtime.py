@@ -19,7 +19,7 @@ import pytest
 
 from lamina import kafkaio
 from lamina.broker import KafkaCluster, free_port, kafka_libs
-from lamina.config import Settings
+from lamina.config import KafkaSettings, Settings
 from lamina.errors import InfraError
 from lamina.infra import infra_down, infra_status, infra_up
 from lamina.schemas.topics import TopicSpec
@@ -203,16 +203,17 @@ def settings_with_own_home(home: Path, port: int) -> Settings:
     # a broker someone runs from the repo's .lamina.
     (home / "kafka").mkdir(parents=True)
     (home / "kafka" / "libs").symlink_to(kafka_libs(REPO / ".lamina"))
-    return Settings(home=home, bootstrap_servers=f"127.0.0.1:{port}")
+    return Settings(home=home, kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}"))
 
 
 def test_infra_up_status_down_manage_a_daemonised_broker(tmp_path: Path) -> None:
     settings = settings_with_own_home(tmp_path / "home", free_port())
-    expected_topics = {settings.raw_topic: settings.raw_partitions, settings.dlq_topic: 1}
+    kafka = settings.kafka
+    expected_topics = {kafka.raw_topic: kafka.raw_partitions, kafka.dlq_topic: 1}
     try:
         up = infra_up(settings)
         assert not up.already_running
-        assert up.bootstrap_servers == settings.bootstrap_servers
+        assert up.bootstrap_servers == settings.kafka.bootstrap_servers
         assert up.topics == expected_topics
         again = infra_up(settings)
         assert again.already_running and again.pids == up.pids

@@ -84,15 +84,15 @@ def lander_env(bootstrap: str, raw: str, dlq: str, home: Path) -> dict[str, str]
     env = dict(os.environ)
     env.update({
         "LAMINA_HOME": str(home),
-        "LAMINA_BOOTSTRAP_SERVERS": bootstrap,
-        "LAMINA_RAW_TOPIC": raw,
-        "LAMINA_DLQ_TOPIC": dlq,
+        "LAMINA_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "LAMINA_KAFKA_RAW_TOPIC": raw,
+        "LAMINA_KAFKA_DLQ_TOPIC": dlq,
         "LAMINA_LANDER_GROUP": f"lander-{raw}",
         # A restarted lander takes its partitions back at once (static membership).
         "LAMINA_LANDER_INSTANCE_ID": "lander-under-test",
         # Small, frequent commits so kills land between and during them.
-        "LAMINA_COMMIT_MAX_EVENTS": "4000",
-        "LAMINA_COMMIT_MAX_SECONDS": "0.5",
+        "LAMINA_LANDER_COMMIT_MAX_EVENTS": "4000",
+        "LAMINA_LANDER_COMMIT_MAX_SECONDS": "0.5",
     })
     return env
 
@@ -280,7 +280,8 @@ def test_two_landers_and_a_paused_zombie_land_each_event_exactly_once(kafka, tmp
     del env["LAMINA_LANDER_INSTANCE_ID"]  # dynamic membership: B must take over
     env.update({"LAMINA_LANDER_SESSION_TIMEOUT_MS": "6000",
                 # Long enough that A is likely to hold a batch when frozen.
-                "LAMINA_COMMIT_MAX_SECONDS": "4.0", "LAMINA_COMMIT_MAX_EVENTS": "50000"})
+                "LAMINA_LANDER_COMMIT_MAX_SECONDS": "4.0",
+                "LAMINA_LANDER_COMMIT_MAX_EVENTS": "50000"})
     log = (tmp_path / "landers.log").open("ab")
     command = [sys.executable, "-m", "lamina.cli", "land", "--quiet"]
 
