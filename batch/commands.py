@@ -190,7 +190,9 @@ def evaluate_command(
     apply: bool = True,
 ) -> dict[str, Any]:
     """Evaluate registered version `candidate` against the champion on one
-    backtest window and (if `apply`) promote or reject it.
+    backtest window and (if `apply`) record the evaluation and promote or
+    reject it. With `apply=False` (a dry run) nothing is written to the
+    registry.
 
     `backtest`: frame or path with the features, `label`, `event_time` and
     the slice columns; it must be later in event time than the candidate's
@@ -242,12 +244,14 @@ def evaluate_command(
             decision = Decision(False, [*decision.reasons, (
                 f"FAIL: version {candidate} was rolled back at {rolled_back[-1].time} "
                 f"({rolled_back[-1].reason}); only `lamina models promote` can bring it back")])
-    reg.record_evaluation(candidate, json_safe({
-        "candidate": cand_eval.to_dict(), "champion_version": champion,
-        "champion": champ_eval.to_dict() if champ_eval else None,
-        "decision": {"promote": decision.promote, "reasons": decision.reasons}}))
-
     after = champion
+    if apply:
+        # Only an applied evaluation is recorded: a dry run leaves the
+        # registry exactly as it was (the stored evaluation included).
+        reg.record_evaluation(candidate, json_safe({
+            "candidate": cand_eval.to_dict(), "champion_version": champion,
+            "champion": champ_eval.to_dict() if champ_eval else None,
+            "decision": {"promote": decision.promote, "reasons": decision.reasons}}))
     if apply and champion != candidate:
         already = reg.show(candidate).get("gate")
         if decision.promote or already != "rejected":

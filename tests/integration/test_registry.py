@@ -246,3 +246,39 @@ def test_a_rolled_back_version_is_not_promoted_again_by_the_gate(
                                           "max_log_loss_increase": 1.0})
     assert not result["promote"] and registry.champion() == v1
     assert any("was rolled back" in r for r in result["reasons"])
+
+
+@pytest.mark.integration
+def test_a_dry_run_evaluation_writes_nothing_to_the_registry(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, backtest = data
+    first = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                          snapshot_id=1, features=FEATURES, params=PARAMS, seed=1)["version"]
+    # A version never evaluated stays so after a dry run.
+    dry = evaluate_command(backtest, registry=registry, candidate=first,
+                           thresholds=THRESHOLDS, apply=False)
+    assert dry["applied"] is False and dry["promote"], dry["reasons"]
+    assert registry.show(first)["evaluation"] is None
+    assert registry.champion() is None
+
+    evaluate_command(backtest, registry=registry, candidate=first, thresholds=THRESHOLDS)
+    assert registry.champion() == first
+    shuffled = train.assign(label=np.random.default_rng(0).permutation(train["label"]))
+    second = train_command(shuffled, models_dir=tmp_path / "models", registry=registry,
+                           snapshot_id=2, features=FEATURES, params=PARAMS, seed=1)["version"]
+    evaluate_command(backtest, registry=registry, candidate=second, thresholds=THRESHOLDS)
+    before = registry.show(second)
+    assert before["evaluation"] is not None and before["gate"] == "rejected"
+    audit_before = registry.audit_log()
+
+    # The same candidate on another (later) window, as a dry run.
+    later = backtest.iloc[len(backtest) // 2:].reset_index(drop=True)
+    result = evaluate_command(later, registry=registry, candidate=second,
+                              thresholds=THRESHOLDS, apply=False)
+    assert result["applied"] is False
+    assert result["window"] != before["evaluation"]["candidate"]["window"]
+    after = registry.show(second)
+    assert after["evaluation"] == before["evaluation"]
+    assert (after["gate"], after["gate_reasons"]) == (before["gate"], before["gate_reasons"])
+    assert registry.audit_log() == audit_before
+    assert registry.champion() == first
