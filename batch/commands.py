@@ -179,6 +179,23 @@ def train_command(
     return summary
 
 
+def check_backtest_window(window: tuple[int, int] | None, training_window: tuple[int, int],
+                          *, version: int) -> None:
+    """TrainingError unless the backtest `window` [start_ms, end_ms) starts
+    at or after the end of `version`'s training window (None: nothing to
+    check); the message names both times in ISO-8601 UTC and epoch ms."""
+    from lamina.batch.evaluate import iso_utc
+
+    if window is None or window[0] >= training_window[1]:
+        return
+    start, train_end = int(window[0]), int(training_window[1])
+    raise TrainingError(
+        f"the backtest window starts at {iso_utc(start)} ({start} ms), before the end of "
+        f"version {version}'s training window, {iso_utc(train_end)} ({train_end} ms): a "
+        f"backtest must be later in time than the training data; use rows from "
+        f"{iso_utc(train_end)} on")
+
+
 def evaluate_command(
     backtest: Any,
     *,
@@ -214,11 +231,7 @@ def evaluate_command(
     features = lineage.features
     if window is None and "event_time" in frame.columns and not frame.empty:
         window = (int(frame["event_time"].min()), int(frame["event_time"].max()) + 1)
-    if window is not None and window[0] < lineage.training_window[1]:
-        raise TrainingError(
-            f"the backtest window starts at {window[0]}, before the end of version "
-            f"{candidate}'s training window ({lineage.training_window[1]}): a backtest must "
-            "be later in time than the training data")
+    check_backtest_window(window, lineage.training_window, version=candidate)
     if isinstance(thresholds, dict):
         thresholds = GateThresholds(**thresholds)
     slices = [c for c in slice_columns if c in frame.columns]

@@ -180,7 +180,10 @@ def _check_window(start_ms: int, end_ms: int, label_maturity_ms: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer number of ms, got {value!r}")
     if start_ms >= end_ms:
-        raise ConfigError(f"start_ms {start_ms} must be before end_ms {end_ms}")
+        from lamina.batch.evaluate import iso_utc
+
+        raise ConfigError(f"the window's start {iso_utc(start_ms)} ({start_ms} ms) must be "
+                          f"before its end {iso_utc(end_ms)} ({end_ms} ms)")
     if label_maturity_ms < 0:
         raise ConfigError(f"label_maturity_ms must be >= 0, got {label_maturity_ms}")
 

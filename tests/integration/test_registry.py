@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from lamina.batch.commands import evaluate_command, models_command, train_command
-from lamina.batch.evaluate import time_split
+from lamina.batch.evaluate import iso_utc, time_split
 from lamina.batch.model import save_model, score, train_local
 from lamina.batch.registry import CHAMPION, ModelRegistry, RegistryError, code_version
 
@@ -199,8 +199,10 @@ def test_evaluate_refuses_a_backtest_that_overlaps_training(
     train, _ = data
     trained = train_command(train, models_dir=tmp_path / "models", registry=registry,
                             snapshot_id=3, features=FEATURES, params=PARAMS, seed=1)
-    with pytest.raises(TrainingError, match="later in time"):
+    with pytest.raises(TrainingError, match="later in time") as caught:
         evaluate_command(train, registry=registry, candidate=trained["version"])
+    start = int(train["event_time"].min())
+    assert f"starts at {iso_utc(start)} ({start} ms)" in str(caught.value)
 
 
 def test_train_command_is_idempotent_and_models_command_reports(
