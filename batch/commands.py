@@ -10,8 +10,11 @@ and raises a LaminaError with an actionable message when it cannot.
   retried task returns what the first attempt made.
 - `evaluate_command`: a registered candidate and the champion are scored on
   the *same* backtest rows; the gate decides; the decision (promote, or
-  reject with reasons) is recorded in the registry. Also reports feature
-  drift (PSI) of the backtest window against the candidate's training data.
+  reject with reasons) is recorded in the registry (not in a dry run). Also
+  reports feature drift (PSI) of the backtest window against the
+  candidate's training data.
+- `score_champion_command`: the champion alone on a backtest window
+  (metrics, slices, drift); no gate, nothing recorded.
 - `models_command`: list / show / champion / audit / promote / rollback.
 
 `registry` everywhere is a `ModelRegistry`, a tracking URI
@@ -196,6 +199,32 @@ def check_backtest_window(window: tuple[int, int] | None, training_window: tuple
         f"{iso_utc(train_end)} on")
 
 
+def _backtest_window(frame: Any, window: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`window`, or the backtest rows' event-time range [min, max + 1)."""
+    if window is None and "event_time" in frame.columns and not frame.empty:
+        window = (int(frame["event_time"].min()), int(frame["event_time"].max()) + 1)
+    return window
+
+
+def _window_fields(window: tuple[int, int] | None) -> dict[str, Any]:
+    from lamina.batch.evaluate import iso_utc
+
+    return {"window": list(window) if window else None,
+            "window_utc": [iso_utc(window[0]), iso_utc(window[1])] if window else None}
+
+
+def _psi(model_dir: Path, frame: Any) -> dict[str, float]:
+    """PSI per feature of `frame` against the model's training-data profile
+    (empty when the model was saved without one)."""
+    from lamina.batch import drift
+
+    profile_path = model_dir / DRIFT_PROFILE
+    if not profile_path.exists():
+        return {}
+    profile = drift.profile_from_dict(json.loads(profile_path.read_text()))
+    return drift.psi_against(profile, frame)
+
+
 def evaluate_command(
     backtest: Any,
     *,
@@ -214,23 +243,29 @@ def evaluate_command(
     `backtest`: frame or path with the features, `label`, `event_time` and
     the slice columns; it must be later in event time than the candidate's
     training window (refused otherwise). `thresholds`: a `GateThresholds` or
-    a dict of its fields. A version that was once rolled back is never
-    promoted here (only by `models_command("promote", ...)`). Re-running an
-    evaluation that already rejected the candidate records nothing new.
-    Returns both evaluations' overall metrics, the decision and its reasons,
-    the champion before and after, and the PSI per feature of the backtest
-    against the candidate's training data.
+    a dict of its fields. A candidate that already is the champion is
+    refused (RegistryError): there is nothing to decide, and
+    `score_champion_command` scores it. A version that was once rolled back
+    is never promoted here (only by `models_command("promote", ...)`).
+    Re-running an evaluation that already rejected the candidate records
+    nothing new. Returns both evaluations' overall metrics, the decision and
+    its reasons, the champion before and after, and the PSI per feature of
+    the backtest against the candidate's training data.
     """
     from lamina.batch import drift
     from lamina.batch.evaluate import Decision, GateThresholds, evaluate_model, gate, json_safe
     from lamina.batch.model import load_model
 
     reg = open_registry(registry)
+    champion = reg.champion()
+    if champion is not None and champion == candidate:
+        raise RegistryError(
+            f"version {candidate} is already the champion, so there is nothing to decide: to "
+            "score it on this window, run `lamina evaluate BACKTEST --champion`")
     frame = read_table(backtest)
     lineage = reg.lineage(candidate)
     features = lineage.features
-    if window is None and "event_time" in frame.columns and not frame.empty:
-        window = (int(frame["event_time"].min()), int(frame["event_time"].max()) + 1)
+    window = _backtest_window(frame, window)
     check_backtest_window(window, lineage.training_window, version=candidate)
     if isinstance(thresholds, dict):
         thresholds = GateThresholds(**thresholds)
@@ -239,24 +274,20 @@ def evaluate_command(
     candidate_dir = reg.download(candidate)
     cand_eval = evaluate_model(load_model(candidate_dir), frame, features,
                                slice_columns=slices, window=window)
-    champion = reg.champion()
     champ_eval = None
-    if champion is not None and champion != candidate:
+    if champion is not None:
         champ_features = reg.lineage(champion).features
         champ_eval = evaluate_model(load_model(reg.download(champion)), frame, champ_features,
                                     slice_columns=slices, window=window)
     rolled_back = [e for e in reg.audit_log(candidate)
                    if e.action == "rollback" and e.previous == candidate]
-    if champion == candidate:
-        decision = Decision(True, ["ok: already the champion"])
-    else:
-        decision = gate(cand_eval, champ_eval, thresholds)
-        if rolled_back:
-            # An operator took it out for a reason the backtest may not see;
-            # only a person brings it back (`models promote`).
-            decision = Decision(False, [*decision.reasons, (
-                f"FAIL: version {candidate} was rolled back at {rolled_back[-1].time} "
-                f"({rolled_back[-1].reason}); only `lamina models promote` can bring it back")])
+    decision = gate(cand_eval, champ_eval, thresholds)
+    if rolled_back:
+        # An operator took it out for a reason the backtest may not see;
+        # only a person brings it back (`models promote`).
+        decision = Decision(False, [*decision.reasons, (
+            f"FAIL: version {candidate} was rolled back at {rolled_back[-1].time} "
+            f"({rolled_back[-1].reason}); only `lamina models promote` can bring it back")])
     after = champion
     if apply:
         # Only an applied evaluation is recorded: a dry run leaves the
@@ -265,26 +296,71 @@ def evaluate_command(
             "candidate": cand_eval.to_dict(), "champion_version": champion,
             "champion": champ_eval.to_dict() if champ_eval else None,
             "decision": {"promote": decision.promote, "reasons": decision.reasons}}))
-    if apply and champion != candidate:
         already = reg.show(candidate).get("gate")
         if decision.promote or already != "rejected":
             after = reg.apply_decision(candidate, decision)
 
-    psi: dict[str, float] = {}
-    profile_path = candidate_dir / DRIFT_PROFILE
-    if profile_path.exists():
-        profile = drift.profile_from_dict(json.loads(profile_path.read_text()))
-        psi = drift.psi_against(profile, frame)
+    psi = _psi(candidate_dir, frame)
     result = {
         "candidate": candidate, "champion_before": champion, "champion_after": after,
         "promote": decision.promote, "reasons": decision.reasons, "applied": apply,
-        "window": list(window) if window else None,
+        **_window_fields(window),
         "candidate_metrics": cand_eval.flat(),
         "champion_metrics": champ_eval.flat() if champ_eval else None,
         "psi": psi, "drifted_features": drift.drifted_features(psi),
     }
     log.info("evaluated", candidate=candidate, champion_before=champion, champion_after=after,
              promote=decision.promote, summary=decision.summary())
+    return dict(json_safe(result))
+
+
+def score_champion_command(
+    backtest: Any,
+    *,
+    registry: ModelRegistry | str | Path,
+    slice_columns: Sequence[str] = DEFAULT_SLICES,
+    window: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Score the current champion on one backtest window: no gate, nothing
+    recorded (the registry is only read). For checking how the serving model
+    does on new data, e.g. after a drift alarm.
+
+    `backtest` as for `evaluate_command`; it must be later in event time
+    than the champion's training window (refused otherwise). RegistryError
+    when there is no champion yet. Returns the champion's version, the
+    window, its overall metrics, the metrics per slice value
+    (`slices[column][value]`) and the PSI per feature of the backtest
+    against the champion's training data, with the features that drifted.
+    """
+    from lamina.batch import drift
+    from lamina.batch.evaluate import evaluate_model, json_safe
+    from lamina.batch.model import load_model
+
+    reg = open_registry(registry)
+    champion = reg.champion()
+    if champion is None:
+        raise RegistryError(
+            f"model {reg.name} has no champion yet: the gate makes one "
+            "(`lamina evaluate BACKTEST --candidate VERSION`), or "
+            "`lamina models promote VERSION --reason ...`")
+    frame = read_table(backtest)
+    lineage = reg.lineage(champion)
+    window = _backtest_window(frame, window)
+    check_backtest_window(window, lineage.training_window, version=champion)
+    slices = [c for c in slice_columns if c in frame.columns]
+    model_dir = reg.download(champion)
+    scored = evaluate_model(load_model(model_dir), frame, lineage.features,
+                            slice_columns=slices, window=window)
+    psi = _psi(model_dir, frame)
+    result = {
+        "champion": champion, **_window_fields(window),
+        "metrics": scored.flat(),
+        "slices": {column: {value: metrics.flat() for value, metrics in values.items()}
+                   for column, values in scored.slices.items()},
+        "psi": psi, "drifted_features": drift.drifted_features(psi), "recorded": False,
+    }
+    log.info("scored champion", champion=champion, rows=scored.overall.n,
+             roc_auc=scored.overall.roc_auc, drifted=len(result["drifted_features"]))
     return dict(json_safe(result))
 
 

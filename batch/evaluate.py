@@ -197,6 +197,15 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def flat(self) -> dict[str, float]:
+        """The scalar metrics as `name -> value`; undefined ones are left out."""
+        out = {"n": float(self.n), "positives": float(self.positives)}
+        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = float(value)
+        return out
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Metrics:
         given = dict(values)
@@ -242,13 +251,7 @@ class Evaluation:
 
     def flat(self) -> dict[str, float]:
         """Overall scalar metrics as `name -> value` (for MLflow metrics)."""
-        m = self.overall
-        out = {"n": float(m.n), "positives": float(m.positives)}
-        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece"):
-            value = getattr(m, name)
-            if value is not None:
-                out[name] = float(value)
-        return out
+        return self.overall.flat()
 
 
 def evaluate(frame: Any, scores: Any, *, slice_columns: Sequence[str] = (),

@@ -328,10 +328,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from lamina.batch.commands import evaluate_command
+    from lamina.batch.commands import evaluate_command, score_champion_command
 
-    result = evaluate_command(args.backtest, registry=settings.home, candidate=args.candidate,
-                              apply=not args.dry_run)
+    if args.champion:  # records nothing anyway, so --dry-run changes nothing here
+        result = score_champion_command(args.backtest, registry=settings.home)
+    else:
+        result = evaluate_command(args.backtest, registry=settings.home,
+                                  candidate=args.candidate, apply=not args.dry_run)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -754,10 +757,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="backtest a candidate against the champion; promote "
-                                        "it only if it wins")
+                                        "it only if it wins (or score the champion alone)",
+                       description="--candidate V: score V and the champion on the same "
+                                   "backtest rows; the gate promotes V only if it wins, and "
+                                   "the decision is recorded. --champion: score the current "
+                                   "champion on the window (metrics, slices, drift); no gate, "
+                                   "nothing recorded.")
     p.add_argument("backtest", help="Parquet/Delta rows later in time than the training data")
-    p.add_argument("--candidate", type=int, required=True, help="registered model version")
-    p.add_argument("--dry-run", action="store_true", help="decide but record nothing")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--candidate", type=_positive_int, metavar="VERSION",
+                       help="registered model version to judge against the champion")
+    which.add_argument("--champion", action="store_true",
+                       help="score the current champion only: no gate, nothing recorded")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --candidate: decide but record nothing")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("models", help="the model registry: list, show, promote, rollback")

@@ -284,3 +284,95 @@ def test_a_dry_run_evaluation_writes_nothing_to_the_registry(
     assert (after["gate"], after["gate_reasons"]) == (before["gate"], before["gate_reasons"])
     assert registry.audit_log() == audit_before
     assert registry.champion() == first
+
+
+@pytest.mark.integration
+def test_the_champion_is_scored_alone_and_nothing_is_recorded(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    from lamina.batch.commands import score_champion_command
+    from lamina.batch.evaluate import evaluate_model
+    from lamina.batch.model import TrainingError, load_model
+
+    train, backtest = data
+    with pytest.raises(RegistryError, match="no champion yet"):
+        score_champion_command(backtest, registry=registry)
+    version = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                            snapshot_id=1, features=FEATURES, params=PARAMS, seed=1)["version"]
+    evaluate_command(backtest, registry=registry, candidate=version, thresholds=THRESHOLDS)
+    assert registry.champion() == version
+    shown, audit = registry.show(version), registry.audit_log()
+
+    later = backtest.iloc[len(backtest) // 2:].reset_index(drop=True)
+    scored = score_champion_command(later, registry=registry)
+    assert scored["champion"] == version and scored["recorded"] is False
+    expected = evaluate_model(load_model(registry.download(version)), later, FEATURES,
+                              slice_columns=["merchant_category"])
+    assert scored["metrics"] == pytest.approx(expected.flat())
+    assert scored["metrics"]["n"] == len(later)
+    assert set(scored["slices"]["merchant_category"]) == {"grocery", "online", "travel"}
+    assert scored["slices"]["merchant_category"]["travel"] == pytest.approx(
+        expected.slices["merchant_category"]["travel"].flat())
+    assert set(scored["psi"]) == set(FEATURES)
+    assert scored["window"] == [int(later["event_time"].min()),
+                                int(later["event_time"].max()) + 1]
+    assert scored["window_utc"][0] == iso_utc(scored["window"][0])
+    assert "promote" not in scored and "reasons" not in scored
+
+    # Judging the champion as its own candidate is refused, pointing to --champion.
+    with pytest.raises(RegistryError, match="already the champion.*--champion"):
+        evaluate_command(later, registry=registry, candidate=version, thresholds=THRESHOLDS)
+    with pytest.raises(RegistryError, match="already the champion"):
+        evaluate_command(later, registry=registry, candidate=version, apply=False)
+    assert registry.show(version) == shown
+    assert registry.audit_log() == audit
+    # The champion's own training rows are no backtest.
+    with pytest.raises(TrainingError, match="later in time"):
+        score_champion_command(train, registry=registry)
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """`lamina.cli.main` adds a stderr log handler (pytest's captured
+    stream); take it off again afterwards."""
+    import logging
+
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_lamina", False)]:
+        root.removeHandler(handler)
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("cli_logging")
+def test_lamina_evaluate_scores_the_champion_or_says_why_not_in_one_line(
+        tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from lamina import cli
+
+    train, backtest = data
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAMINA_HOME", str(home))
+    backtest_path = tmp_path / "backtest.parquet"
+    backtest.to_parquet(backtest_path)
+
+    assert cli.main(["evaluate", str(backtest_path), "--champion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lamina evaluate: error: model lamina-fraud has no champion yet")
+
+    version = train_command(train, models_dir=home / "models", registry=home, snapshot_id=1,
+                            features=FEATURES, params=PARAMS, seed=1)["version"]
+    models_command("promote", registry=home, version=version, reason="test")
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(backtest_path), "--candidate", str(version)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"lamina evaluate: error: version {version} is already the "
+                              "champion")
+    assert "--champion" in err[-1]
+
+    assert cli.main(["evaluate", str(backtest_path), "--champion"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["champion"] == version and out["recorded"] is False
+    assert out["metrics"]["n"] == len(backtest)
+    assert ModelRegistry.local(home).show(version)["evaluation"] is None
