@@ -97,12 +97,50 @@ def run_key(snapshot_id: Any, features: Sequence[str], params: TrainParams, seed
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def training_set_snapshot(training_set: Any, snapshot_id: int | None) -> int:
+    """The master-dataset snapshot a training set was built from.
+
+    A training set written by `lamina training-set` (`write_training_set`)
+    records it in its lineage (`read_lineage`): that is the answer, and a
+    `snapshot_id` that differs is refused (TrainingError naming both). A
+    frame, or a path without lineage, needs `snapshot_id`. `snapshot_id`
+    must be an integer >= 0 (a Delta table version).
+    """
+    from lamina.batch.training_set import read_lineage
+    from lamina.errors import ConfigError
+
+    if snapshot_id is not None and (isinstance(snapshot_id, bool)
+                                    or not isinstance(snapshot_id, int) or snapshot_id < 0):
+        raise TrainingError(
+            f"the snapshot must be a master-dataset version (an integer >= 0), "
+            f"got {snapshot_id!r}")
+    recorded = None
+    if isinstance(training_set, str | Path):
+        try:
+            recorded = read_lineage(str(training_set)).snapshot
+        except ConfigError:  # no lineage file or commit: not built by lamina training-set
+            recorded = None
+    if recorded is not None:
+        if snapshot_id is not None and snapshot_id != recorded:
+            raise TrainingError(
+                f"snapshot {snapshot_id} was given, but {training_set} was built from master "
+                f"snapshot {recorded} (its lineage says so): leave --snapshot out, or give "
+                f"{recorded}")
+        return int(recorded)
+    if snapshot_id is None:
+        where = training_set if isinstance(training_set, str | Path) else "the training frame"
+        raise TrainingError(
+            f"{where} has no training-set lineage (written by `lamina training-set`), so the "
+            "master snapshot it was built from is unknown: give it with --snapshot N")
+    return snapshot_id
+
+
 def train_command(
     training_set: Any,
     *,
     models_dir: str | Path,
     registry: ModelRegistry | str | Path | None = None,
-    snapshot_id: int | str,
+    snapshot_id: int | None = None,
     features: Sequence[str] | None = None,
     params: TrainParams | dict[str, Any] | None = None,
     seed: int = 42,
@@ -115,7 +153,9 @@ def train_command(
 
     `training_set`: a frame or a path (see `read_table`) with the features,
     `label`, `event_time`, `event_id`. `snapshot_id`: the master-dataset
-    version the training set was built from (recorded in the lineage).
+    version the training set was built from (recorded in the lineage as an
+    int); by default the one in the training set's own lineage, and refused
+    if it differs from it (see `training_set_snapshot`).
     `workers=0` trains in this process; `workers>=1` on that many Spark
     barrier tasks (`spark` or a session on `spark_master`). The model is
     saved under `models_dir/<run key>/`; the training window defaults to the
@@ -130,6 +170,7 @@ def train_command(
     p = TrainParams.from_dict(params)
     code = code_version()
     frame = read_table(training_set)
+    snapshot_id = training_set_snapshot(training_set, snapshot_id)
     key = run_key(snapshot_id, features, p, seed, workers, code, data_fingerprint(frame))
     target = Path(models_dir) / key
     if training_window is None:

@@ -748,7 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Idempotent: the same training set, snapshot, parameters "
                                    "and seed register one version.")
     p.add_argument("training_set", help="Parquet file/folder or Delta table with the features")
-    p.add_argument("--snapshot", required=True, help="master snapshot the set was built from")
+    p.add_argument("--snapshot", type=_non_negative_int,
+                   help="master snapshot the set was built from (default: the one in its "
+                        "lineage; needed for a set without one)")
     p.add_argument("--params", help="training parameters as JSON")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workers", type=int, default=0,

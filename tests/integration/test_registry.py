@@ -376,3 +376,50 @@ def test_lamina_evaluate_scores_the_champion_or_says_why_not_in_one_line(
     assert out["champion"] == version and out["recorded"] is False
     assert out["metrics"]["n"] == len(backtest)
     assert ModelRegistry.local(home).show(version)["evaluation"] is None
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("cli_logging")
+def test_lamina_train_records_the_training_sets_snapshot_as_an_int(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from lamina import cli
+    from lamina.batch.training_set import LINEAGE_FILE, TrainingSetMetadata
+    from lamina.schemas.card_views import FEATURES as CARD_FEATURES
+
+    # A training set as `lamina training-set` leaves it: Parquet + lineage (snapshot 4).
+    rng = np.random.default_rng(5)
+    n = 1500
+    frame = pd.DataFrame(rng.normal(size=(n, len(CARD_FEATURES))), columns=list(CARD_FEATURES))
+    frame["label"] = (rng.random(n) < 1 / (1 + np.exp(3 - 1.5 * frame["amount"]))).astype(int)
+    frame["event_time"] = 1_767_225_600_000 + np.arange(n, dtype=np.int64) * 60_000
+    frame["event_id"] = [f"tx-{i}" for i in range(n)]
+    folder = tmp_path / "set"
+    folder.mkdir()
+    frame.to_parquet(folder / "part-0.parquet")
+    (folder / LINEAGE_FILE).write_text(TrainingSetMetadata(
+        master_uri=str(tmp_path / "master"), snapshot=4, group="card_transactions",
+        group_fingerprint="0" * 16, start_ms=0, end_ms=1, as_of_ms=1, label_maturity_ms=0,
+        code_version="test", rows=n).to_json())
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAMINA_HOME", str(home))
+    params = json.dumps({"epochs": 1, "batch_size": 256, "hidden": [8]})
+
+    assert cli.main(["train", str(folder), "--snapshot", "4", "--params", params]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["snapshot_id"] == 4
+    # Without --snapshot: the lineage's, the same run key, so the same version.
+    assert cli.main(["train", str(folder), "--params", params]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["version"] == trained["version"] and again["run_key"] == trained["run_key"]
+
+    reg = ModelRegistry.local(home)
+    listed = reg.list_versions()
+    assert [v["snapshot_id"] for v in listed] == [4]
+    assert type(listed[0]["snapshot_id"]) is int
+    shown = reg.show(trained["version"])
+    assert type(shown["lineage"]["snapshot_id"]) is int
+    assert reg.lineage(trained["version"]).snapshot_id == 4
+    assert reg.client.get_run(shown["run_id"]).data.params["snapshot_id"] == "4"
