@@ -81,6 +81,14 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    """A rate in [0, 1], both ends allowed."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be a fraction in [0, 1], e.g. 0.05")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = _number(text)
     if value <= 0:
@@ -122,6 +130,8 @@ def _generator_config(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
+    if args.fraud_rate is not None:
+        fields["fraud_card_rate"] = args.fraud_rate
     if args.start is not None:
         fields["start"] = _utc_ms(args.start)
     if args.drift_at is not None:
@@ -636,6 +646,9 @@ def _add_generator_args(p: argparse.ArgumentParser, transactions: int) -> None:
     p.add_argument("--start", help="first event time, ISO-8601 UTC (default 2026-01-01)")
     p.add_argument("--drift-at", help="when the fraud pattern changes, ISO-8601 UTC, "
                                       "or 'none' (default: two thirds through)")
+    p.add_argument("--fraud-rate", type=_rate, metavar="FRACTION",
+                   help="share of cards compromised once (a burst of fraud each), in [0, 1] "
+                        "(default 0.02)")
     p.add_argument("--late-fraction", type=_fraction, help="share of late events")
     p.add_argument("--malformed-fraction", type=_fraction, help="share of malformed events")
     p.add_argument("--duplicate-fraction", type=_fraction, help="share of producer resends")

@@ -27,3 +27,23 @@ def test_evaluate_needs_exactly_one_of_candidate_and_champion(
     err = capsys.readouterr().err
     assert "one of the arguments --candidate --champion is required" in err
     assert "not allowed with argument" in err
+
+
+def test_generate_takes_the_fraud_rate_as_a_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    from lamina.generator import GeneratorConfig
+
+    config = cli._generator_config(_parse("generate", "--fraud-rate", "0.1", "--cards", "50",
+                                          "--days", "3", "--start", "2026-02-01"))
+    assert config.fraud_card_rate == 0.1
+    assert (config.cards, config.days, config.start) == (50, 3.0, 1_769_904_000_000)
+    assert cli._generator_config(_parse("generate")).fraud_card_rate == \
+        GeneratorConfig().fraud_card_rate
+    with pytest.raises(SystemExit):
+        _parse("generate", "--help")
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default {GeneratorConfig().fraud_card_rate})" in shown
+    for bad in ("1.5", "-0.1", "ten"):
+        with pytest.raises(SystemExit) as exited:
+            _parse("generate", "--fraud-rate", bad)
+        assert exited.value.code == 2
+    assert "--fraud-rate" in capsys.readouterr().err
