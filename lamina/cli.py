@@ -313,8 +313,21 @@ def cmd_training_set(args: argparse.Namespace, settings: Settings) -> int:
             end_ms=end, label_maturity_ms=int(args.maturity_days * 86_400_000))
     finally:
         spark.stop()
-    print(json.dumps({"out": out, **dataclasses.asdict(meta)}, indent=2, default=str))
+    print_training_set(out, meta)
     return 0
+
+
+def print_training_set(out: str, meta: Any) -> None:
+    """The written training set's metadata as JSON on stdout, with a
+    `warning` (also one line on stderr) when rows were left out as not yet
+    mature."""
+    from lamina.batch.training_set import maturity_warning
+
+    warning = maturity_warning(meta)
+    print(json.dumps({"out": out, **dataclasses.asdict(meta), "warning": warning}, indent=2,
+                     default=str))
+    if warning:
+        print(f"lamina training-set: warning: {warning}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
