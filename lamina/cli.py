@@ -774,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Idempotent: the same training set, snapshot, parameters "
                                    "and seed register one version.")
     p.add_argument("training_set", help="Parquet file/folder or Delta table with the features")
-    p.add_argument("--snapshot", type=_non_negative_int,
+    p.add_argument("--snapshot", type=_non_negative_int, metavar="N",
                    help="master snapshot the set was built from (default: the one in its "
                         "lineage; needed for a set without one)")
     p.add_argument("--params", help="training parameters as JSON")
@@ -788,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "it only if it wins (or score the champion alone)",
                        description="--candidate V: score V and the champion on the same "
                                    "backtest rows; the gate promotes V only if it wins, and "
-                                   "the decision is recorded. --champion: score the current "
+                                   "the decision is recorded (V must not be the champion "
+                                   "already: use --champion). --champion: score the current "
                                    "champion on the window (metrics, slices, drift); no gate, "
                                    "nothing recorded.")
     p.add_argument("backtest", help="Parquet/Delta rows later in time than the training data")
