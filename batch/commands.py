@@ -10,9 +10,12 @@ and raises a LaminaError with an actionable message when it cannot.
   retried task returns what the first attempt made.
 - `evaluate_command`: a registered candidate and the champion are scored on
   the *same* backtest rows; the gate decides; the decision (promote, or
-  reject with reasons) is recorded in the registry. Also reports the drift
-  of the backtest window (feature and score PSI with warm-up, performance)
-  against the candidate's and the champion's training data.
+  reject with reasons) is recorded in the registry (not in a dry run). Also
+  reports the drift of the backtest window (feature and score PSI with
+  warm-up, performance) against the candidate's and the champion's training
+  data.
+- `score_champion_command`: the champion alone on a backtest window
+  (metrics, slices, drift); no gate, nothing recorded.
 - `models_command`: list / show / champion / audit / promote / rollback.
 
 `registry` everywhere is a `ModelRegistry`, a tracking URI
@@ -35,7 +38,6 @@ from lamina.logs import get_logger
 
 log = get_logger(__name__)
 
-DRIFT_PROFILE = "drift_profile.json"
 DEFAULT_SLICES = ("merchant_category", "channel")
 
 
@@ -95,12 +97,50 @@ def run_key(snapshot_id: Any, features: Sequence[str], params: TrainParams, seed
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def training_set_snapshot(training_set: Any, snapshot_id: int | None) -> int:
+    """The master-dataset snapshot a training set was built from.
+
+    A training set written by `lamina training-set` (`write_training_set`)
+    records it in its lineage (`read_lineage`): that is the answer, and a
+    `snapshot_id` that differs is refused (TrainingError naming both). A
+    frame, or a path without lineage, needs `snapshot_id`. `snapshot_id`
+    must be an integer >= 0 (a Delta table version).
+    """
+    from lamina.batch.training_set import read_lineage
+    from lamina.errors import ConfigError
+
+    if snapshot_id is not None and (isinstance(snapshot_id, bool)
+                                    or not isinstance(snapshot_id, int) or snapshot_id < 0):
+        raise TrainingError(
+            f"the snapshot must be a master-dataset version (an integer >= 0), "
+            f"got {snapshot_id!r}")
+    recorded = None
+    if isinstance(training_set, str | Path):
+        try:
+            recorded = read_lineage(str(training_set)).snapshot
+        except ConfigError:  # no lineage file or commit: not built by lamina training-set
+            recorded = None
+    if recorded is not None:
+        if snapshot_id is not None and snapshot_id != recorded:
+            raise TrainingError(
+                f"snapshot {snapshot_id} was given, but {training_set} was built from master "
+                f"snapshot {recorded} (its lineage says so): leave --snapshot out, or give "
+                f"{recorded}")
+        return int(recorded)
+    if snapshot_id is None:
+        where = training_set if isinstance(training_set, str | Path) else "the training frame"
+        raise TrainingError(
+            f"{where} has no training-set lineage (written by `lamina training-set`), so the "
+            "master snapshot it was built from is unknown: give it with --snapshot N")
+    return snapshot_id
+
+
 def train_command(
     training_set: Any,
     *,
     models_dir: str | Path,
     registry: ModelRegistry | str | Path | None = None,
-    snapshot_id: int | str,
+    snapshot_id: int | None = None,
     features: Sequence[str] | None = None,
     params: TrainParams | dict[str, Any] | None = None,
     seed: int = 42,
@@ -113,7 +153,9 @@ def train_command(
 
     `training_set`: a frame or a path (see `read_table`) with the features,
     `label`, `event_time`, `event_id`. `snapshot_id`: the master-dataset
-    version the training set was built from (recorded in the lineage).
+    version the training set was built from (recorded in the lineage as an
+    int); by default the one in the training set's own lineage, and refused
+    if it differs from it (see `training_set_snapshot`).
     `workers=0` trains in this process; `workers>=1` on that many Spark
     barrier tasks (`spark` or a session on `spark_master`). The model is
     saved under `models_dir/<run key>/`; the training window defaults to the
@@ -128,6 +170,7 @@ def train_command(
     p = TrainParams.from_dict(params)
     code = code_version()
     frame = read_table(training_set)
+    snapshot_id = training_set_snapshot(training_set, snapshot_id)
     key = run_key(snapshot_id, features, p, seed, workers, code, data_fingerprint(frame))
     target = Path(models_dir) / key
     if training_window is None:
@@ -180,6 +223,37 @@ def train_command(
     return summary
 
 
+def check_backtest_window(window: tuple[int, int] | None, training_window: tuple[int, int],
+                          *, version: int) -> None:
+    """TrainingError unless the backtest `window` [start_ms, end_ms) starts
+    at or after the end of `version`'s training window (None: nothing to
+    check); the message names both times in ISO-8601 UTC and epoch ms."""
+    from lamina.batch.evaluate import iso_utc
+
+    if window is None or window[0] >= training_window[1]:
+        return
+    start, train_end = int(window[0]), int(training_window[1])
+    raise TrainingError(
+        f"the backtest window starts at {iso_utc(start)} ({start} ms), before the end of "
+        f"version {version}'s training window, {iso_utc(train_end)} ({train_end} ms): a "
+        f"backtest must be later in time than the training data; use rows from "
+        f"{iso_utc(train_end)} on")
+
+
+def _backtest_window(frame: Any, window: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`window`, or the backtest rows' event-time range [min, max + 1)."""
+    if window is None and "event_time" in frame.columns and not frame.empty:
+        window = (int(frame["event_time"].min()), int(frame["event_time"].max()) + 1)
+    return window
+
+
+def _window_fields(window: tuple[int, int] | None) -> dict[str, Any]:
+    from lamina.batch.evaluate import iso_utc
+
+    return {"window": list(window) if window else None,
+            "window_utc": [iso_utc(window[0]), iso_utc(window[1])] if window else None}
+
+
 def evaluate_command(
     backtest: Any,
     *,
@@ -192,21 +266,25 @@ def evaluate_command(
     drift_thresholds: Any = None,
 ) -> dict[str, Any]:
     """Evaluate registered version `candidate` against the champion on one
-    backtest window and (if `apply`) promote or reject it.
+    backtest window and (if `apply`) record the evaluation and promote or
+    reject it. With `apply=False` (a dry run) nothing is written to the
+    registry.
 
     `backtest`: frame or path with the features, `label`, `event_time` and
     the slice columns; it must be later in event time than the candidate's
     training window (refused otherwise). `thresholds`: a `GateThresholds` or
-    a dict of its fields. A version that was once rolled back is never
-    promoted here (only by `models_command("promote", ...)`). Re-running an
-    evaluation that already rejected the candidate records nothing new.
-    Returns both evaluations' overall metrics, the decision and its reasons,
-    the champion before and after, and the drift of the backtest window
-    against the candidate's (`drift`) and the champion's (`champion_drift`)
-    training data (`lamina.batch.drift.DriftReport.to_dict`, with `alert` and
-    `reasons`; `drift_thresholds`: a `DriftThresholds` or a dict of its
-    fields); `psi` and `drifted_features` are the candidate's checked
-    features. A model without a drift reference gets None.
+    a dict of its fields. A candidate that already is the champion is
+    refused (RegistryError): there is nothing to decide, and
+    `score_champion_command` scores it. A version that was once rolled back
+    is never promoted here (only by `models_command("promote", ...)`).
+    Re-running an evaluation that already rejected the candidate records
+    nothing new. Returns both evaluations' overall metrics, the decision and
+    its reasons, the champion before and after, and the drift of the backtest
+    window against the candidate's (`drift`) and the champion's
+    (`champion_drift`) training data (`lamina.batch.drift.DriftReport.to_dict`,
+    with `alert` and `reasons`; `drift_thresholds`: a `DriftThresholds` or a
+    dict of its fields); `psi` and `drifted_features` are the candidate's
+    checked features. A model without a drift reference gets None.
     """
     from lamina.batch import drift
     from lamina.batch.evaluate import Decision, GateThresholds, evaluate_model, gate, json_safe
@@ -214,16 +292,16 @@ def evaluate_command(
 
     drift_limits = drift.DriftThresholds.from_dict(drift_thresholds)  # refused before any record
     reg = open_registry(registry)
+    champion = reg.champion()
+    if champion is not None and champion == candidate:
+        raise RegistryError(
+            f"version {candidate} is already the champion, so there is nothing to decide: to "
+            "score it on this window, run `lamina evaluate BACKTEST --champion`")
     frame = read_table(backtest)
     lineage = reg.lineage(candidate)
     features = lineage.features
-    if window is None and "event_time" in frame.columns and not frame.empty:
-        window = (int(frame["event_time"].min()), int(frame["event_time"].max()) + 1)
-    if window is not None and window[0] < lineage.training_window[1]:
-        raise TrainingError(
-            f"the backtest window starts at {window[0]}, before the end of version "
-            f"{candidate}'s training window ({lineage.training_window[1]}): a backtest must "
-            "be later in time than the training data")
+    window = _backtest_window(frame, window)
+    check_backtest_window(window, lineage.training_window, version=candidate)
     if isinstance(thresholds, dict):
         thresholds = GateThresholds(**thresholds)
     slices = [c for c in slice_columns if c in frame.columns]
@@ -231,31 +309,28 @@ def evaluate_command(
     candidate_dir = reg.download(candidate)
     cand_eval = evaluate_model(load_model(candidate_dir), frame, features,
                                slice_columns=slices, window=window)
-    champion = reg.champion()
     champ_eval = None
-    if champion is not None and champion != candidate:
+    if champion is not None:
         champ_features = reg.lineage(champion).features
         champ_eval = evaluate_model(load_model(reg.download(champion)), frame, champ_features,
                                     slice_columns=slices, window=window)
     rolled_back = [e for e in reg.audit_log(candidate)
                    if e.action == "rollback" and e.previous == candidate]
-    if champion == candidate:
-        decision = Decision(True, ["ok: already the champion"])
-    else:
-        decision = gate(cand_eval, champ_eval, thresholds)
-        if rolled_back:
-            # An operator took it out for a reason the backtest may not see;
-            # only a person brings it back (`models promote`).
-            decision = Decision(False, [*decision.reasons, (
-                f"FAIL: version {candidate} was rolled back at {rolled_back[-1].time} "
-                f"({rolled_back[-1].reason}); only `lamina models promote` can bring it back")])
-    reg.record_evaluation(candidate, json_safe({
-        "candidate": cand_eval.to_dict(), "champion_version": champion,
-        "champion": champ_eval.to_dict() if champ_eval else None,
-        "decision": {"promote": decision.promote, "reasons": decision.reasons}}))
-
+    decision = gate(cand_eval, champ_eval, thresholds)
+    if rolled_back:
+        # An operator took it out for a reason the backtest may not see;
+        # only a person brings it back (`models promote`).
+        decision = Decision(False, [*decision.reasons, (
+            f"FAIL: version {candidate} was rolled back at {rolled_back[-1].time} "
+            f"({rolled_back[-1].reason}); only `lamina models promote` can bring it back")])
     after = champion
-    if apply and champion != candidate:
+    if apply:
+        # Only an applied evaluation is recorded: a dry run leaves the
+        # registry exactly as it was (the stored evaluation included).
+        reg.record_evaluation(candidate, json_safe({
+            "candidate": cand_eval.to_dict(), "champion_version": champion,
+            "champion": champ_eval.to_dict() if champ_eval else None,
+            "decision": {"promote": decision.promote, "reasons": decision.reasons}}))
         already = reg.show(candidate).get("gate")
         if decision.promote or already != "rejected":
             after = reg.apply_decision(candidate, decision)
@@ -272,7 +347,7 @@ def evaluate_command(
     result = {
         "candidate": candidate, "champion_before": champion, "champion_after": after,
         "promote": decision.promote, "reasons": decision.reasons, "applied": apply,
-        "window": list(window) if window else None,
+        **_window_fields(window),
         "candidate_metrics": cand_eval.flat(),
         "champion_metrics": champ_eval.flat() if champ_eval else None,
         "psi": cand_drift.psi() if cand_drift else {},
@@ -282,6 +357,60 @@ def evaluate_command(
     }
     log.info("evaluated", candidate=candidate, champion_before=champion, champion_after=after,
              promote=decision.promote, summary=decision.summary())
+    return dict(json_safe(result))
+
+
+def score_champion_command(
+    backtest: Any,
+    *,
+    registry: ModelRegistry | str | Path,
+    slice_columns: Sequence[str] = DEFAULT_SLICES,
+    window: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Score the current champion on one backtest window: no gate, nothing
+    recorded (the registry is only read). For checking how the serving model
+    does on new data, e.g. after a drift alarm.
+
+    `backtest` as for `evaluate_command`; it must be later in event time
+    than the champion's training window (refused otherwise). RegistryError
+    when there is no champion yet. Returns the champion's version, the
+    window, its overall metrics, the metrics per slice value
+    (`slices[column][value]`) and the drift report of the backtest against
+    the champion's training data (`drift`; `psi` and `drifted_features` of
+    its checked features).
+    """
+    from lamina.batch import drift
+    from lamina.batch.evaluate import evaluate_model, json_safe
+    from lamina.batch.model import load_model
+
+    reg = open_registry(registry)
+    champion = reg.champion()
+    if champion is None:
+        raise RegistryError(
+            f"model {reg.name} has no champion yet: the gate makes one "
+            "(`lamina evaluate BACKTEST --candidate VERSION`), or "
+            "`lamina models promote VERSION --reason ...`")
+    frame = read_table(backtest)
+    lineage = reg.lineage(champion)
+    window = _backtest_window(frame, window)
+    check_backtest_window(window, lineage.training_window, version=champion)
+    slices = [c for c in slice_columns if c in frame.columns]
+    model_dir = reg.download(champion)
+    scored = evaluate_model(load_model(model_dir), frame, lineage.features,
+                            slice_columns=slices, window=window)
+    report = drift.model_drift(model_dir, frame, lineage.features, span=window)
+    result = {
+        "champion": champion, **_window_fields(window),
+        "metrics": scored.flat(),
+        "slices": {column: {value: metrics.flat() for value, metrics in values.items()}
+                   for column, values in scored.slices.items()},
+        "psi": report.psi() if report else {},
+        "drifted_features": report.drifted_features() if report else [],
+        "drift": report.to_dict() if report else None,
+        "recorded": False,
+    }
+    log.info("scored champion", champion=champion, rows=scored.overall.n,
+             roc_auc=scored.overall.roc_auc, drifted=len(result["drifted_features"]))
     return dict(json_safe(result))
 
 

@@ -41,6 +41,31 @@ CALIBRATION_BINS = 10
 _EPS = 1e-15
 
 
+# --- times in messages -------------------------------------------------------------
+
+
+def iso_utc(epoch_ms: int) -> str:
+    """``epoch_ms`` as ISO-8601 UTC (``2026-01-10T00:00:00Z``, with
+    milliseconds only when there are some), the form the CLI takes times in;
+    "out of range" for a value no datetime holds."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+    moment = moment.replace(microsecond=(int(epoch_ms) % 1000) * 1000)
+    spec = "milliseconds" if epoch_ms % 1000 else "seconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def iso_window(window: tuple[int, int] | None) -> str:
+    """``[start, end)`` of event time as ``ISO to ISO`` for messages."""
+    if window is None:
+        return "no window"
+    return f"{iso_utc(window[0])} to {iso_utc(window[1])}"
+
+
 # --- metrics -------------------------------------------------------------------
 
 
@@ -172,6 +197,15 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def flat(self) -> dict[str, float]:
+        """The scalar metrics as `name -> value`; undefined ones are left out."""
+        out = {"n": float(self.n), "positives": float(self.positives)}
+        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = float(value)
+        return out
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Metrics:
         given = dict(values)
@@ -217,13 +251,7 @@ class Evaluation:
 
     def flat(self) -> dict[str, float]:
         """Overall scalar metrics as `name -> value` (for MLflow metrics)."""
-        m = self.overall
-        out = {"n": float(m.n), "positives": float(m.positives)}
-        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece"):
-            value = getattr(m, name)
-            if value is not None:
-                out[name] = float(value)
-        return out
+        return self.overall.flat()
 
 
 def evaluate(frame: Any, scores: Any, *, slice_columns: Sequence[str] = (),
@@ -357,7 +385,8 @@ def gate(candidate: Evaluation, champion: Evaluation | None,
                    and c.positives == h.positives)
     check(same_window,
           f"candidate and champion evaluated on the same rows "
-          f"(window {candidate.window} vs {champion.window}, n {c.n} vs {h.n})")
+          f"(window {iso_window(candidate.window)} vs {iso_window(champion.window)}, "
+          f"n {c.n} vs {h.n})")
     if c.roc_auc is not None and h.roc_auc is not None:
         gain = c.roc_auc - h.roc_auc
         check(gain > 0 and gain >= t.min_roc_auc_gain,

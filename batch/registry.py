@@ -82,6 +82,16 @@ def code_version() -> str:
     return f"{__version__}+{described}" if described else __version__
 
 
+def snapshot_number(value: Any) -> Any:
+    """A snapshot id as the int it is (a master-dataset version): digit
+    strings -- what `lamina train --snapshot` stored before it parsed its
+    argument -- become ints; anything else is returned unchanged (reading
+    an old registry never fails on it; `register` refuses it)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
+
+
 @dataclass(frozen=True)
 class Lineage:
     """Everything needed to rebuild a model: the master dataset snapshot it
@@ -89,6 +99,8 @@ class Lineage:
     training window [start_ms, end_ms) of event time, the features in order,
     and its metrics (training and backtest)."""
 
+    #: A master-dataset version, stored as a JSON int (str only in lineage
+    #: registered by an older `lamina train --snapshot` with a non-number).
     snapshot_id: int | str
     code_version: str
     params: dict[str, Any]
@@ -106,6 +118,7 @@ class Lineage:
         object.__setattr__(self, "training_window",
                            (int(self.training_window[0]), int(self.training_window[1])))
         object.__setattr__(self, "features", list(self.features))
+        object.__setattr__(self, "snapshot_id", snapshot_number(self.snapshot_id))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -284,7 +297,7 @@ class ModelRegistry:
                 "champion": int(mv.version) == champion,
                 "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
                 .isoformat(timespec="seconds"),
-                "snapshot_id": lineage.get("snapshot_id"),
+                "snapshot_id": snapshot_number(lineage.get("snapshot_id")),
                 "code_version": lineage.get("code_version"),
                 "gate": tags.get(GATE_TAG),
                 "metrics": lineage.get("metrics", {}),
@@ -348,6 +361,11 @@ class ModelRegistry:
         if not source.is_dir():
             raise RegistryError(f"{source} is not a model directory")
         record = lineage if isinstance(lineage, Lineage) else Lineage.from_dict(lineage)
+        snapshot = record.snapshot_id
+        if isinstance(snapshot, bool) or not isinstance(snapshot, int) or snapshot < 0:
+            raise RegistryError(
+                f"lineage snapshot_id must be a master-dataset version (an integer >= 0), "
+                f"got {snapshot!r}")
         if run_key is not None:
             existing = self.find_run_key(run_key)
             if existing is not None:

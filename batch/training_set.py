@@ -92,7 +92,10 @@ snapshot. Then, per transaction:
   never labelled, and a chargeback is expected within the maturity period;
 * else (recent and unlabelled) the transaction is **excluded**: its outcome
   is not known yet, and counting it as genuine would teach the model that
-  recent fraud is genuine.
+  recent fraud is genuine. ``write_training_set`` counts them
+  (``not_mature_rows``) and ``maturity_warning`` says which
+  ``--maturity-days`` or ``--end`` would keep them or make the window
+  mature: a maturity longer than the data leaves out all but the labelled.
 """
 
 from __future__ import annotations
@@ -143,6 +146,11 @@ class TrainingSetMetadata:
     rows: int | None = None
     built_seconds: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Transactions in the window left out as not yet mature (unlabelled at
+    #: ``as_of_ms`` and not older than the label maturity), and the newest
+    #: one's event time; None until written.
+    not_mature_rows: int | None = None
+    latest_not_mature_ms: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=list)
@@ -180,7 +188,10 @@ def _check_window(start_ms: int, end_ms: int, label_maturity_ms: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer number of ms, got {value!r}")
     if start_ms >= end_ms:
-        raise ConfigError(f"start_ms {start_ms} must be before end_ms {end_ms}")
+        from lamina.batch.evaluate import iso_utc
+
+        raise ConfigError(f"the window's start {iso_utc(start_ms)} ({start_ms} ms) must be "
+                          f"before its end {iso_utc(end_ms)} ({end_ms} ms)")
     if label_maturity_ms < 0:
         raise ConfigError(f"label_maturity_ms must be >= 0, got {label_maturity_ms}")
 
@@ -331,10 +342,10 @@ def labels_as_of(labels: DataFrame, as_of_ms: int) -> DataFrame:
     )
 
 
-def apply_label_rules(rows: DataFrame, labels: DataFrame, as_of_ms: int,
-                      label_maturity_ms: int) -> DataFrame:
-    """``rows`` with ``label`` per the rules in the module doc; recent,
-    unlabelled rows are dropped."""
+def label_rows(rows: DataFrame, labels: DataFrame, as_of_ms: int,
+               label_maturity_ms: int) -> DataFrame:
+    """``rows`` with ``label`` per the rules in the module doc: null for a
+    recent, unlabelled row (its outcome is not known yet)."""
     from pyspark.sql import functions as F
 
     known = labels_as_of(labels, as_of_ms).withColumnRenamed("transaction_id", "event_id")
@@ -343,9 +354,59 @@ def apply_label_rules(rows: DataFrame, labels: DataFrame, as_of_ms: int,
              .when(F.col("has_genuine") == 1, F.lit(0))
              .when(mature, F.lit(0)))
     joined = rows.join(known, "event_id", "left")
-    return (joined.withColumn("label", label.cast("int"))
-            .where(F.col("label").isNotNull())
-            .drop("has_fraud", "has_genuine"))
+    return joined.withColumn("label", label.cast("int")).drop("has_fraud", "has_genuine")
+
+
+def apply_label_rules(rows: DataFrame, labels: DataFrame, as_of_ms: int,
+                      label_maturity_ms: int) -> DataFrame:
+    """``rows`` with ``label`` per the rules in the module doc; recent,
+    unlabelled rows are dropped."""
+    from pyspark.sql import functions as F
+
+    return label_rows(rows, labels, as_of_ms, label_maturity_ms).where(
+        F.col("label").isNotNull())
+
+
+def not_yet_mature(labelled: DataFrame) -> tuple[int, int | None]:
+    """How many rows of a :func:`label_rows` frame have no label yet, and
+    the newest one's event time (None if there is none). One Spark job."""
+    from pyspark.sql import functions as F
+
+    found = labelled.where(F.col("label").isNull()).agg(
+        F.count(F.lit(1)), F.max("event_time")).first()
+    if found is None or not found[0]:
+        return 0, None
+    return int(found[0]), int(found[1])
+
+
+def maturity_warning(metadata: TrainingSetMetadata) -> str | None:
+    """One line saying how many transactions of a written training set were
+    left out as not yet mature and which ``--maturity-days`` or ``--end``
+    would change that; None when none were."""
+    from lamina.batch.evaluate import iso_utc
+
+    left_out = metadata.not_mature_rows or 0
+    if not left_out:
+        return None
+    total = left_out + (metadata.rows or 0)
+    mature_before = metadata.as_of_ms - metadata.label_maturity_ms
+    days = f"{metadata.label_maturity_ms / DAY_MS:g}"
+    fixes = []
+    latest = metadata.latest_not_mature_ms
+    if latest is not None:
+        # A row is mature when event_time < as_of - maturity: any maturity
+        # up to as_of - latest - 1 ms keeps every row left out here.
+        keep_days = math.floor((metadata.as_of_ms - latest - 1) / DAY_MS * 100) / 100
+        if keep_days > 0:
+            fixes.append(f"--maturity-days {keep_days:g} or less keeps them (counted genuine "
+                         "unless a chargeback came)")
+    end = mature_before // 60_000 * 60_000
+    if end > metadata.start_ms:
+        fixes.append(f"--end {iso_utc(end)} makes every row of the window mature")
+    advice = "; ".join(fixes) or "no part of the window is mature yet: lower --maturity-days"
+    return (f"{left_out:,} of {total:,} transactions in the window were left out as not yet "
+            f"mature (unlabelled, and not before {iso_utc(mature_before)} = labels as of "
+            f"{iso_utc(metadata.as_of_ms)} minus the {days}-day label maturity): {advice}")
 
 
 # --- the job ------------------------------------------------------------------
@@ -375,6 +436,19 @@ def build_training_set(
 def _build(spark: SparkSession, master_uri: str, group: GroupBy, *, snapshot: int | None,
            start_ms: int, end_ms: int, label_maturity_ms: int, as_of_ms: int | None,
            lookahead_ms: int = 0) -> tuple[DataFrame, TrainingSetMetadata]:
+    frame, metadata, _ = _build_labelled(
+        spark, master_uri, group, snapshot=snapshot, start_ms=start_ms, end_ms=end_ms,
+        label_maturity_ms=label_maturity_ms, as_of_ms=as_of_ms, lookahead_ms=lookahead_ms)
+    return frame, metadata
+
+
+def _build_labelled(
+    spark: SparkSession, master_uri: str, group: GroupBy, *, snapshot: int | None,
+    start_ms: int, end_ms: int, label_maturity_ms: int, as_of_ms: int | None,
+    lookahead_ms: int = 0,
+) -> tuple[DataFrame, TrainingSetMetadata, DataFrame]:
+    """The training set, its metadata, and the window's transactions with
+    their label or null (:func:`label_rows`, for the maturity count)."""
     from pyspark.sql import functions as F
 
     from lamina.batch import events as batch_events
@@ -390,8 +464,9 @@ def _build(spark: SparkSession, master_uri: str, group: GroupBy, *, snapshot: in
     # Labels first, so features are computed only for the rows kept.
     in_window = transactions.where((F.col("event_time") >= F.lit(start_ms))
                                    & (F.col("event_time") < F.lit(end_ms)))
-    labelled = apply_label_rules(in_window.select("event_id", "event_time"), labels, as_of_ms,
-                                 label_maturity_ms).select("event_id", "label")
+    window_labels = label_rows(in_window.select("event_id", "event_time"), labels, as_of_ms,
+                               label_maturity_ms)
+    labelled = window_labels.where(F.col("label").isNotNull()).select("event_id", "label")
     frame = point_in_time_features(transactions.join(labelled, "event_id", "left"), group,
                                    start_ms, end_ms, query_column="label",
                                    lookahead_ms=lookahead_ms)
@@ -400,7 +475,7 @@ def _build(spark: SparkSession, master_uri: str, group: GroupBy, *, snapshot: in
         master_uri=master_uri, snapshot=snapshot, group=group.name,
         group_fingerprint=group_fingerprint(group), start_ms=start_ms, end_ms=end_ms,
         as_of_ms=as_of_ms, label_maturity_ms=label_maturity_ms, code_version=code_version())
-    return frame.select(*ordered), metadata
+    return frame.select(*ordered), metadata, window_labels
 
 
 LINEAGE_FILE: Final = "_lamina_lineage.json"
@@ -424,19 +499,25 @@ def write_training_set(
     that need one sort on read). Lineage: for Delta, the commit's
     ``userMetadata`` (JSON of :class:`TrainingSetMetadata`); for Parquet, a
     ``_lamina_lineage.json`` file in the folder (readers skip files starting
-    with ``_``). Returns the metadata, with the row count and seconds."""
+    with ``_``). Returns the metadata, with the row count, the rows left out
+    as not yet mature (see :func:`maturity_warning`) and seconds."""
     started = time.monotonic()
-    frame, metadata = _build(spark, master_uri, group, snapshot=snapshot, start_ms=start_ms,
-                             end_ms=end_ms, label_maturity_ms=label_maturity_ms,
-                             as_of_ms=as_of_ms)
+    frame, metadata, window_labels = _build_labelled(
+        spark, master_uri, group, snapshot=snapshot, start_ms=start_ms, end_ms=end_ms,
+        label_maturity_ms=label_maturity_ms, as_of_ms=as_of_ms)
+    # Cached: the feature job fills it, the maturity count then only reads it.
+    window_labels = window_labels.persist()
     frame = frame.persist()
     try:
         rows = frame.count()
+        not_mature, latest_not_mature = not_yet_mature(window_labels)
         ordered = frame.sortWithinPartitions("event_time", "event_id")
         writer = ordered.write.mode("overwrite")
         done = TrainingSetMetadata(**{**asdict(metadata), "rows": rows,
                                       "built_seconds": round(time.monotonic() - started, 3),
-                                      "features": tuple(metadata.features)})
+                                      "features": tuple(metadata.features),
+                                      "not_mature_rows": not_mature,
+                                      "latest_not_mature_ms": latest_not_mature})
         if fmt == "delta":
             (writer.format("delta").option("overwriteSchema", "true")
              .option("userMetadata", done.to_json()).save(out_uri))
@@ -447,9 +528,10 @@ def write_training_set(
             raise ConfigError(f"fmt must be 'parquet' or 'delta', got {fmt!r}")
     finally:
         frame.unpersist()
+        window_labels.unpersist()
     log.info("training set written", out_uri=out_uri, rows=rows, snapshot_id=done.snapshot,
              start_ms=start_ms, end_ms=end_ms, as_of_ms=done.as_of_ms,
-             seconds=done.built_seconds)
+             not_mature=not_mature, seconds=done.built_seconds)
     return done
 
 

@@ -81,6 +81,14 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    """A rate in [0, 1], both ends allowed."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be a fraction in [0, 1], e.g. 0.05")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = _number(text)
     if value <= 0:
@@ -122,6 +130,8 @@ def _generator_config(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
+    if args.fraud_rate is not None:
+        fields["fraud_card_rate"] = args.fraud_rate
     if args.start is not None:
         fields["start"] = _utc_ms(args.start)
     if args.drift_at is not None:
@@ -304,8 +314,21 @@ def cmd_training_set(args: argparse.Namespace, settings: Settings) -> int:
             end_ms=end, label_maturity_ms=int(args.maturity_days * 86_400_000))
     finally:
         spark.stop()
-    print(json.dumps({"out": out, **dataclasses.asdict(meta)}, indent=2, default=str))
+    print_training_set(out, meta)
     return 0
+
+
+def print_training_set(out: str, meta: Any) -> None:
+    """The written training set's metadata as JSON on stdout, with a
+    `warning` (also one line on stderr) when rows were left out as not yet
+    mature."""
+    from lamina.batch.training_set import maturity_warning
+
+    warning = maturity_warning(meta)
+    print(json.dumps({"out": out, **dataclasses.asdict(meta), "warning": warning}, indent=2,
+                     default=str))
+    if warning:
+        print(f"lamina training-set: warning: {warning}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -329,10 +352,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from lamina.batch.commands import evaluate_command
+    from lamina.batch.commands import evaluate_command, score_champion_command
 
-    result = evaluate_command(args.backtest, registry=settings.registry_uri,
-                              candidate=args.candidate, apply=not args.dry_run)
+    if args.champion:  # records nothing anyway, so --dry-run changes nothing here
+        result = score_champion_command(args.backtest, registry=settings.registry_uri)
+    else:
+        result = evaluate_command(args.backtest, registry=settings.registry_uri,
+                                  candidate=args.candidate, apply=not args.dry_run)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -534,7 +560,8 @@ def _demo_batch_loop(demo: Settings, plan: DemoPlan, step: _DemoStep) -> None:
         from lamina.batch import spark as batch_spark
         from lamina.batch.views import batch_run_command
 
-        spark = batch_spark.spark_session("local[2]", app_name="lamina-demo")
+        spark = batch_spark.spark_session(demo.spark.master, app_name="lamina-demo",
+                                          extra_conf=demo.spark.conf)
         print(f"      Spark started in {batch_spark.last_start_seconds or 0:.1f} s")
     try:
         with step:
@@ -636,6 +663,9 @@ def _add_generator_args(p: argparse.ArgumentParser, transactions: int) -> None:
     p.add_argument("--start", help="first event time, ISO-8601 UTC (default 2026-01-01)")
     p.add_argument("--drift-at", help="when the fraud pattern changes, ISO-8601 UTC, "
                                       "or 'none' (default: two thirds through)")
+    p.add_argument("--fraud-rate", type=_rate, metavar="FRACTION",
+                   help="share of cards compromised once (a burst of fraud each), in [0, 1] "
+                        "(default 0.02)")
     p.add_argument("--late-fraction", type=_fraction, help="share of late events")
     p.add_argument("--malformed-fraction", type=_fraction, help="share of malformed events")
     p.add_argument("--duplicate-fraction", type=_fraction, help="share of producer resends")
@@ -748,7 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Idempotent: the same training set, snapshot, parameters "
                                    "and seed register one version.")
     p.add_argument("training_set", help="Parquet file/folder or Delta table with the features")
-    p.add_argument("--snapshot", required=True, help="master snapshot the set was built from")
+    p.add_argument("--snapshot", type=_non_negative_int, metavar="N",
+                   help="master snapshot the set was built from (default: the one in its "
+                        "lineage; needed for a set without one)")
     p.add_argument("--params", help="training parameters as JSON")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workers", type=int, default=0,
@@ -757,10 +789,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="backtest a candidate against the champion; promote "
-                                        "it only if it wins")
+                                        "it only if it wins (or score the champion alone)",
+                       description="--candidate V: score V and the champion on the same "
+                                   "backtest rows; the gate promotes V only if it wins, and "
+                                   "the decision is recorded (V must not be the champion "
+                                   "already: use --champion). --champion: score the current "
+                                   "champion on the window (metrics, slices, drift); no gate, "
+                                   "nothing recorded.")
     p.add_argument("backtest", help="Parquet/Delta rows later in time than the training data")
-    p.add_argument("--candidate", type=int, required=True, help="registered model version")
-    p.add_argument("--dry-run", action="store_true", help="decide but record nothing")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--candidate", type=_positive_int, metavar="VERSION",
+                       help="registered model version to judge against the champion")
+    which.add_argument("--champion", action="store_true",
+                       help="score the current champion only: no gate, nothing recorded")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --candidate: decide but record nothing")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("models", help="the model registry: list, show, promote, rollback")

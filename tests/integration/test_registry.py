@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from lamina.batch.commands import evaluate_command, models_command, train_command
-from lamina.batch.evaluate import time_split
+from lamina.batch.evaluate import iso_utc, time_split
 from lamina.batch.model import save_model, score, train_local
 from lamina.batch.registry import CHAMPION, ModelRegistry, RegistryError, code_version
 
@@ -201,8 +201,10 @@ def test_evaluate_refuses_a_backtest_that_overlaps_training(
     train, _ = data
     trained = train_command(train, models_dir=tmp_path / "models", registry=registry,
                             snapshot_id=3, features=FEATURES, params=PARAMS, seed=1)
-    with pytest.raises(TrainingError, match="later in time"):
+    with pytest.raises(TrainingError, match="later in time") as caught:
         evaluate_command(train, registry=registry, candidate=trained["version"])
+    start = int(train["event_time"].min())
+    assert f"starts at {iso_utc(start)} ({start} ms)" in str(caught.value)
 
 
 def test_train_command_is_idempotent_and_models_command_reports(
@@ -248,3 +250,178 @@ def test_a_rolled_back_version_is_not_promoted_again_by_the_gate(
                                           "max_log_loss_increase": 1.0})
     assert not result["promote"] and registry.champion() == v1
     assert any("was rolled back" in r for r in result["reasons"])
+
+
+@pytest.mark.integration
+def test_a_dry_run_evaluation_writes_nothing_to_the_registry(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, backtest = data
+    first = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                          snapshot_id=1, features=FEATURES, params=PARAMS, seed=1)["version"]
+    # A version never evaluated stays so after a dry run.
+    dry = evaluate_command(backtest, registry=registry, candidate=first,
+                           thresholds=THRESHOLDS, apply=False)
+    assert dry["applied"] is False and dry["promote"], dry["reasons"]
+    assert registry.show(first)["evaluation"] is None
+    assert registry.champion() is None
+
+    evaluate_command(backtest, registry=registry, candidate=first, thresholds=THRESHOLDS)
+    assert registry.champion() == first
+    shuffled = train.assign(label=np.random.default_rng(0).permutation(train["label"]))
+    second = train_command(shuffled, models_dir=tmp_path / "models", registry=registry,
+                           snapshot_id=2, features=FEATURES, params=PARAMS, seed=1)["version"]
+    evaluate_command(backtest, registry=registry, candidate=second, thresholds=THRESHOLDS)
+    before = registry.show(second)
+    assert before["evaluation"] is not None and before["gate"] == "rejected"
+    audit_before = registry.audit_log()
+
+    # The same candidate on another (later) window, as a dry run.
+    later = backtest.iloc[len(backtest) // 2:].reset_index(drop=True)
+    result = evaluate_command(later, registry=registry, candidate=second,
+                              thresholds=THRESHOLDS, apply=False)
+    assert result["applied"] is False
+    assert result["window"] != before["evaluation"]["candidate"]["window"]
+    after = registry.show(second)
+    assert after["evaluation"] == before["evaluation"]
+    assert (after["gate"], after["gate_reasons"]) == (before["gate"], before["gate_reasons"])
+    assert registry.audit_log() == audit_before
+    assert registry.champion() == first
+
+
+@pytest.mark.integration
+def test_the_champion_is_scored_alone_and_nothing_is_recorded(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    from lamina.batch.commands import score_champion_command
+    from lamina.batch.evaluate import evaluate_model
+    from lamina.batch.model import TrainingError, load_model
+
+    train, backtest = data
+    with pytest.raises(RegistryError, match="no champion yet"):
+        score_champion_command(backtest, registry=registry)
+    version = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                            snapshot_id=1, features=FEATURES, params=PARAMS, seed=1)["version"]
+    evaluate_command(backtest, registry=registry, candidate=version, thresholds=THRESHOLDS)
+    assert registry.champion() == version
+    shown, audit = registry.show(version), registry.audit_log()
+
+    later = backtest.iloc[len(backtest) // 2:].reset_index(drop=True)
+    scored = score_champion_command(later, registry=registry)
+    assert scored["champion"] == version and scored["recorded"] is False
+    expected = evaluate_model(load_model(registry.download(version)), later, FEATURES,
+                              slice_columns=["merchant_category"])
+    assert scored["metrics"] == pytest.approx(expected.flat())
+    assert scored["metrics"]["n"] == len(later)
+    assert set(scored["slices"]["merchant_category"]) == {"grocery", "online", "travel"}
+    assert scored["slices"]["merchant_category"]["travel"] == pytest.approx(
+        expected.slices["merchant_category"]["travel"].flat())
+    assert set(scored["psi"]) == set(FEATURES)
+    assert scored["window"] == [int(later["event_time"].min()),
+                                int(later["event_time"].max()) + 1]
+    assert scored["window_utc"][0] == iso_utc(scored["window"][0])
+    assert "promote" not in scored and "reasons" not in scored
+
+    # Judging the champion as its own candidate is refused, pointing to --champion.
+    with pytest.raises(RegistryError, match="already the champion.*--champion"):
+        evaluate_command(later, registry=registry, candidate=version, thresholds=THRESHOLDS)
+    with pytest.raises(RegistryError, match="already the champion"):
+        evaluate_command(later, registry=registry, candidate=version, apply=False)
+    assert registry.show(version) == shown
+    assert registry.audit_log() == audit
+    # The champion's own training rows are no backtest.
+    with pytest.raises(TrainingError, match="later in time"):
+        score_champion_command(train, registry=registry)
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """`lamina.cli.main` adds a stderr log handler (pytest's captured
+    stream); take it off again afterwards."""
+    import logging
+
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_lamina", False)]:
+        root.removeHandler(handler)
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("cli_logging")
+def test_lamina_evaluate_scores_the_champion_or_says_why_not_in_one_line(
+        tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from lamina import cli
+
+    train, backtest = data
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAMINA_HOME", str(home))
+    backtest_path = tmp_path / "backtest.parquet"
+    backtest.to_parquet(backtest_path)
+
+    assert cli.main(["evaluate", str(backtest_path), "--champion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lamina evaluate: error: model lamina-fraud has no champion yet")
+
+    version = train_command(train, models_dir=home / "models", registry=home, snapshot_id=1,
+                            features=FEATURES, params=PARAMS, seed=1)["version"]
+    models_command("promote", registry=home, version=version, reason="test")
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(backtest_path), "--candidate", str(version)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"lamina evaluate: error: version {version} is already the "
+                              "champion")
+    assert "--champion" in err[-1]
+
+    assert cli.main(["evaluate", str(backtest_path), "--champion"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["champion"] == version and out["recorded"] is False
+    assert out["metrics"]["n"] == len(backtest)
+    assert ModelRegistry.local(home).show(version)["evaluation"] is None
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("cli_logging")
+def test_lamina_train_records_the_training_sets_snapshot_as_an_int(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from lamina import cli
+    from lamina.batch.training_set import LINEAGE_FILE, TrainingSetMetadata
+    from lamina.schemas.card_views import FEATURES as CARD_FEATURES
+
+    # A training set as `lamina training-set` leaves it: Parquet + lineage (snapshot 4).
+    rng = np.random.default_rng(5)
+    n = 1500
+    frame = pd.DataFrame(rng.normal(size=(n, len(CARD_FEATURES))), columns=list(CARD_FEATURES))
+    frame["label"] = (rng.random(n) < 1 / (1 + np.exp(3 - 1.5 * frame["amount"]))).astype(int)
+    frame["event_time"] = 1_767_225_600_000 + np.arange(n, dtype=np.int64) * 60_000
+    frame["event_id"] = [f"tx-{i}" for i in range(n)]
+    folder = tmp_path / "set"
+    folder.mkdir()
+    frame.to_parquet(folder / "part-0.parquet")
+    (folder / LINEAGE_FILE).write_text(TrainingSetMetadata(
+        master_uri=str(tmp_path / "master"), snapshot=4, group="card_transactions",
+        group_fingerprint="0" * 16, start_ms=0, end_ms=1, as_of_ms=1, label_maturity_ms=0,
+        code_version="test", rows=n).to_json())
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAMINA_HOME", str(home))
+    params = json.dumps({"epochs": 1, "batch_size": 256, "hidden": [8]})
+
+    assert cli.main(["train", str(folder), "--snapshot", "4", "--params", params]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["snapshot_id"] == 4
+    # Without --snapshot: the lineage's, the same run key, so the same version.
+    assert cli.main(["train", str(folder), "--params", params]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["version"] == trained["version"] and again["run_key"] == trained["run_key"]
+
+    reg = ModelRegistry.local(home)
+    listed = reg.list_versions()
+    assert [v["snapshot_id"] for v in listed] == [4]
+    assert type(listed[0]["snapshot_id"]) is int
+    shown = reg.show(trained["version"])
+    assert type(shown["lineage"]["snapshot_id"]) is int
+    assert reg.lineage(trained["version"]).snapshot_id == 4
+    assert reg.client.get_run(shown["run_id"]).data.params["snapshot_id"] == "4"

@@ -237,3 +237,23 @@ def test_written_training_set_keeps_its_lineage(
         assert len(frame) == metadata.rows
         assert list(frame.columns) == ["event_id", "card_id", "event_time", "merchant_category",
                                        "channel", *FEATURES, "label"]
+
+
+def test_a_written_training_set_counts_the_rows_left_out_as_not_yet_mature(
+        spark: Any, world: dict[str, Any], tmp_path: Path) -> None:
+    out = str(tmp_path / "training")
+    metadata = ts.write_training_set(
+        spark, world["dataset"].uri, out, CARD_VIEWS, snapshot=None, start_ms=WINDOW[0],
+        end_ms=WINDOW[1], label_maturity_ms=MATURITY, as_of_ms=AS_OF)
+    kept = _expected_labels(world)
+    left_out = [t for t in world["transactions"]
+                if WINDOW[0] <= t["event_time"] < WINDOW[1] and t["event_id"] not in kept]
+    assert left_out and all(t["event_time"] >= MATURE_BEFORE for t in left_out)
+    assert metadata.rows == len(kept)
+    assert metadata.not_mature_rows == len(left_out)
+    assert metadata.latest_not_mature_ms == max(t["event_time"] for t in left_out)
+    assert ts.read_lineage(out) == metadata
+    line = ts.maturity_warning(metadata)
+    assert line is not None
+    assert line.startswith(f"{len(left_out):,} of {len(kept) + len(left_out):,} transactions")
+    assert "--end 2026-01-07T00:00:00Z" in line  # AS_OF - MATURITY
