@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina import cli
+from lamina import cli, demo
 from lamina.config import Settings
 from lamina.errors import ConfigError
 from lamina.generator import GeneratorConfig
@@ -22,9 +22,9 @@ def _expected_rows(config: GeneratorConfig, window: tuple[int, int]) -> float:
 
 def test_the_default_demo_trains_and_backtests_on_mature_pre_drift_data() -> None:
     config = GeneratorConfig()  # what `lamina demo` generates by default
-    plan = cli.demo_plan(config)
+    plan = demo.demo_plan(config)
     (train_start, train_end), (back_start, back_end) = plan.train, plan.backtest
-    assert plan.label_maturity_ms == cli.DEMO_LABEL_MATURITY_DAYS * DAY_MS
+    assert plan.label_maturity_ms == demo.DEMO_LABEL_MATURITY_DAYS * DAY_MS
     assert config.start < train_start < train_end == back_start < back_end
     assert config.drift_at_ms is not None and back_end <= config.drift_at_ms
     # Labels are as of the end of the period: every row is past the maturity.
@@ -38,22 +38,22 @@ def test_the_default_demo_trains_and_backtests_on_mature_pre_drift_data() -> Non
 
 def test_a_large_demo_keeps_its_training_sets_small() -> None:
     config = GeneratorConfig(transactions=1_000_000)
-    plan = cli.demo_plan(config)
+    plan = demo.demo_plan(config)
     for window in (plan.train, plan.backtest):
-        assert _expected_rows(config, window) <= cli.DEMO_MAX_SET_ROWS
+        assert _expected_rows(config, window) <= demo.DEMO_MAX_SET_ROWS
     assert plan.backtest[1] <= (config.drift_at_ms or 0)
 
 
 def test_without_drift_the_windows_end_where_labels_are_mature() -> None:
     config = GeneratorConfig(drift_at=None)
-    plan = cli.demo_plan(config)
+    plan = demo.demo_plan(config)
     assert plan.drift_at_ms is None
-    assert plan.backtest[1] == config.end_ms - cli.DEMO_LABEL_MATURITY_DAYS * DAY_MS
+    assert plan.backtest[1] == config.end_ms - demo.DEMO_LABEL_MATURITY_DAYS * DAY_MS
 
 
 def test_a_period_too_short_for_the_batch_loop_is_refused_with_the_way_out() -> None:
     with pytest.raises(ConfigError, match="--no-batch"):
-        cli.demo_plan(GeneratorConfig(days=4.0))
+        demo.demo_plan(GeneratorConfig(days=4.0))
 
 
 def test_the_demo_names_missing_batch_packages_before_starting_kafka(
@@ -76,7 +76,7 @@ def test_an_unexpected_failure_in_a_demo_step_becomes_one_line_naming_the_step(
         capsys: pytest.CaptureFixture[str]) -> None:
     from lamina.errors import LaminaError
 
-    step = cli._DemoStep(total=2)
+    step = demo._DemoStep(total=2)
     with pytest.raises(LaminaError) as failed, step("training", "training"):
         raise RuntimeError("Py4JJavaError: boom\n\tat org.apache.spark.Something(...)")
     assert str(failed.value).startswith(

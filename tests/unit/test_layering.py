@@ -41,8 +41,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # The core (everything in lamina/ but the roots) serves every layer.
     "lamina": LAYERS,
 }
-#: Modules that wire the layers together.
-ROOTS = ("lamina.cli", "lamina.demo")
+#: Modules that wire the layers together (the CLI, the demo, and the
+#: settings -> objects wiring they share).
+ROOTS = ("lamina.cli", "lamina.demo", "lamina.runners")
 
 
 def module_name(path: Path) -> str:

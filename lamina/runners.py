@@ -1,0 +1,87 @@
+"""What the CLI and the demo share: objects built from the settings, and the
+printed summary of the master dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lamina.config import Settings
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def master_dataset(settings: Settings) -> Any:
+    from lamina.master.dataset import MasterDataset
+
+    return MasterDataset(settings.master_uri)
+
+
+def event_validator(settings: Settings) -> Any:
+    from lamina.schemas.validation import EventValidator
+
+    return EventValidator(max_event_bytes=settings.lander.max_event_bytes)
+
+
+def run_lander(settings: Settings, *, idle_exit_s: float | None = None,
+               max_events: int | None = None, progress: bool = True) -> Any:
+    """Start a lander with the settings; returns its LanderStats."""
+    from tqdm import tqdm
+
+    from lamina import kafkaio
+    from lamina.master.deadletters import KafkaDeadLetters
+    from lamina.master.lander import Lander
+
+    consumer = kafkaio.make_consumer(
+        settings.kafka.bootstrap_servers,
+        group_id=settings.lander.group,
+        group_instance_id=settings.lander.instance_id or None,
+        session_timeout_ms=settings.lander.session_timeout_ms,
+    )
+    producer = kafkaio.make_producer(settings.kafka.bootstrap_servers)
+    lander = Lander(
+        dataset=master_dataset(settings),
+        consumer=consumer,
+        topic=settings.kafka.raw_topic,
+        dead_letters=KafkaDeadLetters(producer, settings.kafka.dlq_topic),
+        validator=event_validator(settings),
+        commit_max_events=settings.lander.commit_max_events,
+        commit_max_seconds=settings.lander.commit_max_seconds,
+        dedup_cached_days=settings.lander.dedup_cached_days,
+    )
+    lander.install_signal_handlers()
+    bar = tqdm(unit=" events", desc="landing", disable=not progress)
+
+    def show(stats: Any) -> None:
+        bar.n = stats.consumed
+        bar.set_postfix(landed=stats.landed, dead=stats.dead_lettered,
+                        dup=stats.duplicates_dropped, snapshot=stats.last_snapshot)
+
+    try:
+        stats = lander.run(idle_exit_s=idle_exit_s, max_events=max_events, on_commit=show)
+        show(stats)
+    finally:
+        bar.close()
+        producer.close()
+    return stats
+
+
+def print_dataset_info(info: dict[str, Any]) -> None:
+    print(f"master dataset  {info['uri']}")
+    print(f"snapshot        {info['snapshot']}  ({info['snapshots']} snapshots)")
+    print(f"rows            {info['rows']:,}")
+    print(f"size            {human_bytes(info['bytes'])} in {info['files']} files")
+    if info["partitions"]:
+        print(f"\n{'event_type':<14}{'event_date':<12}{'rows':>12}{'files':>7}{'size':>12}")
+        for p in info["partitions"]:
+            print(f"{p['event_type']:<14}{p['event_date']:<12}{p['rows']:>12,}"
+                  f"{p['files']:>7}{human_bytes(p['bytes']):>12}")
+    if info["offsets"]:
+        print("\nsource offsets landed (Delta transaction ids)")
+        for app, version in info["offsets"].items():
+            print(f"  {app:<40} {version}")
