@@ -34,7 +34,6 @@ exactly what was sent.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -233,53 +232,3 @@ class EventValidator:
             event[compiled.entity_key],
             event,
         )
-
-
-_CATEGORIES = (
-    "grocery", "restaurant", "fuel", "travel", "electronics",
-    "fashion", "online_services", "entertainment", "health", "cash",
-)
-_CHANNELS = ("pos", "online", "atm")
-
-
-def sample_transaction(i: int) -> dict[str, Any]:
-    """A valid transaction v1 event, deterministic in ``i`` (for tests and
-    benchmarks): about the size and shape producers send."""
-    return {
-        "event_id": f"tx-{i:012d}",
-        "event_type": "transaction",
-        "schema_version": 1,
-        "event_time": 1_735_689_600_000 + i * 997,
-        "card_id": f"card-{i % 5000:06d}",
-        "merchant_id": f"m-{(i * 7919) % 20000:05d}",
-        "merchant_category": _CATEGORIES[i % len(_CATEGORIES)],
-        "amount": round(1 + (i * 37 % 50000) / 100, 2),
-        "currency": "EUR",
-        "country": ("DE", "FR", "NL", "ES", "IT")[i % 5],
-        "channel": _CHANNELS[i % len(_CHANNELS)],
-    }
-
-
-def measure_validation_rate(n: int = 100_000, validator: EventValidator | None = None) -> float:
-    """Validate ``n`` distinct valid transaction events (pre-encoded bytes) on
-    this thread and return events per second. Encoding the events is not
-    timed; parsing and validating them is. Raises ``RuntimeError`` if any
-    sample is rejected (the figure would then measure the wrong path)."""
-    if n < 1:
-        raise ValueError("n must be at least 1")
-    validator = EventValidator() if validator is None else validator
-    records = [orjson.dumps(sample_transaction(i)) for i in range(n)]
-    validate = validator.validate
-    rejected: Rejected | None = None
-    # Results are not kept, like in the lander, which copies the envelope
-    # into column lists and drops the parsed event; keeping 100k of them
-    # would time the garbage collector too.
-    started = time.perf_counter()
-    for raw in records:
-        result = validate(raw)
-        if type(result) is Rejected:
-            rejected = result
-    elapsed = time.perf_counter() - started
-    if rejected is not None:
-        raise RuntimeError(f"sample events were rejected, e.g. {rejected.reason}")
-    return n / elapsed
