@@ -39,7 +39,7 @@ from lamina.logs import get_logger
 from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
 from lamina.master.deadletters import DeadLetter, DeadLetterSink
 from lamina.master.dedup import LandedIds
-from lamina.schemas.validation import EventValidator, ValidEvent
+from lamina.schemas.validation import Envelope, EventValidator
 
 log = get_logger(__name__)
 
@@ -100,8 +100,8 @@ class PendingBatch:
         if not self.last_offsets:
             self.started_at = time.monotonic()
         self.last_offsets[(topic, partition)] = offset
-        result = validator.validate(value if value is not None else b"")
-        if isinstance(result, ValidEvent):
+        result = validator.validate_envelope(value if value is not None else b"")
+        if isinstance(result, Envelope):
             self.event_id.append(result.event_id)
             self.event_type.append(result.event_type)
             self.schema_version.append(result.schema_version)
@@ -119,33 +119,38 @@ class PendingBatch:
     def add_records(self, topic: str, partition: int, records: Sequence[Any],
                     validator: EventValidator) -> None:
         """`add` for one partition's polled records (offsets ascending): the
-        hot path, so attribute look-ups are hoisted out of the loop."""
+        hot path, so attribute look-ups are hoisted out of the loop, and the
+        envelopes are kept whole and split into their columns once per call
+        (one C-level transpose instead of five appends per record)."""
         if not records:
             return
         if not self.last_offsets:
             self.started_at = time.monotonic()
-        validate = validator.validate
-        ids, types, versions = self.event_id, self.event_type, self.schema_version
-        times, keys, payloads = self.event_time, self.entity_key, self.payload
-        offsets = self.offset
-        kept = 0
+        validate = validator.validate_envelope
+        envelopes: list[Envelope] = []
+        keep_envelope = envelopes.append
+        keep_offset, keep_payload = self.offset.append, self.payload.append
         for record in records:
-            value = record.value if record.value is not None else b""
+            value = record.value
+            if value is None:
+                value = b""
             result = validate(value)
-            if type(result) is ValidEvent:
-                ids.append(result.event_id)
-                types.append(result.event_type)
-                versions.append(result.schema_version)
-                times.append(result.event_time_ms)
-                keys.append(result.entity_key)
-                offsets.append(record.offset)
-                payloads.append(value)
-                kept += 1
+            if type(result) is Envelope:
+                keep_envelope(result)
+                keep_offset(record.offset)
+                keep_payload(value)
             else:
                 self.rejects.append(
                     DeadLetter(topic, partition, record.offset, result.reason, value))
-        self.topic.extend([topic] * kept)
-        self.partition.extend([partition] * kept)
+        if envelopes:
+            ids, types, versions, times, keys = zip(*envelopes, strict=True)
+            self.event_id.extend(ids)
+            self.event_type.extend(types)
+            self.schema_version.extend(versions)
+            self.event_time.extend(times)
+            self.entity_key.extend(keys)
+            self.topic.extend([topic] * len(envelopes))
+            self.partition.extend([partition] * len(envelopes))
         self.last_offsets[(topic, partition)] = records[-1].offset
 
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
@@ -250,27 +255,31 @@ def _binary_array(values: list[bytes]) -> pa.Array:
 
 
 def _rows(batch: PendingBatch, keep: list[int], ingest_ms: int) -> pa.Table:
-    """The kept records as an Arrow table (MASTER_SCHEMA minus event_date)."""
-    def pick(column: list[Any]) -> list[Any]:
-        # Usually nothing was dropped: skip the copy.
-        return column if len(keep) == len(column) else [column[i] for i in keep]
-
+    """The kept records (indices into the batch's columns, ascending) as an
+    Arrow table (MASTER_SCHEMA minus event_date). Every column is converted
+    whole and the kept rows taken in Arrow: a batch almost always drops a few
+    duplicates, and picking them out of nine Python lists cost more than
+    converting the lot (about 1 us per event, measured here)."""
     ms = pa.timestamp("ms", tz="UTC")
-    return pa.table(
+    rows = len(batch.event_id)
+    table = pa.table(
         [
-            pa.array(pick(batch.event_id), pa.string()),
-            pa.array(pick(batch.event_type), pa.string()),
-            pa.array(pick(batch.schema_version), pa.int32()),
-            pa.array(pick(batch.event_time), pa.int64()).cast(ms),
-            pa.array(pick(batch.entity_key), pa.string()),
-            pa.array(pick(batch.topic), pa.string()),
-            pa.array(pick(batch.partition), pa.int32()),
-            pa.array(pick(batch.offset), pa.int64()),
-            pa.array([ingest_ms] * len(keep), pa.int64()).cast(ms),
-            _binary_array(pick(batch.payload)),
+            pa.array(batch.event_id, pa.string()),
+            pa.array(batch.event_type, pa.string()),
+            pa.array(batch.schema_version, pa.int32()),
+            pa.array(batch.event_time, pa.int64()).cast(ms),
+            pa.array(batch.entity_key, pa.string()),
+            pa.array(batch.topic, pa.string()),
+            pa.array(batch.partition, pa.int32()),
+            pa.array(batch.offset, pa.int64()),
+            pa.repeat(pa.scalar(ingest_ms, ms), rows),
+            _binary_array(batch.payload),
         ],
         schema=_ROW_SCHEMA,
     )
+    if len(keep) == rows:
+        return table
+    return table.take(pa.array(keep, pa.int64()))
 
 
 class Lander:
