@@ -42,15 +42,24 @@ Figures (events/s are records of the topic per second of wall time)
   Then the time split of `LanderStats`: poll_s (Kafka), validate_s
   (validation and buffering), commit_s (dedup, dead letters, Delta commit)
   and the rest (group join, table creation, close), as shares of the wall
-  time. A watchdog stops a lander that makes no progress for 20 s (a start
-  that consumed nothing is retried, up to 3 times, and listed in the notes;
+  time; commit_s is split further by timing what commit_batch calls
+  (`benchmarks/landing.py`, `COMMIT_STEPS`): table loads, dead letters,
+  the Arrow rows, the event_date column and the Delta write, the remainder
+  being commit_batch's replay and duplicate filtering. A watchdog stops a
+  lander that makes no progress for 20 s (a start that consumed nothing is
+  retried, up to 3 times, and listed in the notes;
   a stall midway fails the run). Afterwards the table is checked: row
   count == landed == the generator's valid events, each once; dead letters
   == malformed records; duplicates dropped == duplicates produced. A
   mismatch fails the run.
-* validation alone -- `EventValidator.validate` over the N loaded values in
-  memory on one core, as a ratio to the reference: it must be well above 1x
-  or validation alone caps the lander.
+* validation alone -- each path of the validator over the N loaded values in
+  memory on one core (`benchmarks/validation.py`): the lander's call
+  `validate_envelope` (the typed msgspec decoder, the reference for what it
+  does not accept), `validate` (the same plus the payload dict) and the
+  reference alone (`EventValidator(typed=False)`: orjson + fastjsonschema),
+  each as a ratio to the raw consume: it must be well above 1x or
+  validation alone caps the lander. `--only validation` runs just these
+  (with the reference consume they are measured against).
 * views -- batch views over 10M transactions (`benchmarks/views.py`, which
   says exactly what runs): Lamina's Spark job (`run_batch_views`) next to
   the same aggregation in DuckDB on the same Parquet files (the reference,
@@ -94,6 +103,7 @@ from benchmarks.common import (
     fmt_ratio,
 )
 from benchmarks.landing import (
+    COMMIT_STEPS,
     STALL_S,
     LanderRun,
     LoadedTopic,
@@ -113,7 +123,7 @@ from benchmarks.machine import (
 )
 from benchmarks.report import Row, append_section, render_section
 from benchmarks.training import TrainingResults, measure_training, training_notes, training_rows
-from benchmarks.validation import validation_rate
+from benchmarks.validation import VALIDATION_PATHS, validation_rate
 from benchmarks.views import (
     DEFAULT_TRANSACTIONS,
     QUICK_TRANSACTIONS,
@@ -138,6 +148,13 @@ SUITES = ("lander", "validation", "clients", "views", "training")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
+COMMIT_STEP_NOTES = {
+    "table load": "DeltaTable loads (one per commit, plus one per partition assignment)",
+    "dead letters": "KafkaDeadLetters.send, acks=all, waited for",
+    "Arrow rows": "lander._rows: the kept records as an Arrow table",
+    "event_date column": "dataset.with_event_date (pyarrow strftime)",
+    "Delta write": "MasterDataset.append minus the event_date column: Parquet + commit",
+}
 
 
 @dataclass
@@ -150,7 +167,7 @@ class Results:
     kcat_missing: bool = False
     lander: list[LanderRun] = field(default_factory=list)
     lander_stalls: list[str] = field(default_factory=list)
-    validation: list[Timed] = field(default_factory=list)
+    validation: dict[str, list[Timed]] = field(default_factory=dict)
 
 
 def say(message: str) -> None:
@@ -279,8 +296,10 @@ def measure(bootstrap: str, loaded: LoadedTopic, suites: set[str], workdir: Path
     if "validation" in suites:
         expected_valid = loaded.kinds[KIND_VALID] + loaded.kinds[KIND_DUPLICATE]
         for round_no in range(1, ROUNDS + 1):
-            results.validation.append(validation_rate(loaded.values, expected_valid))
-            say(f"round {round_no}: validation {fmt_rate(results.validation[-1].rate)}")
+            for path in VALIDATION_PATHS:
+                timed = validation_rate(loaded.values, expected_valid, path)
+                results.validation.setdefault(path, []).append(timed)
+                say(f"round {round_no}: validation, {path}: {fmt_rate(timed.rate)}")
     return results
 
 
@@ -352,13 +371,15 @@ def kafka_rows(results: Results, loaded: LoadedTopic, suites: set[str]) -> list[
     if "lander" in suites:
         rows += lander_rows(results.lander, len(results.lander_stalls), ref)
     if "validation" in suites:
-        best = best_of(results.validation, lambda t: t.rate)
-        cpu = f"{best.cpu_rate:,.0f} ev/s" if best.cpu_rate else "n/a"
-        rows.append(_rate_row("validation alone (EventValidator.validate)", results.validation,
-                              ref, "≫ 1× (not the bottleneck)",
-                              f"{loaded.records:,} loaded values in memory, one core; per CPU "
-                              f"second of the thread {cpu} (wall is lower when other "
-                              "processes share the core)"))
+        for path, runs in results.validation.items():
+            best = best_of(runs, lambda t: t.rate)
+            cpu = f"{best.cpu_rate:,.0f} ev/s" if best.cpu_rate else "n/a"
+            rows.append(_rate_row(f"validation alone, {path}", runs, ref,
+                                  "≫ 1× (not the bottleneck)",
+                                  f"{loaded.records:,} loaded values in memory, one core; "
+                                  f"{best.seconds * 1e6 / best.events:.2f} µs/event; per CPU "
+                                  f"second of the thread {cpu} (wall is lower when other "
+                                  "processes share the core)"))
     return rows
 
 
@@ -384,13 +405,20 @@ def lander_rows(runs: list[LanderRun], stalls: int, ref: Timed) -> list[Row]:
             "dropped"),
     ]
     other = wall - stats.poll_s - stats.validate_s - stats.commit_s
+    steps = [(f"lander commit: {step}", best.commit_steps.get(step, 0.0),
+              COMMIT_STEP_NOTES[step]) for step in COMMIT_STEPS]
+    filtering = stats.commit_s - sum(seconds for _, seconds, _ in steps)
     for figure, seconds, note in (
         ("lander time: Kafka poll", stats.poll_s, "LanderStats.poll_s"),
         ("lander time: validate + buffer", stats.validate_s, "LanderStats.validate_s"),
         ("lander time: commit", stats.commit_s,
-         "LanderStats.commit_s: dedup, dead letters, Arrow batch, Delta commit"),
+         "LanderStats.commit_s: the steps below"),
+        *steps,
+        ("lander commit: replay and duplicate filtering", filtering,
+         "commit_s minus the steps above: commit_batch's per-record checks and "
+         "LandedIds.add_many"),
         ("lander time: the rest", other,
-         "wall minus the above: group join, table creation, consumer close"),
+         "wall minus poll, validate and commit: group join, table creation, consumer close"),
     ):
         rows.append(Row(figure, f"{seconds:.2f} s", f"lander wall {wall:.2f} s",
                         f"{seconds / wall:.0%}", "—", f"{note} (best lander run)"))
