@@ -9,17 +9,23 @@ exactly that: a benchmark that lands the wrong thing is worthless.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import BenchmarkError
 from lamina import kafkaio
 from lamina.generator import KIND_DUPLICATE, KIND_MALFORMED, KIND_VALID, GeneratorConfig, generate
+from lamina.master import dataset as dataset_module
+from lamina.master import lander as lander_module
 from lamina.master.dataset import MasterDataset
 from lamina.master.deadletters import KafkaDeadLetters
 from lamina.master.lander import Lander, LanderStats
@@ -107,6 +113,12 @@ def load_topic(bootstrap: str, topic: str, events: int, seed: int = 42) -> Loade
 STALL_S = 20.0
 
 
+# The steps of a commit the benchmark times (see `_commit_steps`), in the
+# order they happen; whatever else commit_s holds is the replay and
+# duplicate filtering of commit_batch.
+COMMIT_STEPS = ("table load", "dead letters", "Arrow rows", "event_date column", "Delta write")
+
+
 @dataclass(frozen=True)
 class LanderRun:
     seconds: float
@@ -115,6 +127,8 @@ class LanderRun:
     cpu_seconds: float
     # Set by the watchdog if it had to stop the lander: what it saw.
     stall: str | None = None
+    # Seconds per COMMIT_STEPS name, summed over the run's commits.
+    commit_steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def stalled_at_start(self) -> bool:
@@ -168,6 +182,39 @@ class _Watchdog:
                 return
 
 
+def _timed(totals: dict[str, float], step: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[step] = totals.get(step, 0.0) + time.perf_counter() - began
+    return timed
+
+
+@contextlib.contextmanager
+def _commit_steps(dataset: MasterDataset, dead_letters: KafkaDeadLetters,
+                  totals: dict[str, float]) -> Iterator[None]:
+    """Time the steps of the lander's commits by wrapping what commit_batch
+    calls (a dozen calls per run, so the wrapping costs nothing measurable):
+    loading the table, sending the dead letters, building the Arrow rows,
+    the event_date column and the Delta write (`MasterDataset.append` minus
+    the event_date column). The module functions are put back afterwards."""
+    rows, with_date = lander_module._rows, dataset_module.with_event_date
+    dataset.table = _timed(totals, "table load", dataset.table)
+    dataset.append = _timed(totals, "Delta write", dataset.append)
+    dead_letters.send = _timed(totals, "dead letters", dead_letters.send)
+    lander_module._rows = _timed(totals, "Arrow rows", rows)
+    dataset_module.with_event_date = _timed(totals, "event_date column", with_date)
+    try:
+        yield
+    finally:
+        lander_module._rows, dataset_module.with_event_date = rows, with_date
+        date_s = totals.get("event_date column", 0.0)
+        totals["Delta write"] = totals.get("Delta write", 0.0) - date_s
+
+
 def land(bootstrap: str, topic: str, dlq_topic: str, events: int, dataset_dir: Path) -> LanderRun:
     """Land the whole topic into a fresh master dataset with the lander's
     default commit settings and dead letters on `dlq_topic`; the wall time
@@ -178,22 +225,26 @@ def land(bootstrap: str, topic: str, dlq_topic: str, events: int, dataset_dir: P
         raise BenchmarkError(f"{dataset_dir} exists; the lander benchmark needs a fresh dataset")
     producer = kafkaio.make_producer(bootstrap)
     validator = EventValidator()
+    steps: dict[str, float] = {}
     try:
         began, began_cpu = time.perf_counter(), time.process_time()
         consumer = kafkaio.make_consumer(bootstrap, group_id=f"bench-lander-{uuid.uuid4().hex}")
+        dataset = MasterDataset(str(dataset_dir))
+        dead_letters = KafkaDeadLetters(producer, dlq_topic)
         lander = Lander(
-            dataset=MasterDataset(str(dataset_dir)),
+            dataset=dataset,
             consumer=consumer,
             topic=topic,
-            dead_letters=KafkaDeadLetters(producer, dlq_topic),
+            dead_letters=dead_letters,
             validator=validator,
         )
-        with _Watchdog(lander, STALL_S) as watchdog:
+        with _commit_steps(dataset, dead_letters, steps), \
+                _Watchdog(lander, STALL_S) as watchdog:
             stats = lander.run(max_events=events)
         seconds, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     finally:
         producer.close()
-    return LanderRun(seconds, stats, str(dataset_dir), cpu, watchdog.stall)
+    return LanderRun(seconds, stats, str(dataset_dir), cpu, watchdog.stall, steps)
 
 
 def check_landed(run: LanderRun, loaded: LoadedTopic) -> None:

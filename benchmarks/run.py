@@ -42,15 +42,24 @@ Figures (events/s are records of the topic per second of wall time)
   Then the time split of `LanderStats`: poll_s (Kafka), validate_s
   (validation and buffering), commit_s (dedup, dead letters, Delta commit)
   and the rest (group join, table creation, close), as shares of the wall
-  time. A watchdog stops a lander that makes no progress for 20 s (a start
-  that consumed nothing is retried, up to 3 times, and listed in the notes;
+  time; commit_s is split further by timing what commit_batch calls
+  (`benchmarks/landing.py`, `COMMIT_STEPS`): table loads, dead letters,
+  the Arrow rows, the event_date column and the Delta write, the remainder
+  being commit_batch's replay and duplicate filtering. A watchdog stops a
+  lander that makes no progress for 20 s (a start that consumed nothing is
+  retried, up to 3 times, and listed in the notes;
   a stall midway fails the run). Afterwards the table is checked: row
   count == landed == the generator's valid events, each once; dead letters
   == malformed records; duplicates dropped == duplicates produced. A
   mismatch fails the run.
-* validation alone -- `EventValidator.validate` over the N loaded values in
-  memory on one core, as a ratio to the reference: it must be well above 1x
-  or validation alone caps the lander.
+* validation alone -- each path of the validator over the N loaded values in
+  memory on one core (`benchmarks/validation.py`): the lander's call
+  `validate_envelope` (the typed msgspec decoder, the reference for what it
+  does not accept), `validate` (the same plus the payload dict) and the
+  reference alone (`EventValidator(typed=False)`: orjson + fastjsonschema),
+  each as a ratio to the raw consume: it must be well above 1x or
+  validation alone caps the lander. `--only validation` runs just these
+  (with the reference consume they are measured against).
 * views -- batch views over 10M transactions (`benchmarks/views.py`, which
   says exactly what runs): Lamina's Spark job (`run_batch_views`) next to
   the same aggregation in DuckDB on the same Parquet files (the reference,
@@ -99,6 +108,7 @@ from benchmarks.common import (
     fmt_ratio,
 )
 from benchmarks.landing import (
+    COMMIT_STEPS,
     STALL_S,
     LanderRun,
     LoadedTopic,
@@ -134,7 +144,7 @@ from benchmarks.training import (
     training_notes,
     training_rows,
 )
-from benchmarks.validation import validation_rate
+from benchmarks.validation import VALIDATION_PATHS, validation_rate
 from benchmarks.views import (
     DEFAULT_TRANSACTIONS,
     QUICK_TRANSACTIONS,
@@ -155,24 +165,32 @@ REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
-ROUNDS = 2
+ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training", "stores")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
+COMMIT_STEP_NOTES = {
+    "table load": "DeltaTable loads (one per commit, plus one per partition assignment)",
+    "dead letters": "KafkaDeadLetters.send, acks=all, waited for",
+    "Arrow rows": "lander._rows: the kept records as an Arrow table",
+    "event_date column": "dataset.with_event_date (pyarrow strftime)",
+    "Delta write": "MasterDataset.append minus the event_date column: Parquet + commit",
+}
 
 
 @dataclass
 class Results:
-    """Every run of every figure (ROUNDS each), in the order they ran."""
+    """Every run of every figure (`rounds` each), in the order they ran."""
 
+    rounds: int = ROUNDS
     raw: list[Timed] = field(default_factory=list)
     confluent: list[Timed] = field(default_factory=list)
     kcat: list[Timed] = field(default_factory=list)
     kcat_missing: bool = False
     lander: list[LanderRun] = field(default_factory=list)
     lander_stalls: list[str] = field(default_factory=list)
-    validation: list[Timed] = field(default_factory=list)
+    validation: dict[str, list[Timed]] = field(default_factory=dict)
 
 
 def say(message: str) -> None:
@@ -197,6 +215,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SUITES),
                         help="comma-separated subset of " + ",".join(SUITES)
                         + "; the kafka-python reference runs with any Kafka figure")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"runs of every figure, the best reported (default {ROUNDS}); "
+                        "more on a machine shared with other work")
     parser.add_argument("--no-append", action="store_true",
                         help="print the table only; do not append it to docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -206,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--events must be at least 1")
     if args.views_transactions is None:
         args.views_transactions = QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.views_transactions < 1000:
         parser.error("--views-transactions must be at least 1000")
     args.suites = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -278,12 +301,12 @@ def warm_up_group_coordinator(bootstrap: str) -> None:
 
 
 def measure(bootstrap: str, loaded: LoadedTopic, suites: set[str], workdir: Path,
-            pinned: bool) -> Results:
-    """ROUNDS rounds of reference, clients and lander, then validation."""
-    results = Results()
+            pinned: bool, rounds: int = ROUNDS) -> Results:
+    """`rounds` rounds of reference, clients and lander, then validation."""
+    results = Results(rounds=rounds)
     n = loaded.records
     results.kcat_missing = consume.kcat_version() is None
-    for round_no in range(1, ROUNDS + 1):
+    for round_no in range(1, rounds + 1):
         results.raw.append(consume.kafka_python_raw(bootstrap, RAW_TOPIC, RAW_PARTITIONS, n))
         say(f"round {round_no}: kafka-python raw {fmt_rate(results.raw[-1].rate)}")
         if "clients" in suites:
@@ -300,9 +323,11 @@ def measure(bootstrap: str, loaded: LoadedTopic, suites: set[str], workdir: Path
                 f"({run.seconds:.1f} s, {run.stats.commits} commits, checked)")
     if "validation" in suites:
         expected_valid = loaded.kinds[KIND_VALID] + loaded.kinds[KIND_DUPLICATE]
-        for round_no in range(1, ROUNDS + 1):
-            results.validation.append(validation_rate(loaded.values, expected_valid))
-            say(f"round {round_no}: validation {fmt_rate(results.validation[-1].rate)}")
+        for round_no in range(1, rounds + 1):
+            for path in VALIDATION_PATHS:
+                timed = validation_rate(loaded.values, expected_valid, path)
+                results.validation.setdefault(path, []).append(timed)
+                say(f"round {round_no}: validation, {path}: {fmt_rate(timed.rate)}")
     return results
 
 
@@ -377,13 +402,15 @@ def kafka_rows(results: Results, loaded: LoadedTopic, suites: set[str]) -> list[
     if "lander" in suites:
         rows += lander_rows(results.lander, len(results.lander_stalls), ref)
     if "validation" in suites:
-        best = best_of(results.validation, lambda t: t.rate)
-        cpu = f"{best.cpu_rate:,.0f} ev/s" if best.cpu_rate else "n/a"
-        rows.append(_rate_row("validation alone (EventValidator.validate)", results.validation,
-                              ref, "≫ 1× (not the bottleneck)",
-                              f"{loaded.records:,} loaded values in memory, one core; per CPU "
-                              f"second of the thread {cpu} (wall is lower when other "
-                              "processes share the core)"))
+        for path, runs in results.validation.items():
+            best = best_of(runs, lambda t: t.rate)
+            cpu = f"{best.cpu_rate:,.0f} ev/s" if best.cpu_rate else "n/a"
+            rows.append(_rate_row(f"validation alone, {path}", runs, ref,
+                                  "≫ 1× (not the bottleneck)",
+                                  f"{loaded.records:,} loaded values in memory, one core; "
+                                  f"{best.seconds * 1e6 / best.events:.2f} µs/event; per CPU "
+                                  f"second of the thread {cpu} (wall is lower when other "
+                                  "processes share the core)"))
     return rows
 
 
@@ -408,14 +435,29 @@ def lander_rows(runs: list[LanderRun], stalls: int, ref: Timed) -> list[Row]:
             f"{stats.dead_lettered:,} dead-lettered, {stats.duplicates_dropped:,} duplicates "
             "dropped"),
     ]
+    if ref.cpu_rate is not None and best.cpu_seconds > 0:
+        cpu_rate = stats.consumed / best.cpu_seconds
+        rows.append(Row(
+            "lander, records per CPU second", fmt_rate(cpu_rate),
+            f"kafka-python raw {fmt_rate(ref.cpu_rate)} per CPU second",
+            fmt_ratio(cpu_rate / ref.cpu_rate), "—",
+            "this process's CPU time (all threads) instead of wall time: the ratio with the "
+            "core to itself, which a busy machine lowers less than the wall-time one"))
     other = wall - stats.poll_s - stats.validate_s - stats.commit_s
+    steps = [(f"lander commit: {step}", best.commit_steps.get(step, 0.0),
+              COMMIT_STEP_NOTES[step]) for step in COMMIT_STEPS]
+    filtering = stats.commit_s - sum(seconds for _, seconds, _ in steps)
     for figure, seconds, note in (
         ("lander time: Kafka poll", stats.poll_s, "LanderStats.poll_s"),
         ("lander time: validate + buffer", stats.validate_s, "LanderStats.validate_s"),
         ("lander time: commit", stats.commit_s,
-         "LanderStats.commit_s: dedup, dead letters, Arrow batch, Delta commit"),
+         "LanderStats.commit_s: the steps below"),
+        *steps,
+        ("lander commit: replay and duplicate filtering", filtering,
+         "commit_s minus the steps above: commit_batch's per-record checks and "
+         "LandedIds.add_many"),
         ("lander time: the rest", other,
-         "wall minus the above: group join, table creation, consumer close"),
+         "wall minus poll, validate and commit: group join, table creation, consumer close"),
     ):
         rows.append(Row(figure, f"{seconds:.2f} s", f"lander wall {wall:.2f} s",
                         f"{seconds / wall:.0%}", "—", f"{note} (best lander run)"))
@@ -488,7 +530,7 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
     if "views" in args.suites:
         views_dir = Path(tempfile.mkdtemp(prefix="lamina-bench-views-"))
         try:
-            measured.views = measure_views(args.views_transactions, set(ctx.cores), ROUNDS,
+            measured.views = measure_views(args.views_transactions, set(ctx.cores), args.rounds,
                                            say, views_dir)
         finally:
             shutil.rmtree(views_dir, ignore_errors=True)
@@ -498,7 +540,7 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
             STORE_QUICK_TRANSACTIONS if args.quick else STORE_TRANSACTIONS,
             QUICK_LOOKUPS if args.quick else LOOKUPS)
     if "training" in args.suites:
-        measured.training = measure_training(set(ctx.cores), ROUNDS, say)
+        measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
 
 
@@ -518,7 +560,7 @@ def run_benchmarks(args: argparse.Namespace) -> tuple[LoadedTopic, Results, str]
         say(f"loading {args.events:,} records into {RAW_TOPIC}")
         loaded = load_topic(bootstrap, RAW_TOPIC, args.events)
         say(f"loaded {loaded.describe()} in {loaded.seconds:.1f} s")
-        results = measure(bootstrap, loaded, args.suites, workdir, pinned)
+        results = measure(bootstrap, loaded, args.suites, workdir, pinned, args.rounds)
         finished = True
     finally:
         if cluster is not None:
@@ -545,7 +587,7 @@ def report_notes(measured: Measured) -> list[str]:
 def kafka_notes(results: Results, pin_note: str) -> list[str]:
     notes = [
         pin_note,
-        f"Each figure ran {ROUNDS} times, interleaved round by round with the reference; "
+        f"Each figure ran {results.rounds} times, interleaved round by round with the reference; "
         "the better run of each is reported and ratios are best over best.",
         "CPU % of wall: this process's CPU time (all its threads; for kcat, kcat's plus "
         "reading its pipe) over the wall time. With the client pinned to one core, well "

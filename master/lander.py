@@ -41,7 +41,7 @@ from lamina.logs import get_logger
 from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
 from lamina.master.deadletters import DeadLetter, DeadLetterSink
 from lamina.master.dedup import LandedIds
-from lamina.schemas.validation import EventValidator, ValidEvent
+from lamina.schemas.validation import Envelope, EventValidator
 
 log = get_logger(__name__)
 
@@ -102,8 +102,8 @@ class PendingBatch:
         if not self.last_offsets:
             self.started_at = time.monotonic()
         self.last_offsets[(topic, partition)] = offset
-        result = validator.validate(value if value is not None else b"")
-        if isinstance(result, ValidEvent):
+        result = validator.validate_envelope(value if value is not None else b"")
+        if isinstance(result, Envelope):
             self.event_id.append(result.event_id)
             self.event_type.append(result.event_type)
             self.schema_version.append(result.schema_version)
@@ -121,20 +121,27 @@ class PendingBatch:
     def add_records(self, topic: str, partition: int, records: Sequence[Any],
                     validator: EventValidator) -> None:
         """`add` for one partition's polled records (offsets ascending): the
-        hot path, so attribute look-ups are hoisted out of the loop."""
+        hot path, so attribute look-ups are hoisted out of the loop. The
+        envelope's fields go straight into the columns: keeping the envelope
+        tuples and transposing them once per call was faster for small
+        polls but 1.5x slower for the lander's real ones (thousands of
+        records per partition), as the tuples the garbage collector tracks
+        pile up (measured here)."""
         if not records:
             return
         if not self.last_offsets:
             self.started_at = time.monotonic()
-        validate = validator.validate
+        validate = validator.validate_envelope
         ids, types, versions = self.event_id, self.event_type, self.schema_version
         times, keys, payloads = self.event_time, self.entity_key, self.payload
         offsets = self.offset
         kept = 0
         for record in records:
-            value = record.value if record.value is not None else b""
+            value = record.value
+            if value is None:
+                value = b""
             result = validate(value)
-            if type(result) is ValidEvent:
+            if type(result) is Envelope:
                 ids.append(result.event_id)
                 types.append(result.event_type)
                 versions.append(result.schema_version)
@@ -253,27 +260,31 @@ def _binary_array(values: list[bytes]) -> pa.Array:
 
 
 def _rows(batch: PendingBatch, keep: list[int], ingest_ms: int) -> pa.Table:
-    """The kept records as an Arrow table (MASTER_SCHEMA minus event_date)."""
-    def pick(column: list[Any]) -> list[Any]:
-        # Usually nothing was dropped: skip the copy.
-        return column if len(keep) == len(column) else [column[i] for i in keep]
-
+    """The kept records (indices into the batch's columns, ascending) as an
+    Arrow table (MASTER_SCHEMA minus event_date). Every column is converted
+    whole and the kept rows taken in Arrow: a batch almost always drops a few
+    duplicates, and picking them out of nine Python lists cost more than
+    converting the lot (about 1 us per event, measured here)."""
     ms = pa.timestamp("ms", tz="UTC")
-    return pa.table(
+    rows = len(batch.event_id)
+    table = pa.table(
         [
-            pa.array(pick(batch.event_id), pa.string()),
-            pa.array(pick(batch.event_type), pa.string()),
-            pa.array(pick(batch.schema_version), pa.int32()),
-            pa.array(pick(batch.event_time), pa.int64()).cast(ms),
-            pa.array(pick(batch.entity_key), pa.string()),
-            pa.array(pick(batch.topic), pa.string()),
-            pa.array(pick(batch.partition), pa.int32()),
-            pa.array(pick(batch.offset), pa.int64()),
-            pa.array([ingest_ms] * len(keep), pa.int64()).cast(ms),
-            _binary_array(pick(batch.payload)),
+            pa.array(batch.event_id, pa.string()),
+            pa.array(batch.event_type, pa.string()),
+            pa.array(batch.schema_version, pa.int32()),
+            pa.array(batch.event_time, pa.int64()).cast(ms),
+            pa.array(batch.entity_key, pa.string()),
+            pa.array(batch.topic, pa.string()),
+            pa.array(batch.partition, pa.int32()),
+            pa.array(batch.offset, pa.int64()),
+            pa.repeat(pa.scalar(ingest_ms, ms), rows),
+            _binary_array(batch.payload),
         ],
         schema=_ROW_SCHEMA,
     )
+    if len(keep) == rows:
+        return table
+    return table.take(pa.array(keep, pa.int64()))
 
 
 class Lander:
