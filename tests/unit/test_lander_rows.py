@@ -76,7 +76,7 @@ def test_a_commit_that_drops_resends_and_replays_writes_exactly_the_kept_rows(
     dataset: MasterDataset,
 ) -> None:
     validator = EventValidator()
-    landed = LandedIds(30 * DAY)
+    landed = LandedIds(dataset)
     # First commit: partition 0, offsets 0-2 (so offsets 0-2 become replays).
     first = PendingBatch()
     first.add_records("events.raw", 0, [Record(o, tx(o)) for o in range(3)], validator)
@@ -109,7 +109,7 @@ def test_a_commit_that_drops_nothing_writes_every_row(dataset: MasterDataset) ->
     records = [Record(o, tx(o)) for o in range(40)]
     batch.add_records("events.raw", 2, records, validator)
     stats = LanderStats()
-    commit_batch(dataset, batch, LandedIds(30 * DAY), ListSink(), stats, writer="t")
+    commit_batch(dataset, batch, LandedIds(dataset), ListSink(), stats, writer="t")
     assert stats.landed == 40
     assert landed_rows(dataset) == sorted(
         expected_row("events.raw", 2, r.offset, r.value or b"") for r in records)
