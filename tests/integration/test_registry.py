@@ -15,8 +15,10 @@ import pytest
 
 from lamina.batch.commands import evaluate_command, models_command, train_command
 from lamina.batch.evaluate import iso_utc, time_split
-from lamina.batch.model import save_model, score, train_local
-from lamina.batch.registry import CHAMPION, ModelRegistry, RegistryError, code_version
+from lamina.batch.model import train_local
+from lamina.models.registry import CHAMPION, ModelRegistry, RegistryError, code_version
+from lamina.models.saved_model import save_model
+from lamina.models.scoring import score
 
 pytestmark = pytest.mark.integration  # TensorFlow and MLflow
 
@@ -138,7 +140,7 @@ def test_rollback_refuses_when_the_alias_was_moved_outside_lamina(
 
 def test_load_champion_gives_the_registered_model(
         registry: ModelRegistry, model_dir: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    from lamina.batch.model import load_model
+    from lamina.models.saved_model import load_model
 
     with pytest.raises(RegistryError, match="no champion"):
         registry.load_champion()
@@ -293,7 +295,8 @@ def test_the_champion_is_scored_alone_and_nothing_is_recorded(
         registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     from lamina.batch.commands import score_champion_command
     from lamina.batch.evaluate import evaluate_model
-    from lamina.batch.model import TrainingError, load_model
+    from lamina.batch.model import TrainingError
+    from lamina.models.saved_model import load_model
 
     train, backtest = data
     with pytest.raises(RegistryError, match="no champion yet"):

@@ -45,8 +45,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import LaminaError
 from lamina.logs import get_logger
+from lamina.models.errors import ModelError
+from lamina.models.saved_model import SAVED_MODEL_PB, load_model
 
 log = get_logger(__name__)
 
@@ -61,7 +62,7 @@ EVALUATION_TAG = "lamina.evaluation"
 RUN_KEY_TAG = "lamina.run_key"
 
 
-class RegistryError(LaminaError):
+class RegistryError(ModelError):
     """A registry operation was refused (unknown version, nothing to roll back to...)."""
 
 
@@ -495,7 +496,7 @@ class ModelRegistry:
 
         self._version(version)
         target = self.cache_dir / self.name / str(int(version))
-        if (target / "saved_model.pb").exists():
+        if (target / SAVED_MODEL_PB).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{int(version)}-", dir=target.parent))
@@ -504,14 +505,14 @@ class ModelRegistry:
             # global MLflow URIs are never consulted).
             uri = self.client.get_model_version_download_uri(self.name, str(int(version)))
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging))
-            found = staging if (staging / "saved_model.pb").exists() else next(
-                (p.parent for p in staging.rglob("saved_model.pb")), None)
+            found = staging if (staging / SAVED_MODEL_PB).exists() else next(
+                (p.parent for p in staging.rglob(SAVED_MODEL_PB)), None)
             if found is None:
                 raise RegistryError(f"version {version} of {self.name} has no saved model")
             try:
                 os.rename(found, target)  # atomic: the cache holds whole models only
             except OSError:
-                if not (target / "saved_model.pb").exists():
+                if not (target / SAVED_MODEL_PB).exists():
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -521,8 +522,6 @@ class ModelRegistry:
         """(Keras model, version) of the champion, like loading
         `models:/<name>@champion`; the version is resolved first, so the
         model returned is exactly the version reported."""
-        from lamina.batch.model import load_model
-
         version = self.champion()
         if version is None:
             raise RegistryError(f"model {self.name} has no champion yet")
