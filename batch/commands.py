@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from lamina.batch.model import TrainingError, TrainParams
+from lamina.lineage import code_version
 from lamina.logs import get_logger
-from lamina.models.registry import ModelRegistry, RegistryError, code_version
+from lamina.models.registry import ModelRegistry, RegistryError
 from lamina.models.saved_model import has_model_card, load_model, model_card, save_model
 from lamina.models.scoring import to_pandas
 

@@ -36,7 +36,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -66,23 +65,6 @@ class RegistryError(ModelError):
     """A registry operation was refused (unknown version, nothing to roll back to...)."""
 
 
-def code_version() -> str:
-    """The package version plus `git describe` of the source tree when it is
-    a git checkout (e.g. `0.1.0+4458bd9-dirty`); the package version alone
-    otherwise."""
-    from lamina import __version__
-
-    source = Path(__file__).resolve().parents[1]
-    try:
-        described = subprocess.run(
-            ["git", "-C", str(source), "describe", "--always", "--dirty", "--tags"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+{described}" if described else __version__
-
-
 def snapshot_number(value: Any) -> Any:
     """A snapshot id as the int it is (a master-dataset version): digit
     strings -- what `lamina train --snapshot` stored before it parsed its
@@ -103,6 +85,9 @@ class Lineage:
     #: A master-dataset version, stored as a JSON int (str only in lineage
     #: registered by an older `lamina train --snapshot` with a non-number).
     snapshot_id: int | str
+    #: `lamina.lineage.code_version()`: the package version and a hash of
+    #: the whole distribution's source (lineage registered by older
+    #: Lamina holds `git describe` output instead).
     code_version: str
     params: dict[str, Any]
     metrics: dict[str, float]

@@ -16,7 +16,8 @@ import pytest
 from lamina.batch.commands import evaluate_command, models_command, train_command
 from lamina.batch.evaluate import iso_utc, time_split
 from lamina.batch.model import train_local
-from lamina.models.registry import CHAMPION, ModelRegistry, RegistryError, code_version
+from lamina.lineage import PACKAGES, code_version
+from lamina.models.registry import CHAMPION, ModelRegistry, RegistryError
 from lamina.models.saved_model import save_model
 from lamina.models.scoring import score
 
@@ -207,6 +208,18 @@ def test_evaluate_refuses_a_backtest_that_overlaps_training(
         evaluate_command(train, registry=registry, candidate=trained["version"])
     start = int(train["event_time"].min())
     assert f"starts at {iso_utc(start)} ({start} ms)" in str(caught.value)
+
+
+def test_a_trained_model_records_the_code_version_of_the_whole_package(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, _ = data
+    trained = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                            snapshot_id=4, features=FEATURES, params=PARAMS, seed=1)
+    recorded = registry.lineage(trained["version"]).code_version
+    # lamina.lineage's: the package version and a hash of every package's source.
+    assert recorded == code_version(PACKAGES) == code_version()
+    run_id = registry.show(trained["version"])["run_id"]
+    assert registry.client.get_run(run_id).data.tags["lamina.code_version"] == recorded
 
 
 def test_train_command_is_idempotent_and_models_command_reports(
