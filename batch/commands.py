@@ -32,9 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lamina.batch.model import MODEL_CARD, TrainingError, TrainParams, to_pandas
-from lamina.batch.registry import ModelRegistry, RegistryError, code_version
+from lamina.batch.model import TrainingError, TrainParams
+from lamina.lineage import code_version
 from lamina.logs import get_logger
+from lamina.models.registry import ModelRegistry, RegistryError
+from lamina.models.saved_model import has_model_card, load_model, model_card, save_model
+from lamina.models.scoring import to_pandas
 
 log = get_logger(__name__)
 
@@ -163,7 +166,7 @@ def train_command(
     run_key, history, rows, seconds.
     """
     from lamina.batch import drift
-    from lamina.batch.model import save_model, train_local
+    from lamina.batch.model import train_local
 
     began = time.perf_counter()
     features = tuple(features or default_features())
@@ -180,12 +183,12 @@ def train_command(
         training_window = (int(t.min()), int(t.max()) + 1)
 
     history: dict[str, list[float]] = {}
-    if (target / MODEL_CARD).exists():
+    if has_model_card(target):
         log.info("model already trained", model_dir=target, run_key=key)
-        history = json.loads((target / MODEL_CARD).read_text()).get("history", {})
+        history = model_card(target).get("history", {})
     elif workers == 0:
         model, history = train_local(frame, features, p, seed)
-        save_model(model, target, features=features, params=p, seed=seed,
+        save_model(model, target, features=features, params=p.to_dict(), seed=seed,
                    extra={"history": history, "snapshot_id": snapshot_id, "run_key": key})
     else:
         from lamina.batch.distributed import train_distributed
@@ -288,7 +291,6 @@ def evaluate_command(
     """
     from lamina.batch import drift
     from lamina.batch.evaluate import Decision, GateThresholds, evaluate_model, gate, json_safe
-    from lamina.batch.model import load_model
 
     drift_limits = drift.DriftThresholds.from_dict(drift_thresholds)  # refused before any record
     reg = open_registry(registry)
@@ -381,7 +383,6 @@ def score_champion_command(
     """
     from lamina.batch import drift
     from lamina.batch.evaluate import evaluate_model, json_safe
-    from lamina.batch.model import load_model
 
     reg = open_registry(registry)
     champion = reg.champion()

@@ -65,14 +65,14 @@ from lamina.batch.model import (
     epoch_timer,
     history_dict,
     positive_weight,
-    save_model,
     seed_everything,
-    tensorflow,
-    to_pandas,
     training_arrays,
     weighted_prior_logit,
 )
 from lamina.logs import get_logger
+from lamina.models.saved_model import save_model
+from lamina.models.scoring import to_pandas
+from lamina.models.tf import tensorflow
 
 log = get_logger(__name__)
 
@@ -437,7 +437,7 @@ def run_worker(workdir: Path) -> None:
         plain = build_model(len(spec["features"]), params, mean=mean, variance=variance,
                             seed=seed)
         plain.set_weights(final)
-        save_model(plain, spec["model_dir"], features=spec["features"], params=params,
+        save_model(plain, spec["model_dir"], features=spec["features"], params=params.to_dict(),
                    seed=seed, extra={"trained_by": f"{spec['num_workers']} barrier workers"})
     # Examples seen per epoch across all workers: steps x the global batch.
     global_rows = steps * (params.batch_size // spec["num_workers"]) * spec["num_workers"]

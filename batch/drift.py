@@ -90,9 +90,10 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from lamina.batch.model import TrainingError, to_pandas
+from lamina.batch.model import TrainingError
 from lamina.errors import ConfigError
 from lamina.logs import get_logger
+from lamina.models.scoring import to_pandas
 
 log = get_logger(__name__)
 
@@ -990,7 +991,8 @@ def save_model_reference(model_dir: str | Path, frame: Any, features: Sequence[s
     (``drift_profile.json``). Returns the reference."""
     import json
 
-    from lamina.batch.model import load_model, score
+    from lamina.models.saved_model import load_model
+    from lamina.models.scoring import score
 
     scores = score(load_model(model_dir), frame, features=features)
     reference = build_reference(frame, features, scores=scores, span=span)
@@ -1011,7 +1013,8 @@ def model_drift(model_dir: str | Path, recent: Any, features: Sequence[str], *,
     if not path.exists():
         return None
     reference = DriftReference.from_dict(json.loads(path.read_text()))
-    from lamina.batch.model import load_model, score
+    from lamina.models.saved_model import load_model
+    from lamina.models.scoring import score
 
     scores = score(model if model is not None else load_model(model_dir), recent,
                    features=features)

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lamina.batch.model import LABEL, TrainingError, to_pandas
+from lamina.batch.model import LABEL, TrainingError
+from lamina.models.scoring import to_pandas
 
 EVENT_TIME = "event_time"
 CALIBRATION_BINS = 10
@@ -280,9 +281,9 @@ def evaluate(frame: Any, scores: Any, *, slice_columns: Sequence[str] = (),
 def evaluate_model(model: Any, frame: Any, features: Sequence[str], *,
                    slice_columns: Sequence[str] = (),
                    window: tuple[int, int] | None = None) -> Evaluation:
-    """Score `frame` with a Keras model (see `lamina.batch.model.score`) and
+    """Score `frame` with a Keras model (see `lamina.models.scoring.score`) and
     evaluate the scores."""
-    from lamina.batch.model import score
+    from lamina.models.scoring import score
 
     return evaluate(frame, score(model, frame, features=features),
                     slice_columns=slice_columns, window=window)

@@ -1,11 +1,11 @@
-"""The fraud model: a small Keras MLP over the feature list, and how to train,
-save, load and score it.
+"""Training the fraud model: a small Keras MLP over the feature list.
 
-TensorFlow is imported in one place, `tensorflow()` below, which sets
-`TF_USE_LEGACY_KERAS=1` first: Keras 3's `fit` fails under
-MultiWorkerMirroredStrategy, tf-keras works (ARCHITECTURE.md, "Known facts").
-Every module of Lamina that needs TensorFlow gets it from here, and nothing
-imports it at module level, so importing `lamina.batch.model` is cheap.
+Saving, loading and scoring a model, its model card and TensorFlow itself
+live in `lamina.models` (every layer scores; only the batch layer trains):
+`lamina.models.tf.tensorflow()` is the one way TensorFlow is imported here
+too, and nothing imports it at module level, so importing
+`lamina.batch.model` is cheap. Distributed (barrier) training is in
+`lamina.batch.distributed`.
 
 The model is `features -> Normalization -> Dense(relu)... -> logit -> sigmoid`.
 The normalization statistics (mean, population variance per feature) are
@@ -26,120 +26,24 @@ steps learning the base rate.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import re
-import sys
-import tempfile
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from lamina.errors import LaminaError
-from lamina.logs import get_logger
+from lamina.models.errors import ModelError
+from lamina.models.scoring import feature_matrix, to_pandas
+from lamina.models.tf import tensorflow
 
 LABEL = "label"
-# Written next to the SavedModel: what the model consumes and how it was made.
-MODEL_CARD = "lamina_model.json"
-_TF: Any = None
-log = get_logger(__name__)
 
 
 class TrainingError(LaminaError):
     """A training set or a training parameter was refused."""
-
-
-#: What TensorFlow prints while it looks for a GPU on a machine without a
-#: CUDA driver (TF 2.21): that no driver was found, absl's notice that early
-#: messages go to stderr, and then an ERROR "failed call to cuInit". Facts
-#: about the machine, not failures: training runs on the CPU.
-_NO_CUDA_DRIVER = re.compile(r"Could not find cuda drivers on your machine")
-_GPU_PROBE_NOISE = re.compile(
-    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|Could not find cuda drivers on your machine"
-)
-_CUINIT_FAILED = re.compile(r"failed call to cuInit")
-
-
-def gpu_probe_output(text: str) -> tuple[str, bool]:
-    """Split what TensorFlow wrote to stderr while importing and probing for
-    a GPU into (what to show, whether no CUDA driver was found). Only the
-    known no-driver lines are dropped, and the cuInit error only when there
-    is no driver at all: with a driver, a cuInit failure is a real problem
-    and is kept, as is every other line."""
-    lines = text.splitlines(keepends=True)
-    no_driver = any(_NO_CUDA_DRIVER.search(line) for line in lines)
-    kept = [line for line in lines
-            if not _GPU_PROBE_NOISE.search(line)
-            and not (no_driver and _CUINIT_FAILED.search(line))]
-    return "".join(kept), no_driver
-
-
-@contextlib.contextmanager
-def _stderr_through(sieve: Callable[[str], str]) -> Iterator[None]:
-    """Collect everything written to file descriptor 2 (C++ libraries
-    included) while the block runs, then write what `sieve` keeps of it to
-    stderr, also if the block raised. Output of other threads meanwhile is
-    delayed, not lost."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            kept = sieve(capture.read().decode("utf-8", "replace"))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
-
-
-def tensorflow() -> Any:
-    """Import TensorFlow with tf-keras as `tf.keras` (once per process).
-
-    On a machine without a CUDA driver TensorFlow's lines about the missing
-    GPU (a "failed call to cuInit" ERROR among them) are dropped and one
-    INFO line says that it runs on the CPU; anything else TensorFlow prints
-    meanwhile is shown, and TF_CPP_MIN_LOG_LEVEL=2 keeps its later errors."""
-    global _TF
-    if _TF is None:
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        found: list[bool] = []
-
-        def sieve(text: str) -> str:
-            kept, no_driver = gpu_probe_output(text)
-            found.append(no_driver)
-            return kept
-
-        with _stderr_through(sieve):
-            import tensorflow as tf
-
-            # The GPU probe (cuInit) runs on first use of a device: do it here.
-            gpus = tf.config.list_physical_devices("GPU")
-        if found and found[0]:
-            log.info("tensorflow runs on the CPU (no CUDA driver on this machine)")
-        else:
-            log.debug("tensorflow devices probed", gpus=len(gpus))
-        if not tf.keras.__name__.startswith("tf_keras"):
-            raise TrainingError(
-                "TensorFlow was imported before TF_USE_LEGACY_KERAS=1 was set, so tf.keras "
-                "is Keras 3; import TensorFlow through lamina.batch.model.tensorflow()"
-            )
-        _TF = tf
-    return _TF
 
 
 @dataclass(frozen=True)
@@ -215,32 +119,6 @@ class TrainingArrays:
         return int(self.x.shape[0])
 
 
-def to_pandas(frame: Any) -> pd.DataFrame:
-    """A pandas DataFrame from a pandas DataFrame or a pyarrow Table."""
-    if isinstance(frame, pd.DataFrame):
-        return frame
-    if hasattr(frame, "to_pandas"):
-        return frame.to_pandas()
-    raise TrainingError(f"expected a pandas DataFrame or a pyarrow Table, got {type(frame)}")
-
-
-def feature_matrix(frame: Any, features: Sequence[str]) -> np.ndarray:
-    """The float32 matrix of `features` (in that order); refuses missing
-    columns and non-finite values with a message naming them."""
-    df = to_pandas(frame)
-    missing = [f for f in features if f not in df.columns]
-    if missing:
-        raise TrainingError(f"feature column(s) missing from the data: {missing}")
-    try:
-        x = df.loc[:, list(features)].to_numpy(dtype=np.float32, copy=True)
-    except (TypeError, ValueError) as exc:
-        raise TrainingError(f"feature columns must be numeric: {exc}") from None
-    if not np.isfinite(x).all():
-        bad = [f for i, f in enumerate(features) if not np.isfinite(x[:, i]).all()]
-        raise TrainingError(f"feature column(s) with NaN or infinite values: {bad}")
-    return x
-
-
 def labels(frame: Any) -> np.ndarray:
     """The 0/1 label column as float32; refuses anything else."""
     df = to_pandas(frame)
@@ -264,7 +142,10 @@ def training_arrays(frame: Any, features: Sequence[str]) -> TrainingArrays:
     features = tuple(features)
     if not features:
         raise TrainingError("the feature list is empty")
-    x = feature_matrix(frame, features)
+    try:
+        x = feature_matrix(frame, features)
+    except ModelError as refused:  # the training set, refused as such
+        raise TrainingError(str(refused)) from None
     y = labels(frame)
     if len(y) == 0:
         raise TrainingError("the training set is empty")
@@ -425,137 +306,3 @@ def history_dict(
     out["epoch_seconds"] = [float(s) for s in epoch_seconds]
     out["examples_per_s"] = [rows_per_epoch / s for s in epoch_seconds if s > 0]
     return out
-
-
-# --- artifacts ----------------------------------------------------------------
-
-
-def save_model(
-    model: Any, path: str | Path, *, features: Sequence[str], params: TrainParams | None = None,
-    seed: int | None = None, extra: dict[str, Any] | None = None,
-) -> Path:
-    """Save as a TensorFlow SavedModel directory (tf-keras format: loadable as
-    a Keras model and as a plain SavedModel with a `serving_default`
-    signature), plus `lamina_model.json` naming the features in order.
-    Refuses to overwrite an existing non-empty directory."""
-    tf = tensorflow()
-    target = Path(path)
-    if target.exists() and any(target.iterdir()):
-        raise TrainingError(f"{target} exists and is not empty; choose a new model directory")
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    model.save(str(tmp), save_format="tf", include_optimizer=False)
-    card = {
-        "features": list(features),
-        "params": params.to_dict() if params else None,
-        "seed": seed,
-        "tensorflow": tf.__version__,
-        **(extra or {}),
-    }
-    (tmp / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
-    if target.exists():
-        target.rmdir()
-    tmp.rename(target)  # the directory appears complete or not at all
-    return target
-
-
-def load_model(path: str | Path) -> Any:
-    """Load a model saved by `save_model` as a Keras model (no optimizer)."""
-    tf = tensorflow()
-    target = Path(path)
-    if not (target / "saved_model.pb").exists():
-        raise TrainingError(f"{target} is not a saved model (no saved_model.pb)")
-    return tf.keras.models.load_model(str(target), compile=False)
-
-
-def model_card(path: str | Path) -> dict[str, Any]:
-    """The `lamina_model.json` saved with a model (features, params, seed)."""
-    card_path = Path(path) / MODEL_CARD
-    if not card_path.exists():
-        raise TrainingError(f"{path} has no {MODEL_CARD}")
-    return dict(json.loads(card_path.read_text()))
-
-
-# One traced scoring graph per live model; weak keys so models can be freed.
-_SCORERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def score(model: Any, x: Any, *, features: Sequence[str] | None = None,
-          batch_size: int = 8192) -> np.ndarray:
-    """Fraud probabilities (float64, shape (n,)) for a feature matrix, or for a
-    DataFrame/Table given `features`. Scores in batches through one traced
-    graph per model (no `predict` overhead per call)."""
-    tf = tensorflow()
-    if features is not None:
-        x = feature_matrix(x, features)
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise TrainingError(f"expected a 2-d feature matrix, got shape {x.shape}")
-    fn = _SCORERS.get(model)
-    if fn is None:
-        ref = weakref.ref(model)  # the graph must not keep the model alive
-        fn = tf.function(
-            lambda t: ref()(t, training=False),  # type: ignore[misc]
-            input_signature=[tf.TensorSpec([None, x.shape[1]], tf.float32)],
-        )
-        _SCORERS[model] = fn
-    if len(x) == 0:
-        return np.zeros(0, dtype=np.float64)
-    parts = [fn(x[i:i + batch_size]).numpy().reshape(-1) for i in range(0, len(x), batch_size)]
-    return np.concatenate(parts).astype(np.float64)
-
-
-def numpy_scorer(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """A pure-NumPy forward pass of the same weights (no TensorFlow per call):
-    for hot paths that score small batches, where a TF call's fixed cost
-    dominates. Agrees with `score` to float32 rounding."""
-    mean = variance = None
-    dense: list[tuple[np.ndarray, np.ndarray, bool]] = []
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Normalization":
-            w = layer.get_weights()
-            mean, variance = (w[0].reshape(-1), w[1].reshape(-1)) if len(w) >= 2 else (
-                np.asarray(layer.mean).reshape(-1), np.asarray(layer.variance).reshape(-1))
-        elif kind == "Dense":
-            kernel, bias = layer.get_weights()
-            relu = getattr(layer.activation, "__name__", "") == "relu"
-            dense.append((kernel.astype(np.float32), bias.astype(np.float32), relu))
-    if mean is None or variance is None or not dense:
-        raise TrainingError("numpy_scorer understands models made by build_model only")
-    shift = mean.astype(np.float32)
-    scale = (1.0 / np.maximum(np.sqrt(variance), 1e-7)).astype(np.float32)
-    single_thread_blas = _blas_limiter()
-
-    def layers(x: np.ndarray) -> np.ndarray:
-        h = (np.asarray(x, dtype=np.float32) - shift) * scale
-        for kernel, bias, relu in dense:
-            h = h @ kernel + bias
-            if relu:
-                np.maximum(h, 0.0, out=h)
-        return 1.0 / (1.0 + np.exp(-h.reshape(-1).astype(np.float64)))
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        # Small matrices: BLAS threads only contend (with TF's pools, other
-        # processes) -- measured 3M rows/s single-threaded vs 0.1-0.2M with
-        # OpenBLAS threads at batch 1000 on this 2-core machine.
-        if single_thread_blas is not None and 64 <= len(x) <= 65_536:
-            with single_thread_blas():
-                return layers(x)
-        return layers(x)
-
-    return forward
-
-
-def _blas_limiter() -> Callable[[], Any] | None:
-    """A context factory limiting BLAS to one thread (threadpoolctl, when
-    installed; it comes with scikit-learn), else None."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    controller = ThreadpoolController()
-    return lambda: controller.limit(limits=1, user_api="blas")

@@ -47,11 +47,11 @@ def test_the_demo_lands_events_then_publishes_views_and_makes_a_champion_that_be
         tmp_path: Path) -> None:
     from lamina.batch.commands import read_table
     from lamina.batch.evaluate import evaluate_model
-    from lamina.batch.model import load_model
     from lamina.batch.published import published_rows, read_published
-    from lamina.batch.registry import ModelRegistry
     from lamina.batch.training_set import read_lineage
     from lamina.master.dataset import MasterDataset
+    from lamina.models.registry import ModelRegistry
+    from lamina.models.saved_model import load_model
 
     began = time.monotonic()
     done = _run_demo(tmp_path, timeout=540)

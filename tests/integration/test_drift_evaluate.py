@@ -15,8 +15,8 @@ import pytest
 
 from lamina.batch.commands import evaluate_command, train_command
 from lamina.batch.drift import DriftReference
-from lamina.batch.registry import ModelRegistry
 from lamina.errors import ConfigError
+from lamina.models.registry import ModelRegistry
 from lamina.schemas.views import HOUR_MS, MINUTE_MS
 
 pytestmark = pytest.mark.integration

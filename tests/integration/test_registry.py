@@ -15,8 +15,11 @@ import pytest
 
 from lamina.batch.commands import evaluate_command, models_command, train_command
 from lamina.batch.evaluate import iso_utc, time_split
-from lamina.batch.model import save_model, score, train_local
-from lamina.batch.registry import CHAMPION, ModelRegistry, RegistryError, code_version
+from lamina.batch.model import train_local
+from lamina.lineage import PACKAGES, code_version
+from lamina.models.registry import CHAMPION, ModelRegistry, RegistryError
+from lamina.models.saved_model import save_model
+from lamina.models.scoring import score
 
 pytestmark = pytest.mark.integration  # TensorFlow and MLflow
 
@@ -138,7 +141,7 @@ def test_rollback_refuses_when_the_alias_was_moved_outside_lamina(
 
 def test_load_champion_gives_the_registered_model(
         registry: ModelRegistry, model_dir: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    from lamina.batch.model import load_model
+    from lamina.models.saved_model import load_model
 
     with pytest.raises(RegistryError, match="no champion"):
         registry.load_champion()
@@ -205,6 +208,18 @@ def test_evaluate_refuses_a_backtest_that_overlaps_training(
         evaluate_command(train, registry=registry, candidate=trained["version"])
     start = int(train["event_time"].min())
     assert f"starts at {iso_utc(start)} ({start} ms)" in str(caught.value)
+
+
+def test_a_trained_model_records_the_code_version_of_the_whole_package(
+        registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, _ = data
+    trained = train_command(train, models_dir=tmp_path / "models", registry=registry,
+                            snapshot_id=4, features=FEATURES, params=PARAMS, seed=1)
+    recorded = registry.lineage(trained["version"]).code_version
+    # lamina.lineage's: the package version and a hash of every package's source.
+    assert recorded == code_version(PACKAGES) == code_version()
+    run_id = registry.show(trained["version"])["run_id"]
+    assert registry.client.get_run(run_id).data.tags["lamina.code_version"] == recorded
 
 
 def test_train_command_is_idempotent_and_models_command_reports(
@@ -293,7 +308,8 @@ def test_the_champion_is_scored_alone_and_nothing_is_recorded(
         registry: ModelRegistry, tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     from lamina.batch.commands import score_champion_command
     from lamina.batch.evaluate import evaluate_model
-    from lamina.batch.model import TrainingError, load_model
+    from lamina.batch.model import TrainingError
+    from lamina.models.saved_model import load_model
 
     train, backtest = data
     with pytest.raises(RegistryError, match="no champion yet"):

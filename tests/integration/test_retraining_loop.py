@@ -41,12 +41,12 @@ import pytest
 
 from lamina.batch.commands import evaluate_command, models_command, read_table, train_command
 from lamina.batch.evaluate import GateThresholds, evaluate_model
-from lamina.batch.model import load_model
-from lamina.batch.registry import ModelRegistry
 from lamina.batch.training_set import read_lineage, write_training_set
 from lamina.generator import GeneratorConfig, write_files
 from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
+from lamina.models.registry import ModelRegistry
+from lamina.models.saved_model import load_model
 from lamina.schemas.validation import EventValidator
 from lamina.schemas.views import DAY_MS
 

@@ -14,7 +14,7 @@ PROGRAM = """
 import logging, sys
 from lamina.logs import configure, get_logger
 configure("INFO")
-from lamina.batch.model import tensorflow
+from lamina.models.tf import tensorflow
 tf = tensorflow()
 print(float((tf.constant([1.0]) + 1)[0]))
 print("python stderr after the import", file=sys.stderr)

@@ -27,15 +27,10 @@ import pandas as pd
 import pytest
 
 from lamina.batch.distributed import train_distributed, weights_digest
-from lamina.batch.model import (
-    TrainingError,
-    load_model,
-    model_card,
-    numpy_scorer,
-    save_model,
-    score,
-    train_local,
-)
+from lamina.batch.model import TrainingError, train_local
+from lamina.models.errors import ModelError
+from lamina.models.saved_model import load_model, model_card, save_model
+from lamina.models.scoring import numpy_scorer, score
 
 pytestmark = pytest.mark.integration  # TensorFlow and MLflow
 
@@ -122,7 +117,7 @@ def test_saved_model_loads_and_scores_like_the_trained_one(
     expected = score(model, x)
     path = save_model(model, tmp_path / "model", features=FEATURES, seed=3)
     assert model_card(path)["features"] == FEATURES
-    with pytest.raises(TrainingError, match="not empty"):
+    with pytest.raises(ModelError, match="not empty"):
         save_model(model, path, features=FEATURES)
 
     began = time.perf_counter()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lamina.batch.model import gpu_probe_output
+from lamina.models.tf import gpu_probe_output
 
 ABSL = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
 NO_DRIVER = ("I0000 00:00:1796116023.406856   10045 cudart_stub.cc:31] Could not find cuda "

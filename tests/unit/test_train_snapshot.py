@@ -14,8 +14,8 @@ import pytest
 from lamina import cli
 from lamina.batch.commands import training_set_snapshot
 from lamina.batch.model import TrainingError
-from lamina.batch.registry import Lineage
 from lamina.batch.training_set import LINEAGE_FILE, TrainingSetMetadata
+from lamina.models.registry import Lineage
 
 
 def _training_set(folder: Path, snapshot: int | None) -> Path:

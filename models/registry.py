@@ -36,7 +36,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -45,8 +44,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import LaminaError
 from lamina.logs import get_logger
+from lamina.models.errors import ModelError
+from lamina.models.saved_model import SAVED_MODEL_PB, load_model
 
 log = get_logger(__name__)
 
@@ -61,25 +61,8 @@ EVALUATION_TAG = "lamina.evaluation"
 RUN_KEY_TAG = "lamina.run_key"
 
 
-class RegistryError(LaminaError):
+class RegistryError(ModelError):
     """A registry operation was refused (unknown version, nothing to roll back to...)."""
-
-
-def code_version() -> str:
-    """The package version plus `git describe` of the source tree when it is
-    a git checkout (e.g. `0.1.0+4458bd9-dirty`); the package version alone
-    otherwise."""
-    from lamina import __version__
-
-    source = Path(__file__).resolve().parents[1]
-    try:
-        described = subprocess.run(
-            ["git", "-C", str(source), "describe", "--always", "--dirty", "--tags"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+{described}" if described else __version__
 
 
 def snapshot_number(value: Any) -> Any:
@@ -102,6 +85,9 @@ class Lineage:
     #: A master-dataset version, stored as a JSON int (str only in lineage
     #: registered by an older `lamina train --snapshot` with a non-number).
     snapshot_id: int | str
+    #: `lamina.lineage.code_version()`: the package version and a hash of
+    #: the whole distribution's source (lineage registered by older
+    #: Lamina holds `git describe` output instead).
     code_version: str
     params: dict[str, Any]
     metrics: dict[str, float]
@@ -495,7 +481,7 @@ class ModelRegistry:
 
         self._version(version)
         target = self.cache_dir / self.name / str(int(version))
-        if (target / "saved_model.pb").exists():
+        if (target / SAVED_MODEL_PB).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{int(version)}-", dir=target.parent))
@@ -504,14 +490,14 @@ class ModelRegistry:
             # global MLflow URIs are never consulted).
             uri = self.client.get_model_version_download_uri(self.name, str(int(version)))
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging))
-            found = staging if (staging / "saved_model.pb").exists() else next(
-                (p.parent for p in staging.rglob("saved_model.pb")), None)
+            found = staging if (staging / SAVED_MODEL_PB).exists() else next(
+                (p.parent for p in staging.rglob(SAVED_MODEL_PB)), None)
             if found is None:
                 raise RegistryError(f"version {version} of {self.name} has no saved model")
             try:
                 os.rename(found, target)  # atomic: the cache holds whole models only
             except OSError:
-                if not (target / "saved_model.pb").exists():
+                if not (target / SAVED_MODEL_PB).exists():
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -521,8 +507,6 @@ class ModelRegistry:
         """(Keras model, version) of the champion, like loading
         `models:/<name>@champion`; the version is resolved first, so the
         model returned is exactly the version reported."""
-        from lamina.batch.model import load_model
-
         version = self.champion()
         if version is None:
             raise RegistryError(f"model {self.name} has no champion yet")
