@@ -24,9 +24,7 @@ happens after step 5, which the table remembers.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lamina.errors import InfraError
-from lamina.kafkaio import BrokerWatch
+from lamina.consumer import ConsumerLoop
 from lamina.logs import get_logger
 from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
 from lamina.master.deadletters import DeadLetter, DeadLetterSink
@@ -49,8 +46,6 @@ _ROW_SCHEMA = pa.schema([f for f in MASTER_SCHEMA if f.name != "event_date"])
 MAX_COMMIT_RETRIES = 10
 
 
-#: Longest wait of the assignment watchdog between two rejoins (seconds).
-MAX_REJOIN_S = 300.0
 
 
 def app_id(topic: str, partition: int) -> str:
@@ -288,9 +283,11 @@ def _rows(batch: PendingBatch, keep: list[int], ingest_ms: int) -> pa.Table:
 
 
 class Lander:
-    """The consumer loop. `run()` returns when stopped (SIGTERM/SIGINT or
-    `stop()`), after `max_events` records, or when it owns partitions, has
-    read them to their end and has seen nothing new for `idle_exit_s`."""
+    """The lander's loop on the core's ``lamina.consumer.ConsumerLoop``
+    (subscribe, rebalance, rejoin watchdog, caught-up, SIGTERM). `run()`
+    returns when stopped (SIGTERM/SIGINT or `stop()`), after `max_events`
+    records, or when it owns partitions, has read them to their end and has
+    seen nothing new for `idle_exit_s`."""
 
     def __init__(
         self,
@@ -316,16 +313,11 @@ class Lander:
         self.writer = f"{socket.gethostname()}:{os.getpid()}"
         self.landed = LandedIds(dataset, cached_days=dedup_cached_days)
         self._batch = PendingBatch()
-        self._stop = threading.Event()
-        self._assigned_at = 0.0
-        # Watchdog: re-subscribe after holding no partition this long
-        # (doubled after each try, up to MAX_REJOIN_S).
-        self.rejoin_after_s = rejoin_after_s
-        self._rejoin_wait_s = rejoin_after_s
-        self._unassigned_since: float | None = None
-        # One line when the broker is lost and one when it is back (the
-        # client's own per-retry errors are hidden by lamina.logs).
-        self._broker_watch = BrokerWatch.of(consumer, name=f"lander:{topic}")
+        # Subscribe, rebalance, rejoin watchdog, caught-up, SIGTERM and the
+        # broker lost/back lines: the consumer loop every group member runs.
+        self.loop = ConsumerLoop(consumer, topic, on_assigned=self.on_partitions_assigned,
+                                 on_revoked=self.on_partitions_revoked,
+                                 name=f"lander:{topic}", rejoin_after_s=rejoin_after_s)
 
     # --- partition ownership -------------------------------------------------
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
@@ -335,19 +327,17 @@ class Lander:
         if not assigned:
             return
         table = self.dataset.table()
+        resume = {}
         for tp in assigned:
             last = table.transaction_version(app_id(tp.topic, tp.partition))
-            if last is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, last + 1)
+            resume[tp] = None if last is None else last + 1
             log.info("partition assigned", topic=tp.topic, partition=tp.partition,
                      resume_offset="beginning" if last is None else last + 1,
                      snapshot=table.version())
+        self.loop.seek_all(assigned, resume.__getitem__)
         # Another lander may have landed events of these partitions: reload
         # the dedup buckets from the table when next needed.
         self.landed.clear()
-        self._assigned_at = time.monotonic()
 
     def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in revoked]
@@ -357,62 +347,10 @@ class Lander:
 
     # --- the loop --------------------------------------------------------------
     def stop(self, *_: Any) -> None:
-        self._stop.set()
+        self.loop.stop()
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-
-    def subscribe(self) -> None:
-        from kafka import ConsumerRebalanceListener
-
-        lander = self
-
-        class _Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                lander.on_partitions_revoked(revoked)
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                lander.on_partitions_assigned(assigned)
-
-        # Fetch the topic's metadata first: kafka-python 3.0.12 otherwise often
-        # joins with no partitions known, gets an empty assignment, and may
-        # not apply the rejoin that follows (seen in the benchmarks).
-        if not self.consumer.partitions_for_topic(self.topic):
-            raise InfraError(
-                f"topic {self.topic} does not exist on the broker; create it with "
-                "`lamina infra up` (local) or your cluster's tooling"
-            )
-        self.consumer.subscribe([self.topic], listener=_Listener())
-
-    def _watch_assignment(self, now: float) -> None:
-        """Re-subscribe when the consumer has held no partition for a while.
-
-        kafka-python 3.0.12 can get its partitions revoked by a rebalance and
-        never apply the rejoin that follows: the lander then polls forever
-        with nothing assigned (seen in CI and the benchmarks). Leaving the
-        group and subscribing again makes a fresh join. A lander that is
-        legitimately idle (more landers than partitions) also rejoins, which
-        costs the group a rebalance -- so the wait doubles after each try,
-        up to MAX_REJOIN_S, and resets once partitions are assigned.
-        """
-        if self.consumer.assignment():
-            self._unassigned_since = None
-            self._rejoin_wait_s = self.rejoin_after_s
-            return
-        if self._unassigned_since is None:
-            self._unassigned_since = now
-            return
-        if now - self._unassigned_since < self._rejoin_wait_s:
-            return
-        log.warning("no partition assigned, rejoining the group", topic=self.topic,
-                    unassigned_s=round(now - self._unassigned_since, 1),
-                    rejoins=self.stats.rejoins + 1)
-        self.consumer.unsubscribe()
-        self.subscribe()
-        self.stats.rejoins += 1
-        self._unassigned_since = now
-        self._rejoin_wait_s = min(self._rejoin_wait_s * 2, MAX_REJOIN_S)
+        self.loop.install_signal_handlers()
 
     def run(
         self,
@@ -422,18 +360,18 @@ class Lander:
         on_commit: Callable[[LanderStats], None] | None = None,
     ) -> LanderStats:
         self.dataset.create_if_missing()
-        self.subscribe()  # the first poll assigns partitions and loads the index
+        loop = self.loop
+        loop.subscribe()  # the first poll assigns partitions (and seeks them)
         last_record_at = time.monotonic()
         validator = self.validator
         try:
             stats = self.stats
-            while not self._stop.is_set():
+            while not loop.stopped:
                 began = time.perf_counter()
-                polled = self.consumer.poll(timeout_ms=200, max_records=self.commit_max_events)
+                polled = loop.poll(timeout_ms=200, max_records=self.commit_max_events)
                 polled_at = time.perf_counter()
                 stats.poll_s += polled_at - began
-                if self._broker_watch is not None:
-                    self._broker_watch.check()
+                stats.rejoins = loop.rejoins
                 now = time.monotonic()
                 for tp, records in polled.items():
                     self._batch.add_records(tp.topic, tp.partition, records, validator)
@@ -450,24 +388,14 @@ class Lander:
                         on_commit(self.stats)
                 if max_events is not None and self.stats.consumed >= max_events:
                     break
-                self._watch_assignment(now)
-                if (idle_exit_s is not None and self._assigned_at
-                        and now - max(last_record_at, self._assigned_at) >= idle_exit_s
-                        and self._caught_up()):
+                if idle_exit_s is not None and loop.idle_and_caught_up(
+                        last_record_at, idle_exit_s, now):
                     break
             if self._batch.last_offsets:
                 self._commit()
         finally:
-            self.consumer.close()
+            loop.close()
         return self.stats
-
-    def _caught_up(self) -> bool:
-        """True when every owned partition has been read to its end."""
-        assigned = self.consumer.assignment()
-        if not assigned:
-            return False
-        ends = self.consumer.end_offsets(list(assigned))
-        return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
 
     def _commit(self) -> None:
         began = time.perf_counter()

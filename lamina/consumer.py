@@ -1,0 +1,163 @@
+"""The consumer loop every Lamina consumer group member runs (the lander, the
+speed layer): subscribe with a rebalance listener, watch the assignment and
+rejoin when kafka-python loses it, tell when the owned partitions are read
+to their end, stop cleanly on SIGTERM/SIGINT, and say once when the broker
+is lost and once when it is back.
+
+What a consumer *does* with its records and where it keeps its offsets is
+its own business: the owner gets ``on_assigned`` (seek each partition to
+where its store says) and ``on_revoked`` (forget uncommitted work of those
+partitions) callbacks, and calls :meth:`ConsumerLoop.poll` in its own loop.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from lamina.errors import InfraError
+from lamina.kafkaio import BrokerWatch
+from lamina.logs import get_logger
+
+log = get_logger(__name__)
+
+#: Longest wait of the assignment watchdog between two rejoins (seconds).
+MAX_REJOIN_S = 300.0
+
+PartitionsCallback = Callable[[list[Any]], None]
+
+
+class ConsumerLoop:
+    """One group member's plumbing around a kafka-python ``consumer``.
+
+    ``on_assigned(partitions)`` runs inside the poll that assigns them
+    (before any of their records is returned), ``on_revoked(partitions)``
+    inside the poll that takes them away. ``assigned_at`` is the monotonic
+    time of the latest assignment (0 before the first); ``rejoins`` counts
+    the watchdog's re-subscriptions.
+    """
+
+    def __init__(self, consumer: Any, topic: str, *, on_assigned: PartitionsCallback,
+                 on_revoked: PartitionsCallback, name: str,
+                 rejoin_after_s: float = 15.0) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.name = name
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self.rejoin_after_s = rejoin_after_s
+        self.rejoins = 0
+        self.assigned_at = 0.0
+        self._rejoin_wait_s = rejoin_after_s
+        self._unassigned_since: float | None = None
+        self._stop = threading.Event()
+        self._broker_watch = BrokerWatch.of(consumer, name=name)
+
+    # --- stopping --------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to end (safe from a signal handler or another thread)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the loop; the owner finishes its batch."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # --- membership ------------------------------------------------------------
+    def subscribe(self) -> None:
+        """Join the group on the topic. InfraError if the topic does not exist."""
+        from kafka import ConsumerRebalanceListener
+
+        loop = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                loop._on_revoked(list(revoked))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                assigned = list(assigned)
+                if assigned:
+                    loop._on_assigned(assigned)
+                    loop.assigned_at = time.monotonic()
+
+        # Fetch the topic's metadata first: kafka-python 3.0.12 otherwise often
+        # joins with no partitions known, gets an empty assignment, and may
+        # not apply the rejoin that follows (seen in the benchmarks).
+        if not self.consumer.partitions_for_topic(self.topic):
+            raise InfraError(
+                f"topic {self.topic} does not exist on the broker; create it with "
+                "`lamina infra up` (local) or your cluster's tooling"
+            )
+        self.consumer.subscribe([self.topic], listener=_Listener())
+
+    def poll(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        """One poll; also runs the broker watch and the assignment watchdog."""
+        polled: dict[Any, list[Any]] = self.consumer.poll(timeout_ms=timeout_ms,
+                                                          max_records=max_records)
+        if self._broker_watch is not None:
+            self._broker_watch.check()
+        self.watch_assignment(time.monotonic())
+        return polled
+
+    def watch_assignment(self, now: float) -> None:
+        """Re-subscribe when the consumer has held no partition for a while.
+
+        kafka-python 3.0.12 can get its partitions revoked by a rebalance and
+        never apply the rejoin that follows: the consumer then polls forever
+        with nothing assigned (seen in CI and the benchmarks). Leaving the
+        group and subscribing again makes a fresh join. A member that is
+        legitimately idle (more members than partitions) also rejoins, which
+        costs the group a rebalance -- so the wait doubles after each try,
+        up to MAX_REJOIN_S, and resets once partitions are assigned.
+        """
+        if self.consumer.assignment():
+            self._unassigned_since = None
+            self._rejoin_wait_s = self.rejoin_after_s
+            return
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        if now - self._unassigned_since < self._rejoin_wait_s:
+            return
+        log.warning("no partition assigned, rejoining the group", consumer=self.name,
+                    topic=self.topic, unassigned_s=round(now - self._unassigned_since, 1),
+                    rejoins=self.rejoins + 1)
+        self.consumer.unsubscribe()
+        self.subscribe()
+        self.rejoins += 1
+        self._unassigned_since = now
+        self._rejoin_wait_s = min(self._rejoin_wait_s * 2, MAX_REJOIN_S)
+
+    def caught_up(self) -> bool:
+        """True when the member owns partitions and has read each to its end."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return False
+        ends = self.consumer.end_offsets(list(assigned))
+        return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
+
+    def idle_and_caught_up(self, last_record_at: float, idle_s: float, now: float) -> bool:
+        """Owns partitions, has seen nothing new for ``idle_s`` since the
+        later of the last record and the last assignment, and is caught up."""
+        return bool(self.assigned_at) and now - max(last_record_at, self.assigned_at) >= idle_s \
+            and self.caught_up()
+
+    def seek_all(self, partitions: Iterable[Any], next_offset: Callable[[Any], int | None]) -> None:
+        """Seek each partition to ``next_offset(tp)``, or to its beginning
+        when that is None (nothing of it stored yet)."""
+        for tp in partitions:
+            offset = next_offset(tp)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+
+    def close(self) -> None:
+        self.consumer.close()
