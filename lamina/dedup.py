@@ -122,21 +122,34 @@ class EventIdIndex:
                 ids.add(event_id)
 
 
+class BucketIds:
+    """One bucket's ids for a batch: ``seen`` before it (read-only here),
+    ``accepted`` earlier in the same batch."""
+
+    __slots__ = ("seen", "accepted")
+
+    def __init__(self, seen: set[str]) -> None:
+        self.seen = seen
+        self.accepted: set[str] = set()
+
+
 class BatchLookup:
     """Answers for one batch, aligned with the times given to
-    :meth:`EventIdIndex.lookup`. ``seen`` also remembers ids accepted earlier
-    in the same batch (:meth:`accept`), so an in-batch resend is caught."""
+    :meth:`EventIdIndex.lookup`: ``per_event[i]`` is event i's bucket.
+    ``seen`` also counts ids accepted earlier in the same batch
+    (:meth:`accept`), so an in-batch resend is caught. A hot loop may use
+    ``per_event`` directly: ``b = per_event[i]; dup = id in b.seen or id in
+    b.accepted``."""
 
-    __slots__ = ("_buckets", "_sets", "_accepted")
+    __slots__ = ("per_event",)
 
     def __init__(self, buckets: list[int], sets: dict[int, set[str]]) -> None:
-        self._buckets = buckets
-        self._sets = sets
-        self._accepted: set[tuple[int, str]] = set()
+        by_bucket = {bucket: BucketIds(ids) for bucket, ids in sets.items()}
+        self.per_event = [by_bucket[b] for b in buckets]
 
     def seen(self, i: int, event_id: str) -> bool:
-        bucket = self._buckets[i]
-        return event_id in self._sets[bucket] or (bucket, event_id) in self._accepted
+        bucket = self.per_event[i]
+        return event_id in bucket.seen or event_id in bucket.accepted
 
     def accept(self, i: int, event_id: str) -> None:
-        self._accepted.add((self._buckets[i], event_id))
+        self.per_event[i].accepted.add(event_id)

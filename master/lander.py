@@ -192,17 +192,19 @@ def commit_batch(
             return floor is None or offset > floor
 
         keep: list[int] = []
-        seen = landed.lookup(batch.event_id, batch.event_time)
+        buckets = landed.lookup(batch.event_id, batch.event_time).per_event
+        ids, topics, partitions, offsets = (batch.event_id, batch.topic, batch.partition,
+                                            batch.offset)
         replays = duplicates = 0
-        for i in range(len(batch.event_id)):
-            if not fresh(batch.topic[i], batch.partition[i], batch.offset[i]):
+        for i in range(len(ids)):
+            if not fresh(topics[i], partitions[i], offsets[i]):
                 replays += 1
                 continue
-            event_id = batch.event_id[i]
-            if seen.seen(i, event_id):
+            event_id, bucket = ids[i], buckets[i]
+            if event_id in bucket.seen or event_id in bucket.accepted:
                 duplicates += 1
                 continue
-            seen.accept(i, event_id)
+            bucket.accepted.add(event_id)
             keep.append(i)
         rejects = [r for r in batch.rejects
                    if fresh(r.source_topic, r.source_partition, r.source_offset)]
