@@ -205,11 +205,11 @@ class _SumState(_WindowState):
     restarted when it moves -- float addition is not associative, so
     subtracting the leaving values would change the last bits."""
 
-    total = 0.0
+    total = 0
 
     def move(self, lo: int, hi: int) -> None:
         if lo != self.lo:
-            total, start = 0.0, lo
+            total, start = 0, lo
         else:
             total, start = self.total, self.hi
         for value in self.partials[start:hi]:
@@ -224,12 +224,12 @@ class _MeanState(_WindowState):
     """``mean``: its (sum, count) folded as ``_SumState`` folds a sum (the
     reference's ``merge`` adds both fields)."""
 
-    total = 0.0
+    total = 0
     count = 0
 
     def move(self, lo: int, hi: int) -> None:
         if lo != self.lo:
-            total, count, start = 0.0, 0, lo
+            total, count, start = 0, 0, lo
         else:
             total, count, start = self.total, self.count, self.hi
         for partial in self.partials[start:hi]:
