@@ -5,7 +5,7 @@
 holding, for every aggregate of the group, its partial in the storage type
 of ``lamina.schemas.aggregations`` -- the same bytes the speed layer and the
 Python reference produce for the same events (approx_distinct: the same
-canonical HLL image; sums: see "Determinism" below).
+canonical HLL image; sums and means: the same int64 units).
 
 How the hops are computed: roll-up, not one pass per hop
 --------------------------------------------------------
@@ -34,19 +34,17 @@ window with a row's hop is null in that row: ``lamina.schemas.views
 Determinism
 -----------
 A rerun over the same snapshot gives the same bytes, whatever the file
-layout, partitioning, shuffle order or spills. Float sums depend on the
-order of additions (float addition is not associative), and Spark merges
-partial sums in shuffle-arrival order; so a tile's sum (and a mean's sum) is
-computed from the collected values, sorted -- events by (event_time,
-event_id), finer tiles by tile_start -- and added in that order. Those are
-the orders the Python reference adds in when it is given events in
-(event_time, event_id) order and merges tiles in time order, so sums are
-bit-identical to it at the finest hop (a roll-up adds 5-min partials, the
-reference adds events: equal up to rounding). Measured on 200k events: no
-cost over a plain ``sum``. Every other partial is order-free (counts,
-extrema, ``last`` by its total order, HLL registers); HLL images are
-canonicalised (the Python ``ApproxDistinct.from_storage``, through an Arrow
-UDF), which also turns an empty sketch into null, the op's zero.
+layout, partitioning, shuffle order or spills, and every partial equals the
+Python reference's at every hop, rolled-up ones included: no partial
+depends on an order. Sums and means are int64 units of ``10**-scale``
+(``lamina.schemas.aggregations``, "Exact sums"): each value is converted
+once, per event, by ``units_column`` -- the same float64 operations as
+Python's ``decimal_units``, so the same integer -- and then added with plain
+``sum``, from events and in every roll-up (integer addition is associative;
+an int64 overflow fails the job, Spark's ANSI default). Counts, extrema,
+``last`` by its total order and HLL registers are order-free too; HLL images
+are canonicalised (the Python ``ApproxDistinct.from_storage``, through an
+Arrow UDF), which also turns an empty sketch into null, the op's zero.
 """
 
 from __future__ import annotations
@@ -58,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lamina.errors import ConfigError
-from lamina.schemas.aggregations import HLL_LG_K
+from lamina.schemas.aggregations import HLL_LG_K, UNIT_LIMIT
 from lamina.schemas.views import DERIVED_FIELDS, Aggregate, Filter, GroupBy, value_kind
 
 if TYPE_CHECKING:
@@ -224,12 +222,26 @@ class _CountPlan(_Plan):
 
 
 class _SumPlan(_Plan):
+    """``sum``: int64 units (``units_column``) added with a plain ``sum`` --
+    integer addition is exact, so no order of additions matters."""
+
+    def value_column(self, events: DataFrame) -> Column:
+        from pyspark.sql import functions as F
+
+        assert self.aggregate.field is not None and self.aggregate.scale is not None
+        return units_column(F.col(self.aggregate.field), self.aggregate.scale)
+
     def from_events(self, accept: Column, value: Column) -> list[Column]:
-        # A missing value lifts to 0.0, which adds nothing.
-        return [_sum_in_event_order(accept, value).alias(self.state())]
+        from pyspark.sql import functions as F
+
+        # A missing value lifts to 0, which adds nothing; no value at all is 0.
+        total = F.sum(F.when(accept, value))
+        return [F.coalesce(total, F.lit(0).cast("bigint")).alias(self.state())]
 
     def merge(self) -> list[Column]:
-        return [_sum_in_time_order(self.state()).alias(self.state())]
+        from pyspark.sql import functions as F
+
+        return [F.sum(self.state()).alias(self.state())]
 
     def storage(self) -> Column:
         from pyspark.sql import functions as F
@@ -237,26 +249,27 @@ class _SumPlan(_Plan):
         return F.col(self.state())
 
 
-def _sum_in_event_order(accept: Column, value: Column) -> Column:
-    """Sum of the accepted non-null values of a tile's events, added in
-    (event_time, event_id) order whatever order Spark saw them in (float
-    addition is not associative; see "Determinism")."""
+def units_column(value: Column, scale: int) -> Column:
+    """``value`` (a numeric column) as int64 units of ``10**-scale``: the
+    same integer as ``lamina.schemas.aggregations.decimal_units``, by the
+    same float64 operations (IEEE 754 product, floor, division and
+    comparisons are exact or correctly rounded in the JVM as in CPython);
+    null stays null, and a value at or beyond ``UNIT_LIMIT`` units fails the
+    job, as ``lift`` raises."""
     from pyspark.sql import functions as F
 
-    part = F.struct(F.col("event_time").alias("t"), F.col("event_id").alias("i"),
-                    value.alias("v"))
-    parts = F.array_sort(F.collect_list(F.when(accept & value.isNotNull(), part)))
-    return F.aggregate(parts, F.lit(0.0), lambda total, p: total + p["v"])
-
-
-def _sum_in_time_order(state: str) -> Column:
-    """Sum of a float state over finer tiles, added in tile_start order
-    (the order Python merges the tiles of a window in)."""
-    from pyspark.sql import functions as F
-
-    parts = F.array_sort(F.collect_list(F.struct(F.col("tile_start").alias("t"),
-                                                 F.col(state).alias("v"))))
-    return F.aggregate(parts, F.lit(0.0), lambda total, p: total + p["v"])
+    x = value.cast("double")
+    scaled = x * F.lit(float(10**scale))
+    floor = F.floor(scaled).cast("bigint")
+    tie = (floor * F.lit(2) + F.lit(1)).cast("double") / F.lit(float(2 * 10**scale))
+    units = (F.when(x < tie, floor).when(x > tie, floor + F.lit(1))
+             .otherwise(floor + F.pmod(floor, F.lit(2))))
+    too_large = F.raise_error(F.concat(
+        F.lit("a sum or mean value is too large for an exact sum: "), x.cast("string"),
+        F.lit(f" * 10**{scale} is not below 2**48 (bound the field in the event schema)")))
+    return (F.when(x.isNull(), F.lit(None).cast("bigint"))
+            .when(~(F.abs(scaled) < F.lit(float(UNIT_LIMIT))), too_large.cast("bigint"))
+            .otherwise(units))
 
 
 class _ExtremumPlan(_Plan):
@@ -284,16 +297,25 @@ class _ExtremumPlan(_Plan):
 
 
 class _MeanPlan(_Plan):
+    """``mean``: the units' plain ``sum`` and the number of values."""
+
+    def value_column(self, events: DataFrame) -> Column:
+        from pyspark.sql import functions as F
+
+        assert self.aggregate.field is not None and self.aggregate.scale is not None
+        return units_column(F.col(self.aggregate.field), self.aggregate.scale)
+
     def from_events(self, accept: Column, value: Column) -> list[Column]:
         from pyspark.sql import functions as F
 
-        return [_sum_in_event_order(accept, value).alias(self.state(0)),
-                F.count(F.when(accept, value)).cast("bigint").alias(self.state(1))]
+        accepted = F.when(accept, value)
+        return [F.coalesce(F.sum(accepted), F.lit(0).cast("bigint")).alias(self.state(0)),
+                F.count(accepted).cast("bigint").alias(self.state(1))]
 
     def merge(self) -> list[Column]:
         from pyspark.sql import functions as F
 
-        return [_sum_in_time_order(self.state(0)).alias(self.state(0)),
+        return [F.sum(self.state(0)).alias(self.state(0)),
                 F.sum(self.state(1)).cast("bigint").alias(self.state(1))]
 
     def storage(self) -> Column:
@@ -453,10 +475,12 @@ def storage_type(aggregate: Aggregate) -> DataType:
     op = aggregate.op
     if op == "count":
         return LongType()
-    if op in ("sum", "min", "max"):
+    if op == "sum":
+        return LongType()
+    if op in ("min", "max"):
         return DoubleType()
     if op == "mean":
-        return StructType([StructField("sum", DoubleType()), StructField("count", LongType())])
+        return StructType([StructField("sum", LongType()), StructField("count", LongType())])
     if op == "last":
         return StructType([StructField("time_ms", LongType()),
                            StructField("event_id", StringType()),
@@ -501,7 +525,7 @@ def finest_tiles(events: DataFrame, group: GroupBy, hop_ms: int) -> DataFrame:
 def roll_up(finer: DataFrame, group: GroupBy, hop_ms: int) -> DataFrame:
     """State columns per (entity_key, tile_start) of ``hop_ms``, by merging
     the finer tiles inside each coarser one (``hop_ms`` must be a multiple
-    of the finer hop); float sums add in tile_start order."""
+    of the finer hop): plain SQL aggregates, in whatever order Spark merges."""
     from pyspark.sql import functions as F
 
     plans = [_plan(a) for a in group.aggregates]

@@ -18,9 +18,11 @@ Storage contract (fixed: the Spark batch layer writes the same types)
 op              arrow_type (tile column)                     zero         present
 =============== ============================================ ============ ==================
 count           int64, not null                              0            int
-sum             float64, not null                            0.0          float
+sum             int64, not null: units of 10**-scale         0            units / 10**scale
+                                                                          (float)
 min, max        float64, nullable                            null         float or None
-mean            struct<sum: float64, count: int64>, not null {0.0, 0}     sum/count; None
+mean            struct<sum: int64 (units), count: int64>,    {0, 0}       sum / (count *
+                not null                                                  10**scale); None
                                                                           when count is 0
 last            struct<time_ms: int64, event_id: string,     null         value or None
                 value: float64>, nullable
@@ -42,10 +44,46 @@ Rules every implementation follows (the Spark one included):
   ``max(named_struct('time_ms', .., 'event_id', .., 'value', ..))``.
 * ``histogram`` with bounds ``b``: value ``v`` goes to the first bucket ``i``
   with ``v < b[i]``, else to the last bucket (index ``len(b)``).
-* ``sum`` and ``mean`` are float64: merge is associative only up to rounding
-  (``(a + b) + c`` may differ from ``a + (b + c)`` in the last bit). Values
-  that add exactly (integers, quarters, ...) give identical results whatever
-  the grouping; comparisons of sums across layers need a relative tolerance.
+* ``sum`` and ``mean`` are exact (below): integer partials, so merge is
+  associative and commutative bit for bit, whatever the split, order or
+  grouping, and no layer needs to add in any particular order.
+
+Exact sums: fixed-point units at a declared scale
+-------------------------------------------------
+A ``sum`` or ``mean`` aggregate declares ``scale``, the decimal places it
+keeps exactly (2 for amounts in cents). ``lift`` turns a value into an
+integer count of ``10**-scale`` units (:func:`decimal_units`); partials are
+those integers (a mean: units and a count), stored as int64; only
+``present`` makes a float -- the one nearest the exact decimal result
+(``units / 10**scale``; a mean ``sum / (count * 10**scale)``), so equal
+partials always present equal floats.
+
+* The value is the decimal number the event carries: a float's shortest
+  ``repr``, which for a JSON text of at most 15 significant digits is that
+  text's value (JSON parsers -- Python's, orjson, Spark's Jackson -- all
+  return the float nearest the text). So ``0.1 + 0.2`` (the float
+  0.30000000000000004) is 30 cents, ``1e6`` at scale 2 is 10**8 units.
+* A value finer than the scale is rounded **half to even** on that decimal
+  value: 0.005 -> 0, 0.015 -> 2, 0.025 -> 2, 2.675 -> 268, 999999.995 ->
+  10**8 cents; a value below half a unit (1e-9) lifts to 0 -- it still
+  counts in a mean's count. Not ``round(x * 10**scale)``: the float product
+  misplaces decimal ties and their neighbours (597073.185 -> 59707319,
+  5485.014999999999 -> 548502, both one cent off). The rule is computed with
+  a few float64 operations (a product, a floor, an exactly rounded division
+  giving the tie, two comparisons) that Spark performs identically
+  (``lamina.batch.tiles.units_column``); a property test checks it equals
+  ``Decimal(repr(x))`` rounded half to even for arbitrary floats.
+* Bounds. A value is lifted only if ``|value| * 10**scale < 2**48`` (about
+  2.8e12 at scale 2), where float64 resolves a tenth of a unit and the rule
+  is exact; anything larger raises ValueError. Event schemas bound the field
+  (``lamina.schemas.views.check_against_schema`` requires a minimum and a
+  maximum and checks them against this limit). A partial overflows int64
+  only after ``(2**63 - 1) / (max |value| * 10**scale)`` values in one tile
+  or window of one entity -- 9.2e10 transactions of the schema's maximum
+  amount (1e6) at scale 2; ``to_storage`` raises OverflowError rather than
+  wrap, and Spark (ANSI mode, the default) fails the job. Presented sums
+  are correctly rounded for any size; other languages get the same float
+  from ``float(units) / 10.0**scale`` while ``|units| < 2**53``.
 
 approx_distinct: DataSketches HLL, and why the partial is canonicalised
 -----------------------------------------------------------------------
@@ -176,6 +214,89 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+# --- exact sums: fixed-point units ------------------------------------------
+
+#: Largest scale an aggregate may declare (10**scale and 2 * 10**scale are
+#: exact float64 values far beyond this; 9 places is already nanounits).
+MAX_SCALE: Final = 9
+#: A value is lifted only if ``abs(value) * 10**scale < UNIT_LIMIT``: there
+#: the float64 spacing is below a tenth of a unit, which makes the rounding
+#: rule of :func:`decimal_units` exact (see the module docstring).
+UNIT_LIMIT: Final = 2**48
+INT64_MAX: Final = 2**63 - 1
+
+
+def check_scale(scale: Any) -> int:
+    """``scale`` if it is an integer in ``0..MAX_SCALE``, else ConfigError."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= MAX_SCALE:
+        raise ConfigError(
+            f"scale must be an integer from 0 to {MAX_SCALE} (the decimal places kept "
+            f"exactly, e.g. 2 for amounts in cents), got {scale!r}"
+        )
+    return scale
+
+
+def decimal_units(value: Any, scale: int) -> int:
+    """``value`` as an integer number of ``10**-scale`` units: the decimal
+    value of the number (a float's shortest repr, which is the JSON text for
+    any text of up to 15 significant digits) rounded half to even at
+    ``scale`` places. Exactly ``Decimal(repr(x)).scaleb(scale)
+    .to_integral_value(ROUND_HALF_EVEN)`` for a float ``x``, computed with
+    float64 operations that Spark repeats one for one
+    (``lamina.batch.tiles.units_column``). ValueError for a value that is
+    not finite or not below ``UNIT_LIMIT`` units; TypeError for a bool."""
+    if isinstance(value, bool):
+        raise TypeError(f"a sum or mean takes numbers, got {value!r}")
+    if isinstance(value, int):
+        units = value * 10**scale
+        if abs(units) >= UNIT_LIMIT:
+            raise ValueError(_too_large(value, scale))
+        return units
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"a sum or mean takes finite numbers, got {value!r}")
+    # m is floor(x * 10**scale) or one more (the product is rounded, never
+    # across an integer in the wrong direction); the tie m + 1/2 as the
+    # float nearest the decimal (2m + 1) / (2 * 10**scale) -- an exactly
+    # rounded division of exact integers -- then decides, since x and the
+    # tie compare as their shortest decimal reprs do.
+    scaled = x * _POWERS[scale]
+    if not abs(scaled) < UNIT_LIMIT:
+        raise ValueError(_too_large(value, scale))
+    m = math.floor(scaled)
+    tie = float(2 * m + 1) / _TWICE_POWERS[scale]
+    if x < tie:
+        return m
+    if x > tie:
+        return m + 1
+    return m + m % 2  # exactly half a unit: to the even one
+
+
+_POWERS: Final = tuple(float(10**s) for s in range(MAX_SCALE + 1))
+_TWICE_POWERS: Final = tuple(float(2 * 10**s) for s in range(MAX_SCALE + 1))
+
+
+def _too_large(value: Any, scale: int) -> str:
+    return (f"{value!r} is too large for an exact sum at scale {scale}: |value| * 10**{scale} "
+            f"must be below 2**48 (bound the field in the event schema)")
+
+
+def present_units(units: int, scale: int) -> float:
+    """The float nearest ``units * 10**-scale`` (Python's int division is
+    correctly rounded; for ``|units| < 2**53`` it equals ``float(units) /
+    10.0**scale`` in any IEEE 754 language)."""
+    return units / 10**scale
+
+
+def check_int64(units: int, op: str) -> int:
+    """``units`` if it fits the int64 tile column, else OverflowError."""
+    if not -INT64_MAX - 1 <= units <= INT64_MAX:
+        raise OverflowError(
+            f"{op}: {units} units overflow the int64 tile column; use a smaller scale or "
+            f"a shorter window")
+    return units
+
+
 class Count(Aggregation[int]):
     """Number of events; the value is ignored (a filter decides what counts)."""
 
@@ -202,30 +323,37 @@ class Count(Aggregation[int]):
         return 0 if stored is None else int(stored)
 
 
-class Sum(Aggregation[float]):
-    """Sum of the values, float64 (see the module note on rounding)."""
+class Sum(Aggregation[int]):
+    """Sum of the values, exactly: an integer count of ``10**-scale`` units
+    (see "Exact sums" in the module docstring)."""
 
     op = "sum"
-    arrow_type = pa.float64()
+    arrow_type = pa.int64()
     nullable = False
 
-    def zero(self) -> float:
-        return 0.0
+    def __init__(self, scale: int) -> None:
+        self.scale: int = check_scale(scale)
 
-    def lift(self, value: Any, event_time_ms: int, event_id: str) -> float:
-        return 0.0 if value is None else _number(value)
+    def zero(self) -> int:
+        return 0
 
-    def merge(self, a: float, b: float) -> float:
+    def lift(self, value: Any, event_time_ms: int, event_id: str) -> int:
+        return 0 if value is None else decimal_units(value, self.scale)
+
+    def merge(self, a: int, b: int) -> int:
         return a + b
 
-    def present(self, partial: float) -> float:
-        return partial
+    def present(self, partial: int) -> float:
+        return present_units(partial, self.scale)
 
-    def to_storage(self, partial: float) -> float:
-        return partial
+    def to_storage(self, partial: int) -> int:
+        return check_int64(partial, self.op)
 
-    def from_storage(self, stored: Any) -> float:
-        return 0.0 if stored is None else float(stored)
+    def from_storage(self, stored: Any) -> int:
+        return 0 if stored is None else int(stored)
+
+    def __repr__(self) -> str:
+        return f"<aggregation sum scale={self.scale}>"
 
 
 class _Extremum(Aggregation[float | None]):
@@ -281,41 +409,54 @@ class Max(_Extremum):
 
 @dataclass(frozen=True, slots=True)
 class MeanPartial:
-    """The stored state of a mean: what is merged, not the mean itself."""
+    """The stored state of a mean: what is merged, not the mean itself --
+    the exact sum in ``10**-scale`` units and the number of values."""
 
-    sum: float
+    sum: int
     count: int
 
 
 class Mean(Aggregation[MeanPartial]):
-    """Arithmetic mean, kept as (sum, count); presents None for no values."""
+    """Arithmetic mean, kept as (sum in units, count); presents None for no
+    values, else the float nearest the exact quotient."""
 
     op = "mean"
-    arrow_type = pa.struct([("sum", pa.float64()), ("count", pa.int64())])
+    arrow_type = pa.struct([("sum", pa.int64()), ("count", pa.int64())])
     nullable = False
 
+    def __init__(self, scale: int) -> None:
+        self.scale: int = check_scale(scale)
+
     def zero(self) -> MeanPartial:
-        return MeanPartial(0.0, 0)
+        return MeanPartial(0, 0)
 
     def lift(self, value: Any, event_time_ms: int, event_id: str) -> MeanPartial:
-        return self.zero() if value is None else MeanPartial(_number(value), 1)
+        if value is None:
+            return self.zero()
+        return MeanPartial(decimal_units(value, self.scale), 1)
 
     def merge(self, a: MeanPartial, b: MeanPartial) -> MeanPartial:
         return MeanPartial(a.sum + b.sum, a.count + b.count)
 
     def present(self, partial: MeanPartial) -> float | None:
-        return None if partial.count == 0 else partial.sum / partial.count
+        if partial.count == 0:
+            return None
+        # int / int is correctly rounded: the float nearest sum / (count * 10**scale).
+        return partial.sum / (partial.count * 10**self.scale)
 
     def to_storage(self, partial: MeanPartial) -> dict[str, Any]:
-        return {"sum": partial.sum, "count": partial.count}
+        return {"sum": check_int64(partial.sum, self.op), "count": partial.count}
 
     def from_storage(self, stored: Any) -> MeanPartial:
         if stored is None:
             return self.zero()
         # A SQL sum over no rows is null: read it as the zero it means.
         total, count = stored.get("sum"), stored.get("count")
-        return MeanPartial(0.0 if total is None else float(total),
+        return MeanPartial(0 if total is None else int(total),
                            0 if count is None else int(count))
+
+    def __repr__(self) -> str:
+        return f"<aggregation mean scale={self.scale}>"
 
 
 class LastPartial(NamedTuple):
@@ -548,30 +689,41 @@ def check_histogram_bounds(bounds: Sequence[float]) -> tuple[float, ...]:
 
 
 COUNT: Final = Count()
-SUM: Final = Sum()
 MIN: Final = Min()
 MAX: Final = Max()
-MEAN: Final = Mean()
 LAST: Final = Last()
 APPROX_DISTINCT: Final = ApproxDistinct()
 
 #: Every op name a view definition may use.
 OPS: Final = ("count", "sum", "min", "max", "mean", "last", "approx_distinct", "histogram")
+#: Ops whose partials are fixed-point sums: they need a ``scale``.
+SCALED_OPS: Final = frozenset({"sum", "mean"})
 _SIMPLE: Final[Mapping[str, Aggregation[Any]]] = {
-    a.op: a for a in (COUNT, SUM, MIN, MAX, MEAN, LAST, APPROX_DISTINCT)
+    a.op: a for a in (COUNT, MIN, MAX, LAST, APPROX_DISTINCT)
 }
 
 
-def aggregation_for(op: str, buckets: Sequence[float] = ()) -> Aggregation[Any]:
-    """The monoid for an op name (``buckets``: histogram bounds, else empty).
+def aggregation_for(op: str, buckets: Sequence[float] = (),
+                    scale: int | None = None) -> Aggregation[Any]:
+    """The monoid for an op name (``buckets``: histogram bounds, else empty;
+    ``scale``: the decimal places of a sum or mean, else None).
 
     Raises ``ConfigError`` for an unknown op, for a histogram without valid
-    bounds, or for bounds given to any other op.
+    bounds, for bounds given to any other op, for a sum or mean without a
+    valid scale, or for a scale given to any other op.
     """
+    if op not in OPS:
+        raise ConfigError(f"unknown aggregation op {op!r}; known: {', '.join(OPS)}")
+    if buckets and op != "histogram":
+        raise ConfigError(f"op {op!r} takes no buckets (only histogram does), got {buckets!r}")
+    if op in SCALED_OPS:
+        if scale is None:
+            raise ConfigError(
+                f"op {op!r} needs a scale: the decimal places it keeps exactly (e.g. "
+                f"scale=2 for amounts in cents); finer values are rounded half to even")
+        return Sum(scale) if op == "sum" else Mean(scale)
+    if scale is not None:
+        raise ConfigError(f"op {op!r} takes no scale (only sum and mean do), got {scale!r}")
     if op == "histogram":
         return Histogram(buckets)
-    if op not in _SIMPLE:
-        raise ConfigError(f"unknown aggregation op {op!r}; known: {', '.join(OPS)}")
-    if buckets:
-        raise ConfigError(f"op {op!r} takes no buckets (only histogram does), got {buckets!r}")
     return _SIMPLE[op]

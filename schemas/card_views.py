@@ -58,8 +58,10 @@ CARD_VIEWS: Final = GroupBy(
     aggregates=(
         Aggregate("txn_count", "count", None,
                   (_W["10m"], _W["1h"], _W["24h"], _W["7d"], _W["30d"])),
-        Aggregate("amount_sum", "sum", "amount", (_W["1h"], _W["24h"], _W["7d"])),
-        Aggregate("amount_mean", "mean", "amount", (_W["7d"], _W["30d"])),
+        # Amounts in cents, exactly (scale 2): sums and means merge bit for bit
+        # in any grouping, so tiles + head online equal the raw-event fold offline.
+        Aggregate("amount_sum", "sum", "amount", (_W["1h"], _W["24h"], _W["7d"]), scale=2),
+        Aggregate("amount_mean", "mean", "amount", (_W["7d"], _W["30d"]), scale=2),
         Aggregate("amount_max", "max", "amount", (_W["1h"], _W["24h"])),
         Aggregate("merchant_distinct", "approx_distinct", "merchant_id",
                   (_W["1h"], _W["24h"], _W["7d"])),

@@ -4,8 +4,8 @@
 non-decreasing query times ``t`` with exactly what the reference
 ``lamina.schemas.views.features_from_events(group, events, entity, t)``
 returns when given the events sorted by ``(event_time, event_id)`` -- the
-same keys in the same order, the same values bit for bit (float sums,
-means, HLL estimates included) -- but without rescanning the entity's
+same keys in the same order, the same values bit for bit (sums, means, HLL
+estimates included) -- but without rescanning the entity's
 history at every query. The offline training set visits an entity's
 transactions this way; a consumer that keeps per-entity state online can
 too.
@@ -19,22 +19,21 @@ index range ``[lo, hi)`` of that list, and both ends only move forward as
 ``t`` grows. Each (aggregate, window) keeps its partial for the current
 range and updates it by the events entering and leaving, per op:
 
-* ``count``, ``histogram``: integer counts, added and subtracted -- exact.
+* ``count``, ``histogram``, ``sum``, ``mean``: integers -- counts, and
+  sums as fixed-point units at the aggregate's scale
+  (``lamina.schemas.aggregations``, "Exact sums") -- added when an event
+  enters the window and subtracted when it leaves: exact, so the running
+  partial is the reference's partial whatever the order of additions, and
+  each event is added and subtracted once per window.
 * ``min``, ``max``, ``last``: a monotone deque of candidates (the classic
   sliding-window extremum); ties keep the earlier event, as the reference's
   left fold does, so even ``0.0`` against ``-0.0`` comes out the same.
-* ``sum``, ``mean``: float addition is not associative, so nothing is ever
-  subtracted: while the window's start stays put, the partial is extended
-  by ``merge`` in event order (the reference's own left fold, continued);
-  when the start moves -- at most once per hop tile -- the fold restarts
-  from the new start. An event is thus re-added at most ``W / h + 1`` times
-  per window (``W`` its length, ``h`` its hop), however long the history.
 * ``approx_distinct``: a canonical HLL partial is a function of the *set*
   of values (``lamina.schemas.aggregations``), so the sweep keeps a count
   per lifted value, merges a value in when it first enters, rebuilds the
   partial from the remaining values only when one leaves, and presents it
   only when the set has changed.
-* the lifetime window never moves its start: every op just extends.
+* the lifetime window never moves its start: nothing ever leaves it.
 
 Any other aggregation is recomputed with its own ``merge_all`` over the
 range at each query (correct, not fast). Each event is lifted once per
@@ -129,7 +128,8 @@ class _WindowState:
 
 
 class _CountState(_WindowState):
-    """``count``: integers add and subtract exactly."""
+    """``count``, and ``sum`` (integer units at its scale): integers add
+    and subtract exactly."""
 
     total = 0
 
@@ -199,43 +199,22 @@ class _ExtremumState(_WindowState):
         return self.monoid.present(self.partials[self.candidates[0]])
 
 
-class _SumState(_WindowState):
-    """``sum``: the reference's left fold (``merge`` is ``a + b`` from
-    ``0.0``) in event order, extended while the window's start stays and
-    restarted when it moves -- float addition is not associative, so
-    subtracting the leaving values would change the last bits."""
-
-    total = 0.0
-
-    def move(self, lo: int, hi: int) -> None:
-        if lo != self.lo:
-            total, start = 0.0, lo
-        else:
-            total, start = self.total, self.hi
-        for value in self.partials[start:hi]:
-            total += value
-        self.total, self.lo, self.hi = total, lo, hi
-
-    def present(self) -> FeatureValue:
-        return self.monoid.present(self.total)
-
-
 class _MeanState(_WindowState):
-    """``mean``: its (sum, count) folded as ``_SumState`` folds a sum (the
-    reference's ``merge`` adds both fields)."""
+    """``mean``: its (units, count) added and subtracted."""
 
-    total = 0.0
+    total = 0
     count = 0
 
-    def move(self, lo: int, hi: int) -> None:
-        if lo != self.lo:
-            total, count, start = 0.0, 0, lo
-        else:
-            total, count, start = self.total, self.count, self.hi
-        for partial in self.partials[start:hi]:
-            total += partial.sum
-            count += partial.count
-        self.total, self.count, self.lo, self.hi = total, count, lo, hi
+    def _update(self, entering: range, leaving: range) -> None:
+        partials = self.partials
+        for index in entering:
+            partial = partials[index]
+            self.total += partial.sum
+            self.count += partial.count
+        for index in leaving:
+            partial = partials[index]
+            self.total -= partial.sum
+            self.count -= partial.count
 
     def present(self) -> FeatureValue:
         return self.monoid.present(MeanPartial(self.total, self.count))
@@ -311,7 +290,7 @@ _STATES: Final[Mapping[type, type[_WindowState]]] = {
     Min: _ExtremumState,
     Max: _ExtremumState,
     Last: _ExtremumState,
-    Sum: _SumState,
+    Sum: _CountState,
     Mean: _MeanState,
     ApproxDistinct: _DistinctState,
 }

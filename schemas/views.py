@@ -50,12 +50,20 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final, Literal, get_args
 
 import pyarrow as pa
 
 from lamina.errors import ConfigError
-from lamina.schemas.aggregations import Aggregation, FeatureValue, aggregation_for
+from lamina.schemas.aggregations import (
+    OPS,
+    SCALED_OPS,
+    UNIT_LIMIT,
+    Aggregation,
+    FeatureValue,
+    aggregation_for,
+)
 
 MINUTE_MS: Final = 60_000
 HOUR_MS: Final = 60 * MINUTE_MS
@@ -287,7 +295,10 @@ class Aggregate:
 
     ``name`` is the tile column; the features are ``f"{name}_{window.name}"``.
     ``field`` may be None only for ``count``. ``buckets`` are the histogram's
-    upper bounds (histogram only).
+    upper bounds (histogram only). ``scale`` (sum and mean only, required
+    there) is the number of decimal places kept exactly: partials are
+    integer counts of ``10**-scale`` units, finer values are rounded half to
+    even (``lamina.schemas.aggregations``, "Exact sums").
     """
 
     name: str
@@ -296,20 +307,20 @@ class Aggregate:
     windows: tuple[Window, ...]
     filters: tuple[Filter, ...] = ()
     buckets: tuple[float, ...] = ()
+    scale: int | None = None
 
     def __post_init__(self) -> None:
         _check_name("aggregate", self.name)
         windows = _as_tuple(self, "windows")
         filters = _as_tuple(self, "filters")
         buckets = _as_tuple(self, "buckets")
+        if self.field is None and self.op in OPS and self.op != "count":
+            raise ConfigError(f"aggregate {self.name!r}: op {self.op!r} needs a field")
         try:
-            aggregation_for(self.op, buckets)
+            aggregation_for(self.op, buckets, self.scale)
         except ConfigError as error:
             raise ConfigError(f"aggregate {self.name!r}: {error}") from None
-        if self.field is None:
-            if self.op != "count":
-                raise ConfigError(f"aggregate {self.name!r}: op {self.op!r} needs a field")
-        elif not isinstance(self.field, str) or not self.field:
+        if self.field is not None and (not isinstance(self.field, str) or not self.field):
             raise ConfigError(f"aggregate {self.name!r}: field must be a non-empty string or None")
         if not windows:
             raise ConfigError(f"aggregate {self.name!r}: needs at least one window")
@@ -327,7 +338,7 @@ class Aggregate:
     @property
     def aggregation(self) -> Aggregation[Any]:
         """The monoid that computes this aggregate."""
-        return aggregation_for(self.op, self.buckets)
+        return aggregation_for(self.op, self.buckets, self.scale)
 
     def feature_name(self, window: Window) -> str:
         return f"{self.name}_{window.name}"
@@ -413,8 +424,11 @@ def check_against_schema(group: GroupBy, schema: Mapping[str, Any]) -> None:
 
     The entity key must be a required string property; every field must be a
     property (or a derived field); numeric ops need a number or integer
-    field, ``approx_distinct`` a string or integer one. Raises
-    ``ConfigError`` naming the first problem.
+    field, ``approx_distinct`` a string or integer one. A ``sum`` or
+    ``mean`` of a payload field (:func:`check_scale_against_schema`): the
+    field must be bounded and its bounds representable at the scale, and a
+    ``multipleOf`` must be a whole number of units. Raises ``ConfigError``
+    naming the first problem.
     """
     properties: Mapping[str, Any] = schema.get("properties", {})
     required = set(schema.get("required", ()))
@@ -458,6 +472,49 @@ def check_against_schema(group: GroupBy, schema: Mapping[str, Any]) -> None:
                 f"aggregate {aggregate.name!r}: approx_distinct counts strings or integers, "
                 f"{aggregate.field!r} is {sorted(types)}"
             )
+        if aggregate.op in SCALED_OPS:
+            check_scale_against_schema(aggregate, properties[aggregate.field])
+
+
+def _decimal(value: Any) -> Decimal:
+    # repr: the decimal a JSON number in the schema file was written as.
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def check_scale_against_schema(aggregate: Aggregate, spec: Mapping[str, Any]) -> None:
+    """Check a sum or mean's ``scale`` against the JSON Schema of its field.
+
+    * Bounds: the field needs ``minimum`` / ``exclusiveMinimum`` and
+      ``maximum`` / ``exclusiveMaximum``, with ``max(|bound|) * 10**scale``
+      below ``UNIT_LIMIT`` (2**48): every valid value then lifts exactly, and
+      the int64 headroom is stated by the bound (see "Exact sums").
+    * ``multipleOf`` (if any) must be a whole number of units, so every valid
+      value is at the scale and none is rounded. Without ``multipleOf`` a
+      valid value may be finer than the scale; it is rounded half to even --
+      the definition's choice, not an error.
+    """
+    assert aggregate.scale is not None  # Aggregate requires it for sum and mean
+    scale = aggregate.scale
+    where = f"aggregate {aggregate.name!r} ({aggregate.op} of {aggregate.field!r}, scale {scale})"
+    low = spec.get("minimum", spec.get("exclusiveMinimum"))
+    high = spec.get("maximum", spec.get("exclusiveMaximum"))
+    bounds = [b for b in (low, high) if isinstance(b, int | float) and not isinstance(b, bool)]
+    if len(bounds) < 2:
+        raise ConfigError(
+            f"{where}: the event schema must bound the field (minimum and maximum, or "
+            f"their exclusive forms) so that exact sums cannot lose precision; add them "
+            f"to the schema")
+    largest = max(abs(_decimal(b)) for b in bounds)
+    if largest.scaleb(scale) >= UNIT_LIMIT:
+        raise ConfigError(
+            f"{where}: values up to {largest} are {largest.scaleb(scale)} units, not below "
+            f"2**48; use a smaller scale or a tighter bound in the schema")
+    step = spec.get("multipleOf")
+    if step is not None and _decimal(step).scaleb(scale) % 1 != 0:
+        places = next((p for p in range(scale + 1, 40) if _decimal(step).scaleb(p) % 1 == 0), 40)
+        raise ConfigError(
+            f"{where}: the schema's multipleOf {step} is not a whole number of "
+            f"10**-{scale} units; use scale={places} or more")
 
 
 def tile_schema(group: GroupBy, hop_ms: int) -> pa.Schema:

@@ -73,10 +73,10 @@ ALL_OPS = GroupBy(
     entity_key="card_id",
     aggregates=(
         Aggregate("n", "count", None, (_W["10m"], _W["24h"], _W["lifetime"])),
-        Aggregate("amount_total", "sum", "amount", (_W["1h"], _W["7d"])),
+        Aggregate("amount_total", "sum", "amount", (_W["1h"], _W["7d"]), scale=2),
         Aggregate("amount_low", "min", "amount", (_W["24h"],)),
         Aggregate("amount_high", "max", "amount", (_W["30d"],)),
-        Aggregate("amount_avg", "mean", "amount", (_W["1h"], _W["7d"])),
+        Aggregate("amount_avg", "mean", "amount", (_W["1h"], _W["7d"]), scale=2),
         Aggregate("amount_latest", "last", "amount", (_W["10m"], _W["24h"], _W["lifetime"])),
         Aggregate("merchants", "approx_distinct", "merchant_id",
                   (_W["1h"], _W["24h"], _W["lifetime"])),
@@ -84,7 +84,7 @@ ALL_OPS = GroupBy(
         Aggregate("hours", "histogram", "hour_of_day", (_W["7d"],), buckets=(6, 12, 18)),
         Aggregate("big_online", "count", None, (_W["1h"], _W["24h"]),
                   filters=(Filter("channel", "==", "online"), Filter("amount", ">=", 50))),
-        Aggregate("staples_not_pos", "sum", "amount", (_W["24h"],),
+        Aggregate("staples_not_pos", "sum", "amount", (_W["24h"],), scale=2,
                   filters=(Filter("channel", "!=", "pos"),
                            Filter("merchant_category", "in", ("grocery", "fuel", "restaurant")))),
         Aggregate("early_alphabet", "count", None, (_W["1h"],),
@@ -198,7 +198,8 @@ def test_tiles_of_tiny_events_match_the_python_reference(spark: Any) -> None:
         Aggregate("latest", "last", "amount", (_W["1h"],)),
         Aggregate("hist", "histogram", "amount", (_W["24h"],), buckets=(1.0, 2.0)),
         Aggregate("merchants", "approx_distinct", "merchant_id", (_W["1h"],)),
-        Aggregate("online", "sum", "amount", (_W["1h"],), filters=(Filter("channel", "==", "on"),)),
+        Aggregate("online", "sum", "amount", (_W["1h"],), scale=2,
+                  filters=(Filter("channel", "==", "on"),)),
     ))
     t0 = START_MS
     events = [
@@ -225,6 +226,57 @@ def test_tiles_of_tiny_events_match_the_python_reference(spark: Any) -> None:
     assert five_minutes[(5 * MINUTE_MS, "c", t0)]["latest"]["event_id"] == "e2"
 
 
+def _adversarial_values(scale: int) -> list[float]:
+    """Values whose units are easy to get wrong: decimal ties at ``scale``
+    places and their float neighbours, values finer than the scale, binary
+    sums like 0.1 + 0.2, the schema's maximum, and random floats and
+    decimals (all with ``|value| * 10**scale < 2**48``)."""
+    from lamina.schemas.aggregations import UNIT_LIMIT
+
+    rng = random.Random(7 + scale)
+    values = [0.005, 0.015, 0.025, 2.675, 1.005, 1e6, 999_999.995, 999_999.985, 0.1 + 0.2,
+              597_073.185, 5485.014999999999, 1e-9, 5e-324, -0.005, -0.015, -2.675, 0.0,
+              -0.0, 0.29, 1.15, 4.35, 123_456.785, 0.0049999999999999, 0.0050000000000001]
+    largest = min(10**6, UNIT_LIMIT // 10**scale)
+    for _ in range(3_000):
+        tie = (2 * rng.randrange(-largest * 10**scale, largest * 10**scale) + 1) / (
+            2 * 10**scale)
+        values += [tie, math.nextafter(tie, math.inf), math.nextafter(tie, -math.inf),
+                   rng.uniform(-largest, largest),
+                   round(rng.uniform(0, largest), rng.randrange(0, scale + 4))]
+    return [v for v in values if abs(v) * 10**scale < UNIT_LIMIT]
+
+
+@pytest.mark.parametrize("scale", [0, 2, 4, 9])
+def test_spark_converts_values_to_the_same_units_as_python(spark: Any, scale: int) -> None:
+    """Sums are exact only if Spark's per-event units equal Python's lift:
+    the same float64 operations (units_column vs decimal_units), checked on
+    values that break naive rounding."""
+    from pyspark.sql import functions as F
+
+    from lamina.schemas.aggregations import decimal_units
+
+    values = _adversarial_values(scale)
+    frame = spark.createDataFrame([(i, v) for i, v in enumerate(values)],
+                                  "i bigint, amount double")
+    got = dict(frame.select("i", batch_tiles.units_column(F.col("amount"), scale).alias("u"))
+               .collect())
+    wrong = [(v, got[i], decimal_units(v, scale)) for i, v in enumerate(values)
+             if got[i] != decimal_units(v, scale)]
+    assert not wrong, wrong[:10]
+    assert len(values) > 10_000
+
+
+def test_spark_refuses_a_value_too_large_for_exact_units(spark: Any) -> None:
+    from pyspark.sql import functions as F
+
+    frame = spark.createDataFrame([(1.0,), (3e12,)], "amount double")
+    with pytest.raises(Exception, match="too large for an exact sum"):
+        frame.select(batch_tiles.units_column(F.col("amount"), 2)).collect()
+    nulls = spark.createDataFrame([(None,)], "amount double")
+    assert nulls.select(batch_tiles.units_column(F.col("amount"), 2)).first()[0] is None
+
+
 def test_cutoff_must_be_a_tile_boundary_of_every_hop(
         spark: Any, master: MasterDataset, tmp_path: Path) -> None:
     with pytest.raises(batch_tiles.CutoffError, match="not a multiple of 86400000"):
@@ -241,13 +293,11 @@ def _by_key(table: pa.Table) -> dict[tuple[int, str, int], dict[str, Any]]:
 
 def _assert_tiles_equal(group: GroupBy, got: Mapping[tuple[int, str, int], Mapping[str, Any]],
                         events: Sequence[Mapping[str, Any]], cutoff_ms: int) -> None:
-    """Spark's stored partials equal the reference's `to_storage` values:
-    byte for byte (HLL: the same canonical image, hence the same estimate),
-    except float sums of rolled-up hops, which add the same numbers in
-    another grouping (5-min partials vs events) and may differ in the last
-    bits (relative 1e-12)."""
+    """Spark's stored partials equal the reference's `to_storage` values
+    byte for byte at every hop -- sums and means (int64 units) of rolled-up
+    hops included -- and HLL images are the same canonical image, hence the
+    same estimate."""
     before = [e for e in events if e["event_time"] < cutoff_ms]
-    finest = group.hops()[0]
     expected_keys: set[tuple[int, str, int]] = set()
     for hop in group.hops():
         reference = build_tiles(group, before, hop)
@@ -262,16 +312,11 @@ def _assert_tiles_equal(group: GroupBy, got: Mapping[tuple[int, str, int], Mappi
                 monoid = aggregate.aggregation
                 want = monoid.to_storage(partials[aggregate.name])
                 have = row[aggregate.name]
-                if aggregate.op in ("sum", "mean") and hop != finest:
-                    if aggregate.op == "mean":
-                        assert have["count"] == want["count"], (key, aggregate.name)
-                        have, want = have["sum"], want["sum"]
-                    assert math.isclose(have, want, rel_tol=1e-12), (key, aggregate.name)
-                    continue
                 if aggregate.op == "approx_distinct" and want is not None:
                     assert monoid.present(have) == monoid.present(want)
                     have = bytes(have)
                 assert have == want, (key, aggregate.name, have, want)
+                assert type(have) is type(want), (key, aggregate.name)
     assert set(got) == expected_keys
 
 

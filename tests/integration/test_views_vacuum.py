@@ -46,7 +46,7 @@ SMALL = GroupBy(
     entity_key="card_id",
     aggregates=(
         Aggregate("n", "count", None, (WINDOWS["1h"], WINDOWS["24h"])),
-        Aggregate("amount_total", "sum", "amount", (WINDOWS["24h"],)),
+        Aggregate("amount_total", "sum", "amount", (WINDOWS["24h"],), scale=2),
     ),
 )
 RETENTION_PROPERTY = "spark.databricks.delta.properties.defaults.deletedFileRetentionDuration"

@@ -235,7 +235,7 @@ def test_model_features_get_the_windows_of_the_views_they_read() -> None:
 def test_a_feature_reading_two_views_warms_up_with_the_longer_one() -> None:
     group = GroupBy("probe_views", "transaction", "card_id", (
         Aggregate("n", "count", None, (WINDOWS["1h"],)),
-        Aggregate("spent", "sum", "amount", (WINDOWS["7d"],)),
+        Aggregate("spent", "sum", "amount", (WINDOWS["7d"],), scale=2),
     ))
 
     def vectorise(event: Any, views: Any) -> dict[str, float]:

@@ -6,7 +6,8 @@ event_id): same keys, same order, same values to the last bit (compared by
 ``repr``, so ``-0.0`` is not ``0.0`` and ``1`` is not ``1.0``) -- on random
 histories with ties at equal event times, events at tile and window edges,
 query times equal to event times, resent event ids, events of other cards
-and types, and sums of values that do not add exactly.
+and types, and sums of arbitrary values at the scale (and finer): sums and
+means are fixed-point integers, so the sweep adds and subtracts them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,25 @@ from hypothesis import strategies as st
 from lamina.schemas import pit
 from lamina.schemas.card_views import CARD_VIEWS
 from lamina.schemas.pit import FeatureSweep
-from lamina.schemas.views import DAY_MS, HOUR_MS, MINUTE_MS, GroupBy, features_from_events
+from lamina.schemas.views import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    WINDOWS,
+    Aggregate,
+    GroupBy,
+    features_from_events,
+)
 from tests.unit.test_views import ALL_OPS, T0, txn
+
+W = WINDOWS
+# Sums and means at other scales than cents, of a payload and a derived field.
+SCALES = GroupBy("scales", "transaction", "card_id", (
+    Aggregate("amount_sum_4", "sum", "amount", (W["10m"], W["24h"], W["lifetime"]), scale=4),
+    Aggregate("amount_sum_0", "sum", "amount", (W["1h"], W["7d"]), scale=0),
+    Aggregate("amount_mean_3", "mean", "amount", (W["10m"], W["30d"]), scale=3),
+    Aggregate("hour_mean", "mean", "hour_of_day", (W["1h"], W["24h"]), scale=0),
+))
 
 
 def _by_time(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -48,8 +66,12 @@ edge_times = st.builds(lambda k, d: T0 + k * 5 * MINUTE_MS + d,
 spread_times = st.integers(T0 - 35 * DAY_MS, T0 + 2 * DAY_MS)
 times = st.one_of(edge_times, spread_times)
 amounts = st.one_of(
-    st.integers(1, 10**6).map(lambda cents: cents / 100),  # do not add exactly in binary
-    st.sampled_from([0.0, -0.0, 0.1, 0.2, 0.3, 4.99, 5.0, 50.0]),
+    # Arbitrary values at the scale, up to the schema's maximum: cents do not
+    # add exactly in binary floats, so a float sum would depend on the order.
+    st.integers(-10**8, 10**8).map(lambda cents: cents / 100),
+    st.decimals(0, 10**6, places=2).map(float),
+    st.decimals(-10**3, 10**3, places=4).map(float),  # finer than cents: rounded
+    st.sampled_from([0.0, -0.0, 0.1, 0.2, 0.3, 0.005, 0.015, 2.675, 4.99, 5.0, 50.0, 1e6]),
     st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
     st.none(),
 )
@@ -74,7 +96,7 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
     return events
 
 
-@pytest.mark.parametrize("group", [ALL_OPS, CARD_VIEWS], ids=lambda g: g.name)
+@pytest.mark.parametrize("group", [ALL_OPS, CARD_VIEWS, SCALES], ids=lambda g: g.name)
 @settings(max_examples=150, deadline=None)
 @given(events=histories(), data=st.data())
 def test_sweep_equals_the_reference_at_every_query_time(
@@ -146,3 +168,36 @@ def test_an_aggregation_without_a_fast_path_is_recomputed_exactly(
     # A future op that pit does not know yet: its own merge_all per query.
     with patch.object(pit, "_STATES", {}):
         _assert_sweep_equals_reference(ALL_OPS, events, "c1", queries)
+
+
+def test_sums_subtract_leaving_values_exactly() -> None:
+    # 0.1 enters and leaves the 10-minute window 400 times (a float running
+    # sum would drift); once everything has left, the sum is exactly zero,
+    # and at every step it equals the reference's fold of the window.
+    events = [txn(f"tx-{i:03d}", T0 + i * 3 * MINUTE_MS + i % 2, amount=(0.1, 0.2, 0.7)[i % 3])
+              for i in range(400)]
+    queries = [T0 + k * 4 * MINUTE_MS + d for k in range(310) for d in (0, 1)]
+    _assert_sweep_equals_reference(CARD_VIEWS, events, "c1", queries)
+    _assert_sweep_equals_reference(SCALES, events, "c1", queries)
+    sweep = FeatureSweep(CARD_VIEWS, events, "c1")
+    late = sweep.features_before(T0 + 1_300 * MINUTE_MS + 8 * DAY_MS)
+    assert repr(late["amount_sum_1h"]) == repr(late["amount_sum_7d"]) == "0.0"
+    assert late["amount_mean_7d"] is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(cents=st.lists(st.integers(1, 10**8), min_size=1, max_size=30),
+       tick=st.sampled_from([0, 1, 299_999, 300_000]), data=st.data())
+def test_ties_at_one_millisecond_and_window_edges_with_arbitrary_cents(
+        cents: list[int], tick: int, data: st.DataObject) -> None:
+    # Several events at the same millisecond (ids decide the order), on and
+    # one ms either side of 5-minute and 1-hour edges, queried at each edge.
+    base = T0 + 2 * HOUR_MS
+    offsets = data.draw(st.lists(st.sampled_from([-tick, 0, tick, HOUR_MS - 1, HOUR_MS]),
+                                 min_size=len(cents), max_size=len(cents)))
+    events = [txn(f"e{i:02d}", base + offset, amount=c / 100)
+              for i, (c, offset) in enumerate(zip(cents, offsets, strict=True))]
+    edges = {base + o + d for o in (-tick, 0, tick, HOUR_MS, 2 * HOUR_MS) for d in (-1, 0, 1)}
+    queries = sorted(edges | {base + 10 * MINUTE_MS + 1, base + DAY_MS, base + 8 * DAY_MS})
+    for group in (CARD_VIEWS, SCALES, ALL_OPS):
+        _assert_sweep_equals_reference(group, events, "c1", queries)

@@ -55,10 +55,10 @@ ALL_OPS = GroupBy(
         Aggregate("n", "count", None, (W["10m"], W["1h"], W["24h"], W["30d"], W["lifetime"])),
         Aggregate("small_pos", "count", None, (W["1h"], W["7d"]),
                   filters=(Filter("amount", "<=", 5), Filter("channel", "in", ("pos", "atm")))),
-        Aggregate("amount_sum", "sum", "amount", (W["10m"], W["7d"], W["lifetime"])),
+        Aggregate("amount_sum", "sum", "amount", (W["10m"], W["7d"], W["lifetime"]), scale=2),
         Aggregate("amount_min", "min", "amount", (W["1h"], W["30d"])),
         Aggregate("amount_max", "max", "amount", (W["24h"],)),
-        Aggregate("amount_mean", "mean", "amount", (W["1h"], W["30d"])),
+        Aggregate("amount_mean", "mean", "amount", (W["1h"], W["30d"]), scale=2),
         Aggregate("amount_last", "last", "amount", (W["10m"], W["lifetime"])),
         Aggregate("merchants", "approx_distinct", "merchant_id", (W["1h"], W["7d"])),
         Aggregate("amount_hist", "histogram", "amount", (W["24h"],), buckets=(1.0, 5.0, 50.0)),
@@ -162,7 +162,7 @@ def test_a_bad_aggregate_is_refused_naming_the_problem(kwargs: dict[str, Any],
 
 
 def test_aggregate_stores_tuples_and_names_features_after_windows() -> None:
-    aggregate = Aggregate("amount_sum", "sum", "amount", [W["1h"], W["24h"]])
+    aggregate = Aggregate("amount_sum", "sum", "amount", [W["1h"], W["24h"]], scale=2)
     assert aggregate.windows == (W["1h"], W["24h"])
     assert aggregate.feature_names() == ("amount_sum_1h", "amount_sum_24h")
     assert hash(aggregate)  # frozen and hashable
@@ -283,7 +283,11 @@ def test_lift_event_applies_the_filters() -> None:
 
 # --- tiles plus head == raw events (the oracle every layer is held to) ------
 
-amounts = st.integers(1, 40_000).map(lambda k: k / 4)  # quarters: sums are exact
+# Cents (which do not add exactly in binary floats), values finer than the
+# scale and arbitrary floats: sums are fixed-point, exact for all of them.
+amounts = st.one_of(st.integers(1, 10**8).map(lambda k: k / 100),
+                    st.integers(1, 40_000).map(lambda k: k / 4),
+                    st.floats(0.0, 1e6, exclude_min=True, allow_nan=False))
 event_strategy = st.builds(
     txn,
     event_id=st.integers(0, 60).map(lambda n: f"tx-{n}"),
@@ -389,8 +393,8 @@ def test_card_views_read_only_fields_the_transaction_schema_has() -> None:
 
 
 @pytest.mark.parametrize(("aggregate", "entity_key", "problem"), [
-    (Aggregate("x", "sum", "tip", (W["1h"],)), "card_id", "'tip' is not a property"),
-    (Aggregate("x", "sum", "merchant_id", (W["1h"],)), "card_id", "needs a numeric field"),
+    (Aggregate("x", "sum", "tip", (W["1h"],), scale=2), "card_id", "'tip' is not a property"),
+    (Aggregate("x", "sum", "merchant_id", (W["1h"],), scale=2), "card_id", "needs a numeric field"),
     (Aggregate("x", "approx_distinct", "amount", (W["1h"],)), "card_id", "strings or integers"),
     (Aggregate("x", "count", None, (W["1h"],), filters=(Filter("tip", ">", 1),)), "card_id",
      "'tip' is not a property"),
@@ -403,6 +407,57 @@ def test_a_definition_reading_a_field_the_schema_lacks_is_refused(
     group = GroupBy("g", "transaction", entity_key, (aggregate,))
     with pytest.raises(ConfigError, match=problem):
         check_against_schema(group, _transaction_schema())
+
+
+def test_sums_and_means_declare_a_scale_and_nothing_else_does() -> None:
+    with pytest.raises(ConfigError, match="'x': op 'sum' needs a scale.*scale=2 for amounts"):
+        Aggregate("x", "sum", "amount", (W["1h"],))
+    with pytest.raises(ConfigError, match="'x': op 'mean' needs a scale"):
+        Aggregate("x", "mean", "amount", (W["1h"],))
+    with pytest.raises(ConfigError, match="'x': op 'max' takes no scale"):
+        Aggregate("x", "max", "amount", (W["1h"],), scale=2)
+    with pytest.raises(ConfigError, match="scale must be an integer from 0 to 9"):
+        Aggregate("x", "sum", "amount", (W["1h"],), scale=-2)
+    assert repr(Aggregate("x", "sum", "amount", (W["1h"],), scale=3).aggregation) == \
+        "<aggregation sum scale=3>"
+
+
+def _with_amount(**spec: Any) -> dict[str, Any]:
+    schema = _transaction_schema()
+    return {**schema, "properties": {**schema["properties"], "amount": spec}}
+
+
+@pytest.mark.parametrize(("spec", "scale"), [
+    ({"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000}, 2),  # the real one
+    ({"type": "number", "minimum": -5, "exclusiveMaximum": 5, "multipleOf": 0.01}, 2),
+    ({"type": "number", "minimum": 0, "maximum": 10, "multipleOf": 0.25}, 2),
+    ({"type": "number", "minimum": 0, "maximum": 10, "multipleOf": 0.5}, 1),
+    ({"type": "integer", "minimum": 0, "maximum": 10**14}, 0),
+    ({"type": "number", "minimum": 0, "maximum": 2.8e12}, 2),  # just below 2**48 cents
+])
+def test_a_scale_that_agrees_with_the_field_schema_is_accepted(spec: dict[str, Any],
+                                                               scale: int) -> None:
+    for op in ("sum", "mean"):
+        group = GroupBy("g", "transaction", "card_id",
+                        (Aggregate("x", op, "amount", (W["1h"],), scale=scale),))
+        check_against_schema(group, _with_amount(**spec))
+
+
+@pytest.mark.parametrize(("spec", "scale", "problem"), [
+    ({"type": "number", "minimum": 0}, 2, "must bound the field"),
+    ({"type": "number", "maximum": 10}, 2, "must bound the field"),
+    ({"type": "number", "minimum": 0, "maximum": 3e12}, 2, "not below 2\\*\\*48"),
+    ({"type": "integer", "minimum": -(10**15), "maximum": 0}, 0, "not below 2\\*\\*48"),
+    ({"type": "number", "minimum": 0, "maximum": 10, "multipleOf": 0.005}, 2,
+     "multipleOf 0.005 is not a whole number of 10\\*\\*-2 units; use scale=3"),
+    ({"type": "number", "minimum": 0, "maximum": 10, "multipleOf": 0.25}, 1, "use scale=2"),
+])
+def test_a_scale_the_field_schema_contradicts_is_refused(spec: dict[str, Any], scale: int,
+                                                         problem: str) -> None:
+    group = GroupBy("g", "transaction", "card_id",
+                    (Aggregate("x", "sum", "amount", (W["1h"],), scale=scale),))
+    with pytest.raises(ConfigError, match=problem):
+        check_against_schema(group, _with_amount(**spec))
 
 
 # --- the card views and the model's features --------------------------------
