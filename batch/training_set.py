@@ -55,29 +55,30 @@ window per row plus a head; the sweep touches each event twice per window
 where the history is not at hand, the speed layer uses tiles + head; the
 two meet bit for bit.
 
-Cost. Per card, ``O(n)`` window moves plus, per sum/mean window, re-adding
-an event at most ``W / h + 1`` times (``W`` the window, ``h`` its hop);
-distinct counts cost an HLL merge when a new value enters a window and a
-rebuild from the window's values when one leaves. Measured on this 2-core
-machine while another benchmark shared it (so ranges; before and after were
-run alternately), on the events of ``lamina.generator
-.generate(GeneratorConfig(seed=11, cards=800, transactions=20_000,
-days=14, malformed_fraction=0, duplicate_fraction=0))`` (median 19, at most
-227 transactions per card), every transaction a row:
+Cost. Per card, ``O(n)`` window moves: each event enters and leaves each
+window once; distinct counts cost an HLL merge when a new value enters a
+window and a rebuild from the window's values when one leaves. Measured
+(issue 12) on this 2-core machine while other engineers' Spark jobs kept its
+load average at 6-16, so wall times are long and noisy; before and after ran
+alternately, twice, in fresh processes (``local[2]``, Lamina's local
+settings), on the events of ``GeneratorConfig(seed=11, cards=1_600,
+transactions=40_000, days=14, malformed_fraction=0, duplicate_fraction=0)``
+imported with ``write_files`` + ``import_files``, ``build_training_set(spark,
+uri, snapshot=None, start_ms=day 4, end_ms=day 13,
+label_maturity_ms=0).count()`` = 25,216 rows (one warm-up, then 3 builds):
 
-* per-card Python, one core (``card_rows(CARD_VIEWS, events, start, end)``
-  per card over the whole period): 1,300-1,400 rows/s before (a rescan per
-  transaction, ``O(n^2)`` per card) -> 15,000-17,000 rows/s now. Heavy
-  cards (``cards=50, days=30``: median 311, at most 1,384 per card): 145
-  -> 15,000 rows/s -- no longer a function of history length;
-* end to end (``build_training_set(spark, uri, snapshot=None, start_ms=start,
-  end_ms=end, label_maturity_ms=0).count()``, local[2], warm session, the
-  same events imported with ``write_files`` + ``import_files``): 650-890
-  rows/s before (22-31 s) -> 1,400-2,400 rows/s now (8.5-14 s). Spark's
-  part (Delta read, payload parsing, de-duplication, the label and entity
-  joins, the pandas hand-over) now dominates: the same job with a
-  ``card_rows`` that returns no rows takes 6.7-11.5 s. A cold session adds
-  10-20 s of JVM and worker warm-up to the first build.
+* warm builds: 67-113 s before (222-378 rows/s) -> 25-44 s now (~570-1,010
+  rows/s); CPU of the JVM and the Python workers per build 40-57 s before
+  (Python 25-38 s of it: a pandas frame per card in and out) -> 14-21 s
+  now (Python 4-7 s): about 3x, not the 10x the issue asks for;
+* the first build of a session: 127-164 -> 198-245 rows/s;
+* where the time goes now: JVM CPU 8-14 s per warm build, of which the
+  tasks themselves use about 2 s -- most of the rest is the JIT compiling
+  (C1/C2 compiler threads: 5-9 s per warm build, 35 s in the first); with
+  ``-XX:TieredStopAtLevel=1`` (C1 only, not set: it is session-wide and
+  would slow the 10M-event batch views) the first build took 66 s instead
+  of 127 s and warm builds 20-26 s. The sweep itself is ~3-3.5 s of Python
+  CPU for the 25k rows (7-8.5k rows/s on one core, in-process).
 
 The one honest skew: the offline features see every event of the snapshot
 before ``t``, including ones that *arrived* after the transaction was scored
