@@ -7,6 +7,7 @@ How to run
     .venv/bin/python -m benchmarks.run --events 300000 --only lander
     .venv/bin/python -m benchmarks.run --quick --no-append   # print only
     .venv/bin/python -m benchmarks.run --only views          # batch views, 10M
+    .venv/bin/python -m benchmarks.run --only training-set   # point-in-time builder
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -57,6 +58,10 @@ Figures (events/s are records of the topic per second of wall time)
   target >= 0.5x) and in bare Spark SQL, then where the job's time goes. The
   master dataset is generated once and cached under `.lamina/bench/`
   (`--views-transactions N` to change its size). Needs no broker.
+* training-set -- the point-in-time training-set builder
+  (`benchmarks/training_set.py`): `build_training_set` on 40k generated
+  transactions (25,216 rows) next to the same features and labels as one
+  DuckDB statement on the same Parquet files (the reference). Needs no broker.
 * training -- examples/s of the fraud MLP on CPU (`benchmarks/training.py`):
   single-process Keras (`train_local`, the reference of these rows) next to
   `train_distributed` with 1 and with 2 Spark barrier workers, same
@@ -113,6 +118,13 @@ from benchmarks.machine import (
 )
 from benchmarks.report import Row, append_section, render_section
 from benchmarks.training import TrainingResults, measure_training, training_notes, training_rows
+from benchmarks.training_set import DEFAULT_TRANSACTIONS as TRAINING_SET_TRANSACTIONS
+from benchmarks.training_set import (
+    TrainingSetResults,
+    measure_training_set,
+    training_set_notes,
+    training_set_rows,
+)
 from benchmarks.validation import validation_rate
 from benchmarks.views import (
     DEFAULT_TRANSACTIONS,
@@ -134,7 +146,7 @@ REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2
-SUITES = ("lander", "validation", "clients", "views", "training")
+SUITES = ("lander", "validation", "clients", "views", "training-set", "training")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -324,10 +336,13 @@ def _rate_row(figure: str, runs: list[Timed], ref: Timed, target: str, note: str
 
 def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[str],
                training: TrainingResults | None = None,
-               views: ViewsResults | None = None) -> list[Row]:
+               views: ViewsResults | None = None,
+               training_set: TrainingSetResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
+    if training_set is not None:
+        rows += training_set_rows(training_set)
     if training is not None:
         rows += training_rows(training)
     return rows
@@ -451,6 +466,7 @@ class Measured:
     pin_note: str = ""
     training: TrainingResults | None = None
     views: ViewsResults | None = None
+    training_set: TrainingSetResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -466,6 +482,13 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
                                            say, views_dir)
         finally:
             shutil.rmtree(views_dir, ignore_errors=True)
+    if "training-set" in args.suites:
+        workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-training-set-"))
+        try:
+            measured.training_set = measure_training_set(
+                TRAINING_SET_TRANSACTIONS, set(ctx.cores), ROUNDS, say, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), ROUNDS, say)
     return measured
@@ -504,6 +527,8 @@ def report_notes(measured: Measured) -> list[str]:
                                                             measured.pin_note)
     if measured.views is not None:
         notes += views_notes(measured.views)
+    if measured.training_set is not None:
+        notes += training_set_notes(measured.training_set)
     if measured.training is not None:
         notes += training_notes(measured.training)
     return notes
@@ -539,7 +564,8 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         ("Command", f"`{ctx.command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{ctx.load_before} at start, {load_average()} at end"),
-        ("Versions", versions(measured.training is not None, measured.views is not None)),
+        ("Versions", versions(measured.training is not None,
+                              measured.views is not None or measured.training_set is not None)),
     ]
     if loaded is not None:
         facts.append(("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, "
@@ -552,11 +578,13 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"{ctx.events:,} records")
     if measured.views is not None and measured.views.data is not None:
         sizes.append(f"views over {measured.views.data.rows:,} transactions")
+    if measured.training_set is not None and measured.training_set.lamina:
+        sizes.append(f"training set of {measured.training_set.lamina[0].rows:,} rows")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
-                                     measured.views),
+                                     measured.views, measured.training_set),
                           report_notes(measured))
 
 
