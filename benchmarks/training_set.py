@@ -149,8 +149,9 @@ def prepare_data(transactions: int, say: Callable[[str], None] = say_nothing,
     table = DeltaTable(master_uri)
     snapshot = int(table.version())
     # as_of: the newest event of any type (build_training_set's default).
+    # Delta keeps timestamps in microseconds: read as ms before taking the integer.
     times = table.to_pyarrow_dataset().to_table(columns=["event_time"]).column("event_time")
-    as_of = int(pc.max(times.cast(pa.int64())).as_py())  # timestamp[ms] -> epoch ms
+    as_of = int(pc.max(times.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())).as_py())
     by_type = {kind: tuple(sorted(table.file_uris(
         file_pruning_predicate=[("event_type", "=", kind)]))) for kind in ("transaction", "label")}
     if not by_type["transaction"]:

@@ -68,6 +68,10 @@ def test_duckdb_training_set_equals_the_python_reference(small_data: Any,
     got = {r["event_id"]: r for r in duckdb.sql(
         f"SELECT * FROM read_parquet('{tmp_path / 'rows.parquet'}')").to_arrow_table().to_pylist()}
     expected = _expected(small_data)
+    # as_of is build_training_set's default: the newest event of any type (ms).
+    newest = max(e["event_time"] for kind in ("transaction", "label")
+                 for e in _raw(small_data.master_uri, kind))
+    assert small_data.as_of_ms == newest
     assert run.rows == len(got) == len(expected) > 1_000
     assert set(got) == set(expected)
     assert sum(r["label"] for r in expected.values()) > 0
