@@ -58,27 +58,30 @@ two meet bit for bit.
 Cost. Per card, ``O(n)`` window moves: each event enters and leaves each
 window once; distinct counts cost an HLL merge when a new value enters a
 window and a rebuild from the window's values when one leaves. Measured
-(issue 12) on this 2-core machine while other engineers' Spark jobs kept its
-load average at 6-16, so wall times are long and noisy; before and after ran
-alternately, twice, in fresh processes (``local[2]``, Lamina's local
-settings), on the events of ``GeneratorConfig(seed=11, cards=1_600,
-transactions=40_000, days=14, malformed_fraction=0, duplicate_fraction=0)``
-imported with ``write_files`` + ``import_files``, ``build_training_set(spark,
-uri, snapshot=None, start_ms=day 4, end_ms=day 13,
-label_maturity_ms=0).count()`` = 25,216 rows (one warm-up, then 3 builds):
+(issue 12) with ``python -m benchmarks.run --only training-set --no-append``
+(``benchmarks/training_set.py``: 40k generated transactions, 1,600 cards,
+14 days, 25,216 rows, ``as_of`` given, a warm ``local[2]`` session, Spark's
+noop sink), run alternately on the code before issue 12 and on this code,
+twice each, at a load average of 2.5-3.5 from other engineers' jobs:
 
-* warm builds: 67-113 s before (222-378 rows/s) -> 25-44 s now (~570-1,010
-  rows/s); CPU of the JVM and the Python workers per build 40-57 s before
+* warm builds: 844-993 rows/s before (25-30 s) -> 2,718-3,493 rows/s now
+  (7.2-9.3 s), best against best 3.5x -- not the 10x the issue asks for;
+  DuckDB computing the same rows: 12,000-19,000 rows/s (Lamina 0.06-0.08x
+  of it before, 0.19-0.20x now);
+* the first build of a session: 408-433 -> 673-724 rows/s;
+* under heavier load (6-16; ``build_training_set(...).count()`` with
+  ``as_of`` defaulted, fresh processes alternating): 222-378 -> ~570-1,010
+  rows/s; CPU of the JVM and the Python workers per build 40-57 s before
   (Python 25-38 s of it: a pandas frame per card in and out) -> 14-21 s
-  now (Python 4-7 s): about 3x, not the 10x the issue asks for;
-* the first build of a session: 127-164 -> 198-245 rows/s;
+  (Python 4-7 s);
 * where the time goes now: JVM CPU 8-14 s per warm build, of which the
   tasks themselves use about 2 s -- most of the rest is the JIT compiling
   (C1/C2 compiler threads: 5-9 s per warm build, 35 s in the first); with
   ``-XX:TieredStopAtLevel=1`` (C1 only, not set: it is session-wide and
   would slow the 10M-event batch views) the first build took 66 s instead
-  of 127 s and warm builds 20-26 s. The sweep itself is ~3-3.5 s of Python
-  CPU for the 25k rows (7-8.5k rows/s on one core, in-process).
+  of 127 s and warm builds 20-26 s under that load. The sweep itself is
+  ~3-3.5 s of Python CPU for the 25k rows (7-8.5k rows/s on one core,
+  in-process).
 
 The one honest skew: the offline features see every event of the snapshot
 before ``t``, including ones that *arrived* after the transaction was scored
