@@ -7,6 +7,7 @@ How to run
     .venv/bin/python -m benchmarks.run --events 300000 --only lander
     .venv/bin/python -m benchmarks.run --quick --no-append   # print only
     .venv/bin/python -m benchmarks.run --only views          # batch views, 10M
+    .venv/bin/python -m benchmarks.run --only training-set   # point-in-time builder
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -66,6 +67,10 @@ Figures (events/s are records of the topic per second of wall time)
   target >= 0.5x) and in bare Spark SQL, then where the job's time goes. The
   master dataset is generated once and cached under `.lamina/bench/`
   (`--views-transactions N` to change its size). Needs no broker.
+* training-set -- the point-in-time training-set builder
+  (`benchmarks/training_set.py`): `build_training_set` on 40k generated
+  transactions (25,216 rows) next to the same features and labels as one
+  DuckDB statement on the same Parquet files (the reference). Needs no broker.
 * training -- examples/s of the fraud MLP on CPU (`benchmarks/training.py`):
   single-process Keras (`train_local`, the reference of these rows) next to
   `train_distributed` with 1 and with 2 Spark barrier workers, same
@@ -144,6 +149,13 @@ from benchmarks.training import (
     training_notes,
     training_rows,
 )
+from benchmarks.training_set import DEFAULT_TRANSACTIONS as TRAINING_SET_TRANSACTIONS
+from benchmarks.training_set import (
+    TrainingSetResults,
+    measure_training_set,
+    training_set_notes,
+    training_set_rows,
+)
 from benchmarks.validation import VALIDATION_PATHS, validation_rate
 from benchmarks.views import (
     DEFAULT_TRANSACTIONS,
@@ -166,7 +178,7 @@ REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
-SUITES = ("lander", "validation", "clients", "views", "training", "stores")
+SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -372,10 +384,13 @@ def _rate_row(figure: str, runs: list[Timed], ref: Timed, target: str, note: str
 def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[str],
                training: TrainingResults | None = None,
                views: ViewsResults | None = None,
-               stores: TileStoreResults | None = None) -> list[Row]:
+               stores: TileStoreResults | None = None,
+               training_set: TrainingSetResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
+    if training_set is not None:
+        rows += training_set_rows(training_set)
     if training is not None:
         rows += training_rows(training)
     if stores is not None:
@@ -519,6 +534,7 @@ class Measured:
     training: TrainingResults | None = None
     views: ViewsResults | None = None
     stores: TileStoreResults | None = None
+    training_set: TrainingSetResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -539,6 +555,13 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
         measured.stores = measure_tile_stores(
             STORE_QUICK_TRANSACTIONS if args.quick else STORE_TRANSACTIONS,
             QUICK_LOOKUPS if args.quick else LOOKUPS)
+    if "training-set" in args.suites:
+        workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-training-set-"))
+        try:
+            measured.training_set = measure_training_set(
+                TRAINING_SET_TRANSACTIONS, set(ctx.cores), args.rounds, say, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
@@ -577,6 +600,8 @@ def report_notes(measured: Measured) -> list[str]:
                                                             measured.pin_note)
     if measured.views is not None:
         notes += views_notes(measured.views)
+    if measured.training_set is not None:
+        notes += training_set_notes(measured.training_set)
     if measured.training is not None:
         notes += training_notes(measured.training)
     if measured.stores is not None:
@@ -614,7 +639,8 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         ("Command", f"`{ctx.command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{ctx.load_before} at start, {load_average()} at end"),
-        ("Versions", versions(measured.training is not None, measured.views is not None)),
+        ("Versions", versions(measured.training is not None,
+                              measured.views is not None or measured.training_set is not None)),
     ]
     if loaded is not None:
         facts.append(("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, "
@@ -629,11 +655,14 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"views over {measured.views.data.rows:,} transactions")
     if measured.stores is not None:
         sizes.append(f"tile stores over {measured.stores.data.transactions:,} transactions")
+    if measured.training_set is not None and measured.training_set.lamina:
+        sizes.append(f"training set of {measured.training_set.lamina[0].rows:,} rows")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
-                                     measured.views, measured.stores),
+                                     measured.views, measured.stores,
+                                     measured.training_set),
                           report_notes(measured))
 
 

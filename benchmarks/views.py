@@ -29,7 +29,7 @@ per second of wall time; every run writes its output, none is cached)
   from the events (DuckDB has no mergeable HLL partial to roll up).
 * Lamina batch views -- `run_batch_views(force=True)` into a fresh views
   table: the whole job as `lamina batch run` runs it (read, parse, dedup,
-  5-min tiles, roll-ups to 1 h and 1 d, deterministic sums, canonical
+  5-min tiles, roll-ups to 1 h and 1 d, int64 fixed-point sums, canonical
   DataSketches HLL images through an Arrow UDF, one Delta commit with its
   metadata). Target >= 0.5x DuckDB (ARCHITECTURE.md).
 * bare Spark SQL -- the DuckDB statement translated to Spark SQL

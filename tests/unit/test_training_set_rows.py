@@ -86,3 +86,27 @@ def test_honest_rows_pass_the_leak_check_and_leaky_ones_fail_it(
     report = ts.check_point_in_time(leaky, events, sample=None)
     assert not report.ok
     assert len({m.event_id for m in report.mismatches}) == len(leaky)
+
+
+def test_a_partition_streamed_in_arrow_batches_gives_each_cards_rows(
+        by_card: dict[str, list[dict[str, Any]]]) -> None:
+    # What each Spark task runs (mapInArrow): events grouped by card, cut
+    # into batches anywhere -- a card's events may span batches.
+    import pyarrow as pa
+
+    events = [e for card in sorted(by_card) for e in by_card[card][::-1]]
+    marked = [{**e, "label": i % 2} for i, e in enumerate(events)]
+    table = pa.Table.from_pylist(marked)
+    schema = ts._output_schema(CARD_VIEWS, "label")
+    expected = [row for card in sorted(by_card)
+                for row in ts.card_rows(CARD_VIEWS, [e for e in marked if e["card_id"] == card],
+                                        *WINDOW, query_column="label")]
+    for size in (1, 7, 500, 100_000):
+        batches = table.to_batches(max_chunksize=size)
+        out = list(ts._partition_rows(iter(batches), CARD_VIEWS, *WINDOW, schema,
+                                      query_column="label", lookahead_ms=0))
+        assert all(batch.schema == schema for batch in out)
+        got = [row for batch in out for row in batch.to_pylist()]
+        assert repr(got) == repr(expected)
+    assert list(ts._partition_rows(iter([]), CARD_VIEWS, *WINDOW, schema,
+                                   query_column="label", lookahead_ms=0)) == []
