@@ -283,6 +283,20 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{done} {result['files']} files ({_human_bytes(result['bytes'])}) of "
               f"{result['views_uri']}; retention {result['retain_hours']} h", file=sys.stderr)
         return 0
+    if args.action == "publish":
+        from lamina.batch.store_publish import batch_publish_command, parse_store_options
+
+        result = batch_publish_command(
+            settings, store=args.store, options=parse_store_options(args.store_option),
+            version=args.version, publish_interval_ms=round(args.publish_interval_hours
+                                                            * 3_600_000),
+            master=args.master)
+        print(json.dumps(result, indent=2))
+        print(f"{result['status']}: views version {result['batch_version']} (cutoff "
+              f"{_iso(result['cutoff_ms'])}, answers until {_iso(result['horizon_ms'])}) in the "
+              f"{result['store']} tile store"
+              + (f"; {result['reason']}" if result["reason"] else ""), file=sys.stderr)
+        return 0
     cutoff = _utc_ms(args.cutoff) if args.cutoff else None
     result = batch_run_command(settings, args.snapshot, cutoff, args.master, force=args.force)
     print(json.dumps(result, indent=2, default=str))
@@ -712,6 +726,25 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: the latest event time, floored)")
     p.add_argument("--master", help="Spark master URL (default local[2])")
     p.add_argument("--force", action="store_true", help="publish even if already published")
+    p.set_defaults(func=cmd_batch)
+    p = actions.add_parser("publish", help="publish a batch view into the tile store",
+                           description="Collapse each card's tiles of one published views "
+                                       "version into one batch record (Spark) and switch the "
+                                       "tile store to them atomically; then drop realtime tiles "
+                                       "before the cutoff. Publishing the same version again "
+                                       "is skipped; an older one is refused (superseded).")
+    p.add_argument("--version", type=_non_negative_int,
+                   help="views table version (default: the latest)")
+    p.add_argument("--store", choices=["sqlite", "redis"], default="sqlite",
+                   help="tile store (default: the embedded SQLite store, <home>/tiles.db)")
+    p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a store option, repeatable (sqlite: path, busy_timeout_ms, "
+                        "synchronous, wal_autocheckpoint, publish_chunk; redis: url, prefix, "
+                        "publish_chunk, socket_timeout_s)")
+    p.add_argument("--publish-interval-hours", type=_positive_float, default=24.0,
+                   metavar="H", help="expected time to the next publish; lookups are answered "
+                                     "until cutoff + 2H (default 24)")
+    p.add_argument("--master", help="Spark master URL (default local[2])")
     p.set_defaults(func=cmd_batch)
     p = actions.add_parser("vacuum", help="delete the files of views replaced long ago",
                            description="Delete view files that were replaced by a publish more "
