@@ -3,6 +3,7 @@ each figure next to a raw store operation on the same records.
 
     .venv/bin/python -m benchmarks.tile_store            # 150k transactions, appends
     .venv/bin/python -m benchmarks.tile_store --quick --no-append
+    .venv/bin/python -m benchmarks.tile_store --only publish   # from a views table, 1M
 
 The data (built once per run, not a figure)
 -------------------------------------------
@@ -42,6 +43,24 @@ read ran beside it, interleaved).
   request: this is the part the store and the lookup take.
   The three reads are interleaved per card (raw, snapshot, features, in a
   random order) so they share the machine's conditions.
+
+Publishing from the batch layer (``--only publish``, or both by default)
+--------------------------------------------------------------------------
+The batch layer's publish into the store (``lamina.batch.store_publish.
+publish_to_store``) on the views of N generated transactions (default
+1M; the master dataset of ``benchmarks/views.py``, cached under
+``.lamina/bench/``, ``default_cutoff``). Per round: the views job
+(``run_batch_views(force=True)``: tiles and their one Delta commit) --
+THE REFERENCE, the Delta publish of the same view -- then
+``publish_to_store`` of that views version into a fresh SQLite store and
+a fresh Redis database (daily publish: ``H = T + 2 d``). Its time is split
+into building the records in Spark (reading the Delta version's tiles
+that a record can use, partitioned and sorted by card,
+``build_batch_record`` per card in ``mapInArrow``; persisted and counted)
+and the store part (streaming the records to the driver,
+``publish_batch``'s writes and switch, ``drop_realtime_before``). Spark
+``local[2]`` with Lamina's local settings; nothing pinned (Spark uses both
+cores); ROUNDS rounds, the best of each figure.
 """
 
 from __future__ import annotations
@@ -448,6 +467,122 @@ def measure_tile_stores(transactions: int, lookups: int, pin: bool = True) -> Ti
     return TileStoreResults(data, results, pinned)
 
 
+# -- publishing from a views table -------------------------------------------------
+
+PUBLISH_TRANSACTIONS = 1_000_000
+QUICK_PUBLISH_TRANSACTIONS = 100_000
+
+
+@dataclass(frozen=True)
+class PublishRun:
+    store: str
+    seconds: float  # publish_to_store, all of it
+    records_seconds: float  # Spark: the records, persisted and counted
+    store_seconds: float  # streaming them into publish_batch, the switch
+    records: int
+
+
+@dataclass
+class PublishResults:
+    data: Any  # benchmarks.views.ViewsData
+    views_runs: list[Any] = field(default_factory=list)  # benchmarks.views.ViewsRun
+    runs: dict[str, list[PublishRun]] = field(default_factory=dict)
+    spark_start_s: float | None = None
+
+
+def measure_publish(transactions: int, rounds: int = ROUNDS) -> PublishResults:
+    """``rounds`` rounds of the views job (Delta publish) and then
+    ``publish_to_store`` of the same views version into each store."""
+    from benchmarks import views as views_bench
+    from lamina.batch import spark as lamina_spark
+    from lamina.batch.store_publish import publish_to_store
+    from lamina.schemas.card_views import CARD_VIEWS
+    from lamina.stores import open_store
+
+    data = views_bench.prepare_data(transactions, say)
+    say(f"publish data: {data.describe()}")
+    results = PublishResults(data, runs={name: [] for name in STORES})
+    workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-publish-"))
+    views_uri = workdir / "views"
+    spark = lamina_spark.spark_session("local[2]", app_name="lamina-bench-publish",
+                                       extra_conf={"spark.ui.enabled": "false"})
+    results.spark_start_s = lamina_spark.last_start_seconds
+    try:
+        with redis_server(workdir) as (url, _):
+            for round_no in range(1, rounds + 1):
+                views_run = views_bench.run_lamina(spark, data, views_uri)
+                results.views_runs.append(views_run)
+                say(f"round {round_no}: views job {views_run.seconds:.1f} s, "
+                    f"{views_run.tiles_out:,} tiles")
+                for name in STORES:
+                    if name == "sqlite":
+                        db = workdir / f"tiles-{round_no}.db"
+                        store = open_store("sqlite", path=str(db))
+                    else:
+                        store = open_store("redis", url=url, prefix=f"bench{round_no}")
+                    try:
+                        began = time.perf_counter()
+                        outcome = publish_to_store(spark, str(views_uri), store, CARD_VIEWS)
+                        seconds = time.perf_counter() - began
+                    finally:
+                        store.close()
+                    if outcome.status != "published" or outcome.records is None:
+                        raise BenchmarkError(f"publish_to_store into {name} returned "
+                                             f"{outcome.status!r}: {outcome.reason}")
+                    run = PublishRun(name, seconds, outcome.records_seconds,
+                                     outcome.store_seconds, outcome.records)
+                    results.runs[name].append(run)
+                    say(f"round {round_no}: publish to {name} {seconds:.1f} s ({run.records:,} "
+                        f"records: Spark {run.records_seconds:.1f} s, store "
+                        f"{run.store_seconds:.1f} s)")
+    finally:
+        spark.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def publish_rows(results: PublishResults) -> list[Row]:
+    views = min(results.views_runs, key=lambda r: r.seconds)
+    reference = f"views job (Delta publish) {views.seconds:.1f} s"
+    rows = [Row("views job: tiles + one Delta commit (run_batch_views, reference)",
+                f"{views.seconds:.1f} s", "—", "1.00×", "—",
+                f"{views.rows_in:,} transaction rows → {views.tiles_out:,} tiles; best of "
+                f"{len(results.views_runs)}: "
+                + ", ".join(f"{r.seconds:.1f} s" for r in results.views_runs))]
+    for name, runs in results.runs.items():
+        best = min(runs, key=lambda r: r.seconds)
+        rows += [
+            Row(f"publish into the {name} tile store (publish_to_store)",
+                f"{best.seconds:.1f} s ({best.records / best.seconds:,.0f} records/s)",
+                reference, fmt_ratio(best.seconds / views.seconds), "—",
+                f"{best.records:,} batch records from {views.tiles_out:,} tiles; ratio = its "
+                f"time / the views job's; best of {len(runs)}: "
+                + ", ".join(f"{r.seconds:.1f} s" for r in runs)),
+            Row(f"publish into {name}: records in Spark (mapInArrow, sorted by card)",
+                f"{best.records_seconds:.1f} s", f"publish {best.seconds:.1f} s",
+                f"{best.records_seconds / best.seconds:.0%}", "—",
+                "read the Delta version, the tiles a record can use, build_batch_record per "
+                "card; persisted and counted"),
+            Row(f"publish into {name}: records to the store, switch, drop",
+                f"{best.store_seconds:.1f} s", f"publish {best.seconds:.1f} s",
+                f"{best.store_seconds / best.seconds:.0%}", "—",
+                "streamed to the driver a partition at a time (toLocalIterator), "
+                "publish_batch, drop_realtime_before"),
+        ]
+    return rows
+
+
+def publish_notes(results: PublishResults) -> list[str]:
+    spark = (f"started in {results.spark_start_s:.1f} s (not timed)"
+             if results.spark_start_s is not None else "")
+    return [
+        f"Publish data: {results.data.describe()}; cutoff {results.data.cutoff_ms} (epoch ms).",
+        f"Spark `local[2]` with Lamina's local settings, {spark}; nothing pinned. Each round "
+        "runs the views job, then publishes that views version into a fresh SQLite file and "
+        "a fresh Redis key prefix.",
+    ]
+
+
 # -- the report --------------------------------------------------------------------
 
 
@@ -514,20 +649,30 @@ def tile_store_notes(results: TileStoreResults) -> list[str]:
     ]
 
 
-def render(results: TileStoreResults, command: str, commit: str, started: datetime,
-           load_before: str, seconds: float) -> str:
+def render(results: TileStoreResults | None, published: PublishResults | None, command: str,
+           commit: str, started: datetime, load_before: str, seconds: float) -> str:
     facts = [
         ("Date", started.strftime("%Y-%m-%d %H:%M UTC")),
         ("Commit", f"`{commit}`"),
         ("Command", f"`{command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{load_before} at start, {load_average()} at end"),
-        ("Data", results.data.describe()),
-        ("Duration", f"{seconds:.0f} s"),
     ]
-    title = (f"{started:%Y-%m-%d %H:%M} UTC · tile stores over "
-             f"{results.data.transactions:,} transactions · `{commit}`")
-    return render_section(title, facts, tile_store_rows(results), tile_store_notes(results))
+    rows: list[Row] = []
+    notes: list[str] = []
+    parts = []
+    if results is not None:
+        facts.append(("Data", results.data.describe()))
+        rows += tile_store_rows(results)
+        notes += tile_store_notes(results)
+        parts.append(f"tile stores over {results.data.transactions:,} transactions")
+    if published is not None:
+        rows += publish_rows(published)
+        notes += publish_notes(published)
+        parts.append(f"store publish over {published.data.rows:,} transactions")
+    facts.append(("Duration", f"{seconds:.0f} s"))
+    title = f"{started:%Y-%m-%d %H:%M} UTC · {'; '.join(parts)} · `{commit}`"
+    return render_section(title, facts, rows, notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,21 +684,37 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not pin redis-server and this process to cores 1 and 0")
     parser.add_argument("--no-append", action="store_true",
                         help="print the table only; do not append it to docs/benchmarks.md")
+    parser.add_argument("--only", choices=["stores", "publish"],
+                        help="only the store figures, or only publishing from a views table "
+                             "(default: both)")
+    parser.add_argument("--publish-transactions", type=int, default=None, metavar="N",
+                        help=f"transactions behind the published views (default "
+                             f"{PUBLISH_TRANSACTIONS:,}; --quick {QUICK_PUBLISH_TRANSACTIONS:,})")
     args = parser.parse_args(argv)
+    publish_n = args.publish_transactions or (QUICK_PUBLISH_TRANSACTIONS if args.quick
+                                              else PUBLISH_TRANSACTIONS)
+    if publish_n < 1000:
+        parser.error("--publish-transactions must be at least 1000")
     started = datetime.now(UTC)
     load_before = load_average()
     began = time.monotonic()
     commit = git_commit(REPO)
     command = " ".join([".venv/bin/python", "-m", "benchmarks.tile_store",
                         *(sys.argv[1:] if argv is None else argv)])
+    results: TileStoreResults | None = None
+    published: PublishResults | None = None
     try:
-        results = measure_tile_stores(
-            QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS,
-            QUICK_LOOKUPS if args.quick else LOOKUPS, pin=not args.no_pin)
+        if args.only in (None, "stores"):
+            results = measure_tile_stores(
+                QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS,
+                QUICK_LOOKUPS if args.quick else LOOKUPS, pin=not args.no_pin)
+        if args.only in (None, "publish"):
+            published = measure_publish(publish_n)
     except BenchmarkError as exc:
         say(f"benchmark failed: {exc}")
         return 1
-    section = render(results, command, commit, started, load_before, time.monotonic() - began)
+    section = render(results, published, command, commit, started, load_before,
+                     time.monotonic() - began)
     print(section)
     if not args.no_append:
         append_section(REPORT, section)

@@ -220,6 +220,22 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{done} {result['files']} files ({human_bytes(result['bytes'])}) of "
               f"{result['views_uri']}; retention {result['retain_hours']} h", file=sys.stderr)
         return 0
+    if args.action == "publish":
+        from lamina.batch.evaluate import iso_utc
+        from lamina.batch.store_publish import batch_publish_command, parse_store_options
+
+        result = batch_publish_command(
+            settings, store=args.store, options=parse_store_options(args.store_option),
+            version=args.version, publish_interval_ms=round(args.publish_interval_hours
+                                                            * 3_600_000),
+            master=args.master)
+        print(json.dumps(result, indent=2))
+        print(f"{result['status']}: views version {result['batch_version']} (cutoff "
+              f"{iso_utc(result['cutoff_ms'])}, answers until "
+              f"{iso_utc(result['horizon_ms'])}) in the "
+              f"{result['store']} tile store"
+              + (f"; {result['reason']}" if result["reason"] else ""), file=sys.stderr)
+        return 0
     cutoff = _utc_ms(args.cutoff) if args.cutoff else None
     result = batch_run_command(settings, args.snapshot, cutoff, args.master, force=args.force)
     print(json.dumps(result, indent=2, default=str))
@@ -431,8 +447,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", type=int, help="master dataset version (default: latest)")
     p.add_argument("--cutoff", help="ISO-8601 UTC cutoff, a multiple of the largest tile hop "
                                     "(default: the latest event time, floored)")
-    p.add_argument("--master", help="Spark master URL (default local[2])")
+    p.add_argument("--master",
+                   help="Spark master URL (default: [spark] master in the settings, local[2])")
     p.add_argument("--force", action="store_true", help="publish even if already published")
+    p.set_defaults(func=cmd_batch)
+    p = actions.add_parser("publish", help="publish a batch view into the tile store",
+                           description="Collapse each card's tiles of one published views "
+                                       "version into one batch record (Spark) and switch the "
+                                       "tile store to them atomically; then drop realtime tiles "
+                                       "before the cutoff. Publishing the same version again "
+                                       "is skipped; an older one is refused (superseded).")
+    p.add_argument("--version", type=_non_negative_int,
+                   help="views table version (default: the latest)")
+    p.add_argument("--store", choices=["sqlite", "redis"],
+                   help="tile store kind (default: [tile_store] kind in the settings, "
+                        "sqlite = the embedded store at <home>/tiles.db)")
+    p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a store option over [tile_store] options, repeatable (sqlite: path, "
+                        "busy_timeout_ms, "
+                        "synchronous, wal_autocheckpoint, publish_chunk; redis: url, prefix, "
+                        "publish_chunk, socket_timeout_s)")
+    p.add_argument("--publish-interval-hours", type=_positive_float, default=24.0,
+                   metavar="H", help="expected time to the next publish; lookups are answered "
+                                     "until cutoff + 2H (default 24)")
+    p.add_argument("--master",
+                   help="Spark master URL (default: [spark] master in the settings, local[2])")
     p.set_defaults(func=cmd_batch)
     p = actions.add_parser("vacuum", help="delete the files of views replaced long ago",
                            description="Delete view files that were replaced by a publish more "
@@ -460,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maturity-days", type=_positive_float, default=30.0,
                    help="unlabelled transactions older than this count as genuine (default 30)")
     p.add_argument("--out", help="output folder (default: <home>/training_sets/START_END)")
-    p.add_argument("--master", help="Spark master URL (default local[2])")
+    p.add_argument("--master",
+                   help="Spark master URL (default: [spark] master in the settings, local[2])")
     p.set_defaults(func=cmd_training_set)
 
     p = sub.add_parser("train", help="train a model on a training set and register it",
@@ -474,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workers", type=int, default=0,
                    help="Spark barrier workers (0: train in this process)")
-    p.add_argument("--master", help="Spark master URL for --workers (default local[2])")
+    p.add_argument("--master",
+                   help="Spark master URL for --workers (default: [spark] master in the settings)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="backtest a candidate against the champion; promote "

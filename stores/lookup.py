@@ -68,13 +68,13 @@ wrongly; pick ``H`` with slack (``horizon_ms``).
 from __future__ import annotations
 
 import bisect
-import hashlib
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import orjson
 
+from lamina.lineage import fingerprint
 from lamina.schemas.aggregations import FeatureValue
 from lamina.schemas.views import GroupBy, Partials, Tiles, Window
 from lamina.stores.base import (
@@ -92,9 +92,9 @@ _MISSING: Final = object()
 
 
 def definition_fingerprint(group: GroupBy) -> str:
-    """A hash of the view definition (frozen dataclasses print stably); the
-    batch layer's ``definition_fingerprint`` is the same function."""
-    return hashlib.sha256(repr(group).encode()).hexdigest()[:16]
+    """The fingerprint of a view definition: ``lamina.lineage.fingerprint``,
+    the one the batch layer records with every published view."""
+    return fingerprint(group)
 
 
 def horizon_ms(cutoff_ms: int, publish_interval_ms: int, slack: float = 1.0) -> int:
