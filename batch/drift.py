@@ -37,7 +37,7 @@ shift, > 0.25 a major shift.
 Warm-up: a feature is compared only where its window is covered
 ---------------------------------------------------------------
 A feature of window ``W`` (hop ``h``) at time ``t`` covers ``floor((t - W) /
-h) * h <= event_time < t`` (``lamina.schemas.views.window_range``). Over data
+h) * h <= event_time < t`` (``lamina.schemas.view_definitions.window_range``). Over data
 that starts at ``S`` it is truncated -- smaller counts, sums, distinct
 counts -- until that start reaches ``S``: ``t >= ceil(S / h) * h + W``
 (:meth:`FeatureWindow.eligible_from`). A 30-day count in the first ten days
@@ -350,7 +350,7 @@ def _ceil_to(value: int, step: int) -> int:
 def _sample_event(event_type: str) -> dict[str, Any]:
     """A payload valid in shape for the latest schema of ``event_type``, made
     from the schema itself (const, first enum value, a bound or 1, "x")."""
-    from lamina.schemas.registry import default_registry
+    from lamina.schemas.event_schemas import default_registry
 
     registry = default_registry()
     schema = registry.get(event_type, registry.latest(event_type))
@@ -418,7 +418,7 @@ def feature_windows(features: Iterable[str], group: Any = None,
 def _probe(group: Any, vectorise: Vectoriser,
            view_windows: Mapping[str, tuple[Any, Any]]) -> dict[str, set[str]]:
     """Model feature -> the view features it reads (see feature_windows)."""
-    from lamina.schemas.views import field_value
+    from lamina.schemas.view_definitions import field_value
 
     event = _sample_event(group.event_type)
     earlier = {**event, "event_id": "drift-probe", "event_time": int(event["event_time"]) - 1}

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lamina.errors import ConfigError
-from lamina.schemas.registry import SchemaRegistry, default_registry
+from lamina.schemas.event_schemas import SchemaRegistry, default_registry
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from lamina.errors import DatasetError
 from lamina.lineage import fingerprint
-from lamina.schemas.views import GroupBy, TileKey, tile_schema
+from lamina.schemas.view_definitions import GroupBy, TileKey, tile_schema
 
 METADATA_FORMAT = "lamina.batch_view/1"
 #: Commits that change no rows: a vacuum is logged as two of them (delta-rs
@@ -139,7 +139,7 @@ class BatchViewStore:
     ``refresh()`` loads the latest published version (atomically: metadata
     and rows of one Delta version); reads between refreshes see that version.
     ``tiles_for(entity, hop_ms)`` returns the entity's tiles of one hop in the
-    contract of ``lamina.schemas.views.tile_schema`` (entity column named
+    contract of ``lamina.schemas.view_definitions.tile_schema`` (entity column named
     after the group's entity key, only the aggregates stored at that hop),
     sorted by tile_start.
     """
@@ -189,7 +189,7 @@ class BatchViewStore:
 
     def partials_for(self, entity: str) -> dict[int, dict[TileKey, dict[str, Any]]]:
         """The entity's tiles as the Python reference takes them
-        (``lamina.schemas.views.features_at``): ``{hop: {(entity, tile_start):
+        (``lamina.schemas.view_definitions.features_at``): ``{hop: {(entity, tile_start):
         {aggregate: partial}}}``, partials read with ``from_storage``."""
         out: dict[int, dict[TileKey, dict[str, Any]]] = {}
         for hop in self.group.hops():

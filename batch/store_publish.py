@@ -60,7 +60,7 @@ from lamina.errors import ConfigError
 from lamina.lineage import code_version as _code_version
 from lamina.lineage import fingerprint
 from lamina.logs import get_logger
-from lamina.schemas.views import DAY_MS, GroupBy
+from lamina.schemas.view_definitions import DAY_MS, GroupBy
 from lamina.stores import (
     BatchRecord,
     BatchView,

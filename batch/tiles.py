@@ -28,7 +28,7 @@ then one column per aggregate, in declaration order, typed exactly as its
 ``arrow_type``. A row exists for every (entity, hop, tile) with at least one
 event of the group's type before the cutoff (filters only decide what an
 event contributes, so a tile may hold zeros). An aggregate that has no
-window with a row's hop is null in that row: ``lamina.schemas.views
+window with a row's hop is null in that row: ``lamina.schemas.view_definitions
 .tile_schema(group, hop)`` lists the columns that are meaningful per hop.
 
 Determinism
@@ -57,7 +57,7 @@ import pyarrow as pa
 
 from lamina.errors import ConfigError
 from lamina.schemas.aggregations import HLL_LG_K, UNIT_LIMIT
-from lamina.schemas.views import DERIVED_FIELDS, Aggregate, Filter, GroupBy, value_kind
+from lamina.schemas.view_definitions import DERIVED_FIELDS, Aggregate, Filter, GroupBy, value_kind
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame

@@ -23,7 +23,7 @@ events before t, card, t)`` returns, then ``model_features(event, views)``.
 "Before" is strict (ARCHITECTURE.md, "Time, windows and 'before'"): only
 events with ``event_time < t`` count, so neither the event itself nor
 anything at or after ``t`` can, and the windows are the sawtooth ones of
-``lamina.schemas.views``. History before ``start_ms`` is read (lifetime and
+``lamina.schemas.view_definitions``. History before ``start_ms`` is read (lifetime and
 30-day windows need it); nothing at or after ``end_ms`` is (no row could
 use it). Every transaction in the window gets its features; the label
 rules then drop the rows whose outcome is not known (below).
@@ -126,7 +126,7 @@ from lamina.errors import ConfigError
 from lamina.logs import get_logger
 from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
 from lamina.schemas.pit import FeatureSweep
-from lamina.schemas.views import DAY_MS, GroupBy, features_from_events
+from lamina.schemas.view_definitions import DAY_MS, GroupBy, features_from_events
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,8 +181,7 @@ def code_version() -> str:
 
     from lamina import __version__
     from lamina.batch import events
-    from lamina.schemas import aggregations, card_views
-    from lamina.schemas import views as view_definitions
+    from lamina.schemas import aggregations, card_views, view_definitions
 
     digest = hashlib.sha256()
     for module in (events, aggregations, card_views, view_definitions):

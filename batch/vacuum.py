@@ -19,7 +19,7 @@ from pyarrow.fs import FileType
 
 from lamina.batch.published import ViewsError, _metadata_of
 from lamina.logs import get_logger
-from lamina.schemas.views import GroupBy
+from lamina.schemas.view_definitions import GroupBy
 
 if TYPE_CHECKING:
     from lamina.config import Settings

@@ -50,7 +50,7 @@ from lamina.errors import DatasetError
 from lamina.lineage import code_version as _code_version
 from lamina.logs import get_logger
 from lamina.master.dataset import MasterDataset
-from lamina.schemas.views import GroupBy
+from lamina.schemas.view_definitions import GroupBy
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -88,7 +88,7 @@ class BatchRunResult:
 #: The modules that compute tiles: a change to them reruns a view, a change
 #: anywhere else does not.
 TILE_MODULES = ("lamina.batch.events", "lamina.batch.tiles", "lamina.batch.views",
-                "lamina.schemas.aggregations", "lamina.schemas.views")
+                "lamina.schemas.aggregations", "lamina.schemas.view_definitions")
 
 
 def code_version() -> str:

@@ -144,7 +144,7 @@ def prepare_data(transactions: int) -> TileData:
 
     from lamina.generator import KIND_VALID, GeneratorConfig, generate
     from lamina.schemas.card_views import CARD_VIEWS
-    from lamina.schemas.views import DAY_MS, HOUR_MS, build_tiles
+    from lamina.schemas.view_definitions import DAY_MS, HOUR_MS, build_tiles
     from lamina.stores import TileRow
     from lamina.stores.codec import TileCodec
     from lamina.stores.lookup import batch_records, horizon_ms

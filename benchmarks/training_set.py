@@ -53,7 +53,7 @@ from benchmarks.report import Row
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from lamina.schemas.views import Aggregate, GroupBy, Window
+    from lamina.schemas.view_definitions import Aggregate, GroupBy, Window
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_ROOT = REPO / ".lamina" / "bench"

@@ -67,7 +67,7 @@ from benchmarks.report import Row
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from lamina.schemas.views import Aggregate, GroupBy
+    from lamina.schemas.view_definitions import Aggregate, GroupBy
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_ROOT = REPO / ".lamina" / "bench"
@@ -244,7 +244,7 @@ _DERIVED_SQL: dict[str, Callable[[Dialect], str]] = {
 
 def _json_types(event_type: str) -> dict[str, str]:
     """JSON type of every property of every version of `event_type`."""
-    from lamina.schemas.registry import default_registry
+    from lamina.schemas.event_schemas import default_registry
 
     registry = default_registry()
     types: dict[str, str] = {}
@@ -319,7 +319,7 @@ def _null_sql(aggregate: Aggregate, dialect: Dialect) -> str:
 def views_sql(group: GroupBy, source: str, cutoff_ms: int, dialect: Dialect) -> str:
     """One SELECT computing every hop's tiles of `group` from the master rows
     in relation `source` (columns of MASTER_SCHEMA minus partitions)."""
-    from lamina.schemas.views import DERIVED_FIELDS
+    from lamina.schemas.view_definitions import DERIVED_FIELDS
 
     json_types = _json_types(group.event_type)
     payload_fields: dict[str, str] = {group.entity_key: "string"}

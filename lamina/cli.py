@@ -320,7 +320,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from lamina.schemas import compat
-    from lamina.schemas.registry import default_registry
+    from lamina.schemas.event_schemas import default_registry
 
     if args.action == "list":
         registry = default_registry()

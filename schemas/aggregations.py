@@ -76,7 +76,7 @@ partials always present equal floats.
 * Bounds. A value is lifted only if ``|value| * 10**scale < 2**48`` (about
   2.8e12 at scale 2), where float64 resolves a tenth of a unit and the rule
   is exact; anything larger raises ValueError. Event schemas bound the field
-  (``lamina.schemas.views.check_against_schema`` requires a minimum and a
+  (``lamina.schemas.view_definitions.check_against_schema`` requires a minimum and a
   maximum and checks them against this limit). A partial overflows int64
   only after ``(2**63 - 1) / (max |value| * 10**scale)`` values in one tile
   or window of one entity -- 9.2e10 transactions of the schema's maximum

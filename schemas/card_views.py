@@ -3,7 +3,7 @@
 :data:`CARD_VIEWS` aggregates ``transaction`` events per ``card_id``;
 :data:`FEATURES` is the model's input, in order; :func:`model_features` turns
 one event plus its view features (as of just before the event, see
-``lamina.schemas.views``) into that vector -- the one function used online
+``lamina.schemas.view_definitions``) into that vector -- the one function used online
 (speed layer) and offline (training set), so there is no skew by
 construction.
 
@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from lamina.schemas.contract import FeatureContract, LabelRule
-from lamina.schemas.views import WINDOWS, Aggregate, Filter, GroupBy, field_value
+from lamina.schemas.view_definitions import WINDOWS, Aggregate, Filter, GroupBy, field_value
 
 _W = WINDOWS
 # Hour-of-day histogram: bucket h holds hour h (bounds 1..23 -> 24 buckets).

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lamina.schemas.registry import (
+from lamina.schemas.event_schemas import (
     ENTITY_KEY_KEYWORD,
     SchemaError,
     SchemaRegistry,

@@ -5,7 +5,7 @@ holds, as data:
 
 * the **query events** that get a feature row (and a score online): an event
   type, keyed by the entity key of its view groups;
-* the **view groups** (``lamina.schemas.views.GroupBy``) whose features are
+* the **view groups** (``lamina.schemas.view_definitions.GroupBy``) whose features are
   read as of just before each query event;
 * the **request fields** of the query event itself the vectoriser reads, and
   the **context columns** kept beside the features (for slices);
@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from lamina.errors import ConfigError
 from lamina.lineage import fingerprint
-from lamina.schemas.views import DAY_MS, GroupBy
+from lamina.schemas.view_definitions import DAY_MS, GroupBy
 
 #: ``(event payload, view features) -> {feature name: value}``.
 Vectoriser = Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, float]]

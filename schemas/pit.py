@@ -2,7 +2,7 @@
 
 ``FeatureSweep(group, events, entity)`` answers ``features_before(t)`` for
 non-decreasing query times ``t`` with exactly what the reference
-``lamina.schemas.views.features_from_events(group, events, entity, t)``
+``lamina.schemas.view_definitions.features_from_events(group, events, entity, t)``
 returns when given the events sorted by ``(event_time, event_id)`` -- the
 same keys in the same order, the same values bit for bit (sums, means, HLL
 estimates included) -- but without rescanning the entity's
@@ -63,7 +63,7 @@ from lamina.schemas.aggregations import (
     Min,
     Sum,
 )
-from lamina.schemas.views import Aggregate, GroupBy, Window, field_value, window_range
+from lamina.schemas.view_definitions import Aggregate, GroupBy, Window, field_value, window_range
 
 _UNLIFTED: Final = object()
 

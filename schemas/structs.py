@@ -50,7 +50,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import msgspec
 
-from lamina.schemas.registry import ENTITY_KEY_KEYWORD, SchemaRegistry
+from lamina.schemas.event_schemas import ENTITY_KEY_KEYWORD, SchemaRegistry
 
 # orjson reads integer literals from -2**63 to 2**64 - 1 as int and anything
 # beyond as float; msgspec's bounds must fit an int64. Integer fields take

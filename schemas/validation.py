@@ -52,7 +52,7 @@ import orjson
 
 from lamina.errors import ConfigError
 from lamina.logs import get_logger
-from lamina.schemas.registry import SchemaRegistry, default_registry
+from lamina.schemas.event_schemas import SchemaRegistry, default_registry
 from lamina.schemas.structs import TypedDecoder
 
 OVERSIZED = "oversized"

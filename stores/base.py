@@ -19,7 +19,7 @@ store keeps, per view (a ``GroupBy``, by name):
   position the writer stored with its last tiles (``read_offsets``).
 
 Units and shapes: every time is epoch milliseconds UTC (an ``int``); hops
-and tile starts follow ``lamina.schemas.views`` (a tile of hop ``h`` covers
+and tile starts follow ``lamina.schemas.view_definitions`` (a tile of hop ``h`` covers
 ``[tile_start, tile_start + h)``, ``tile_start`` a multiple of ``h``).
 Partials and batch records are opaque ``bytes`` to the store; their format
 is ``lamina.stores.codec`` and ``lamina.stores.lookup``'s business.

@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 
 from lamina.schemas.aggregations import Aggregation
-from lamina.schemas.views import GroupBy
+from lamina.schemas.view_definitions import GroupBy
 
 Convert = Callable[[Any], Any]
 

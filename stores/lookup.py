@@ -13,7 +13,7 @@ H`` (``H``, the horizon, is ``T`` plus the expected interval until the next
 publish, with some slack). For a window of length ``W`` and hop ``h`` the
 batch part at ``t`` is the merge of the batch tiles with ``start(t) <=
 tile_start < T``, where ``start(t) = floor((t - W) / h) * h`` (the sawtooth
-start, ``lamina.schemas.views.window_range``). Over ``[T, H)`` the start
+start, ``lamina.schemas.view_definitions.window_range``). Over ``[T, H)`` the start
 moves from ``T - W`` to ``S = floor((H - 1 - W) / h) * h``, so:
 
 * the tiles in ``[S, T)`` are needed whole by every query: they are
@@ -45,7 +45,7 @@ per hop are bounded by the longest window at that hop and by ``H - T``
 Equality with the reference (tested with hypothesis on random events and
 query times): for every ``t`` in ``[T, H)``, with batch tiles from the
 events before ``T`` and realtime tiles from the events in ``[T, t)``, the
-features equal ``lamina.schemas.views.features_at`` over all tiles (and
+features equal ``lamina.schemas.view_definitions.features_at`` over all tiles (and
 ``features_from_events``). Two conditions, both part of the design:
 
 * merges are exact (invariant 3): the suffixes merge in a different grouping
@@ -76,7 +76,7 @@ import orjson
 
 from lamina.lineage import fingerprint
 from lamina.schemas.aggregations import FeatureValue
-from lamina.schemas.views import GroupBy, Partials, Tiles, Window
+from lamina.schemas.view_definitions import GroupBy, Partials, Tiles, Window
 from lamina.stores.base import (
     BatchRecord,
     EntitySnapshot,
@@ -197,7 +197,7 @@ def batch_records(group: GroupBy, tiles_by_hop: Mapping[int, Tiles], cutoff_ms: 
                   horizon: int) -> Iterator[BatchRecord]:
     """``build_batch_record`` for every entity of ``tiles_by_hop`` (the
     reference layout, ``{hop: {(entity, tile_start): partials}}``, as
-    ``lamina.schemas.views.build_tiles`` returns per hop), entities in
+    ``lamina.schemas.view_definitions.build_tiles`` returns per hop), entities in
     sorted order; entities that need no record are skipped."""
     per_entity: dict[str, dict[int, dict[int, Partials]]] = {}
     for hop, tiles in tiles_by_hop.items():

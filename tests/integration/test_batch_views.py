@@ -8,7 +8,7 @@ count, because each event_id counts once and the first landed copy wins.
 Oracles, none of them the code under test:
 * DuckDB SQL over the raw master rows (its own Parquet and JSON readers,
   its own dedup and window arithmetic) for every feature;
-* the pure-Python reference in lamina.schemas.views for the tiles;
+* the pure-Python reference in lamina.schemas.view_definitions for the tiles;
 * a fresh DataSketches HLL sketch of the exact id set DuckDB returns, for
   approx_distinct (see ``_expected_features``).
 """
@@ -44,7 +44,7 @@ from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
 from lamina.schemas.card_views import CARD_VIEWS
 from lamina.schemas.validation import EventValidator
-from lamina.schemas.views import (
+from lamina.schemas.view_definitions import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

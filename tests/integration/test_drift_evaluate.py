@@ -17,7 +17,7 @@ from lamina.batch.commands import evaluate_command, train_command
 from lamina.batch.drift import DriftReference
 from lamina.errors import ConfigError
 from lamina.models.registry import ModelRegistry
-from lamina.schemas.views import HOUR_MS, MINUTE_MS
+from lamina.schemas.view_definitions import HOUR_MS, MINUTE_MS
 
 pytestmark = pytest.mark.integration
 

@@ -48,7 +48,7 @@ from lamina.master.importer import import_files
 from lamina.models.registry import ModelRegistry
 from lamina.models.saved_model import load_model
 from lamina.schemas.validation import EventValidator
-from lamina.schemas.views import DAY_MS
+from lamina.schemas.view_definitions import DAY_MS
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ are compared with ``==``. (The sum and mean partials become exact int64
 fixed-point elsewhere; until then arbitrary float amounts could differ in
 the last bit, see docs/decisions.md, "Tile store".)
 
-The oracle is ``lamina.schemas.views.features_from_events`` over the raw
+The oracle is ``lamina.schemas.view_definitions.features_from_events`` over the raw
 landed events (first landed copy of each event id): it has no tiles, no
 store and no Spark.
 """
@@ -47,7 +47,7 @@ from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
 from lamina.schemas.card_views import CARD_VIEWS
 from lamina.schemas.validation import EventValidator
-from lamina.schemas.views import (
+from lamina.schemas.view_definitions import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

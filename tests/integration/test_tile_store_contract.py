@@ -29,7 +29,13 @@ import pytest
 
 from lamina.generator import KIND_VALID, GeneratorConfig, generate
 from lamina.schemas.card_views import CARD_VIEWS
-from lamina.schemas.views import DAY_MS, HOUR_MS, MINUTE_MS, build_tiles, features_from_events
+from lamina.schemas.view_definitions import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    build_tiles,
+    features_from_events,
+)
 from lamina.stores import (
     AsOfOutOfRange,
     BatchRecord,

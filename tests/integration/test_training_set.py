@@ -28,7 +28,7 @@ from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
 from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
 from lamina.schemas.validation import EventValidator
-from lamina.schemas.views import DAY_MS, HOUR_MS, features_from_events
+from lamina.schemas.view_definitions import DAY_MS, HOUR_MS, features_from_events
 from tests.master_helpers import append_resends
 
 pytestmark = pytest.mark.integration

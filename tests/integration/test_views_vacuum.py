@@ -34,7 +34,7 @@ from lamina.generator import GeneratorConfig, write_files
 from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
 from lamina.schemas.validation import EventValidator
-from lamina.schemas.views import DAY_MS, WINDOWS, Aggregate, GroupBy
+from lamina.schemas.view_definitions import DAY_MS, WINDOWS, Aggregate, GroupBy
 
 pytestmark = pytest.mark.integration
 

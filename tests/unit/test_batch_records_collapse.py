@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lamina.batch.store_publish import collapse_sorted_tiles
 from lamina.schemas.card_views import CARD_VIEWS
-from lamina.schemas.views import DAY_MS, GroupBy, build_tiles
+from lamina.schemas.view_definitions import DAY_MS, GroupBy, build_tiles
 from lamina.stores.lookup import batch_records
 from tests.unit.test_tile_lookup import CUTOFF, _resends, event_strategy
 from tests.unit.test_views import ALL_OPS

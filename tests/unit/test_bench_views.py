@@ -29,7 +29,7 @@ from benchmarks.views import (
     views_sql,
 )
 from lamina.schemas.card_views import CARD_VIEWS
-from lamina.schemas.views import build_tiles
+from lamina.schemas.view_definitions import build_tiles
 
 TRANSACTIONS = 3_000
 

@@ -11,7 +11,7 @@ from lamina.errors import ConfigError
 from lamina.lineage import code_version, fingerprint
 from lamina.schemas.card_views import CARD_FRAUD, CARD_VIEWS, FEATURES, model_features
 from lamina.schemas.contract import LabelRule
-from lamina.schemas.views import WINDOWS, Aggregate, GroupBy
+from lamina.schemas.view_definitions import WINDOWS, Aggregate, GroupBy
 
 TX = {"event_id": "tx-1", "event_time": 1_767_225_600_000, "card_id": "c1", "amount": 20.0,
       "currency": "EUR", "country": "FR", "channel": "online", "merchant_id": "m1",
@@ -64,6 +64,7 @@ def test_the_fingerprint_changes_with_the_definition_and_only_then():
 
 def test_the_code_version_covers_the_named_modules():
     whole = code_version()
-    views_only = code_version(("lamina.schemas.views", "lamina.schemas.aggregations"))
+    views_only = code_version(("lamina.schemas.view_definitions", "lamina.schemas.aggregations"))
     assert whole.startswith("0.") and views_only != whole
-    assert code_version(("lamina.schemas.views",)) == code_version(("lamina.schemas.views",))
+    definitions = ("lamina.schemas.view_definitions",)
+    assert code_version(definitions) == code_version(definitions)

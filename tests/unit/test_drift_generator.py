@@ -24,7 +24,7 @@ from lamina.batch.drift import DriftReport, build_reference, check_drift, featur
 from lamina.generator import GeneratorConfig, generate
 from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
 from lamina.schemas.pit import FeatureSweep
-from lamina.schemas.views import DAY_MS
+from lamina.schemas.view_definitions import DAY_MS
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DRIFT_DAY = 12

@@ -31,7 +31,7 @@ from lamina.batch.drift import (
 )
 from lamina.errors import ConfigError
 from lamina.schemas.card_views import CARD_VIEWS, DERIVED_FEATURES, FEATURES, REQUEST_FEATURES
-from lamina.schemas.views import (
+from lamina.schemas.view_definitions import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

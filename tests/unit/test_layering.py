@@ -114,8 +114,8 @@ def test_every_source_folder_is_checked():
 @pytest.mark.parametrize(("module", "source"), [
     ("lamina.speed.loop", "from lamina.batch.model import load_model\n"),
     ("lamina.serving.api", "def f():\n    import lamina.master.dataset\n"),
-    ("lamina.schemas.views", "from ..batch import tiles\n"),
-    ("lamina.schemas.views", "from lamina import speed\n"),
+    ("lamina.schemas.view_definitions", "from ..batch import tiles\n"),
+    ("lamina.schemas.view_definitions", "from lamina import speed\n"),
     ("lamina.batch.views", "from lamina.speed import realtime\n"),
     ("lamina.dedup", "from lamina.master.dataset import MasterDataset\n"),
 ])
@@ -124,7 +124,7 @@ def test_the_check_catches_a_forbidden_import(module, source):
 
 
 def test_the_check_allows_the_shared_pieces():
-    source = ("from lamina.schemas.views import GroupBy\nfrom lamina.errors import X\n"
+    source = ("from lamina.schemas.view_definitions import GroupBy\nfrom lamina.errors import X\n"
               "from . import sqlite\n")
     assert violations("lamina.speed.loop", imports_of(source, "lamina.speed.loop")) == []
     assert violations("lamina.cli", imports_of("import lamina.batch.views\n", "lamina.cli")) == []

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from lamina.schemas import pit
 from lamina.schemas.card_views import CARD_VIEWS
 from lamina.schemas.pit import FeatureSweep
-from lamina.schemas.views import (
+from lamina.schemas.view_definitions import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lamina.errors import ConfigError
 from lamina.schemas.compat import check_backward_compatible, check_command, check_registry
-from lamina.schemas.registry import SchemaError, SchemaRegistry, default_registry
+from lamina.schemas.event_schemas import SchemaError, SchemaRegistry, default_registry
 from lamina.schemas.validation import (
     MALFORMED_JSON,
     MISSING_ENVELOPE,

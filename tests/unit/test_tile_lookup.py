@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lamina.schemas.aggregations import aggregation_for
 from lamina.schemas.card_views import CARD_VIEWS
-from lamina.schemas.views import (
+from lamina.schemas.view_definitions import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

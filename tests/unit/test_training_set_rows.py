@@ -13,7 +13,7 @@ import pytest
 from lamina.batch import training_set as ts
 from lamina.generator import GeneratorConfig, generate
 from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
-from lamina.schemas.views import DAY_MS, features_from_events
+from lamina.schemas.view_definitions import DAY_MS, features_from_events
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 CONFIG = GeneratorConfig(seed=5, cards=25, merchants=40, transactions=1_500, start=START_MS,

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lamina.generator import KIND_MALFORMED, GeneratorConfig, generate
-from lamina.schemas.registry import SchemaRegistry, default_registry
+from lamina.schemas.event_schemas import SchemaRegistry, default_registry
 from lamina.schemas.structs import INT_MAX, INT_MIN, TypedDecoder, reference_pattern
 from lamina.schemas.validation import (
     MISSING_ENVELOPE,

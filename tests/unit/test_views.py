@@ -21,8 +21,8 @@ from lamina.schemas.card_views import (
     NO_HISTORY,
     model_features,
 )
-from lamina.schemas.registry import default_registry
-from lamina.schemas.views import (
+from lamina.schemas.event_schemas import default_registry
+from lamina.schemas.view_definitions import (
     DAY_MS,
     DERIVED_FIELDS,
     HOUR_MS,
