@@ -186,7 +186,7 @@ COMMIT_STEP_NOTES = {
     "table load": "DeltaTable loads (one per commit, plus one per partition assignment)",
     "dead letters": "KafkaDeadLetters.send, acks=all, waited for",
     "Arrow rows": "lander._rows: the kept records as an Arrow table",
-    "event_date column": "dataset.with_event_date (pyarrow strftime)",
+    "event_date column": "dataset.with_event_date (timestamp -> date32 -> text casts)",
     "Delta write": "MasterDataset.append minus the event_date column: Parquet + commit",
 }
 

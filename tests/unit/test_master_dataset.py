@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lamina.errors import DatasetError
-from lamina.master.dataset import CommitConflict, MasterDataset
+from lamina.master.dataset import CommitConflict, MasterDataset, with_event_date
 from lamina.master.deadletters import DeadLetter, FileDeadLetters, read_file_dead_letters
 from lamina.master.dedup import LandedIds
 from lamina.master.importer import import_files
@@ -324,3 +328,15 @@ def test_add_records_buffers_exactly_what_add_does(validator):
     for name in ("event_id", "event_type", "schema_version", "event_time", "entity_key",
                  "topic", "partition", "offset", "payload", "rejects", "last_offsets"):
         assert getattr(in_bulk, name) == getattr(one_by_one, name), name
+
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=-2_208_988_800_000,  # 1900-01-01
+                            max_value=253_402_300_799_999),  # 9999-12-31, the last ms
+                min_size=1, max_size=50))
+def test_event_date_is_the_utc_calendar_date_of_event_time(times_ms: list[int]) -> None:
+    rows = pa.table({"event_time": pa.array(times_ms, pa.timestamp("ms", tz="UTC"))})
+    dates = with_event_date(rows).column("event_date").to_pylist()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert dates == [(epoch + timedelta(milliseconds=t)).date().isoformat() for t in times_ms]
