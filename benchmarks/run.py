@@ -167,6 +167,7 @@ from benchmarks.views import (
 )
 from lamina import kafkaio
 from lamina.broker import KafkaCluster, kafka_libs
+from lamina.consumer import CONSUMER_GC_THRESHOLD, consumer_gc
 from lamina.errors import LaminaError
 from lamina.generator import KIND_DUPLICATE, KIND_VALID
 from lamina.logs import configure as configure_logging
@@ -197,6 +198,8 @@ class Results:
 
     rounds: int = ROUNDS
     raw: list[Timed] = field(default_factory=list)
+    #: kafka-python raw again, with the lander's garbage-collector setting.
+    raw_gc: list[Timed] = field(default_factory=list)
     confluent: list[Timed] = field(default_factory=list)
     kcat: list[Timed] = field(default_factory=list)
     kcat_missing: bool = False
@@ -329,6 +332,11 @@ def measure(bootstrap: str, loaded: LoadedTopic, suites: set[str], workdir: Path
                 results.kcat.append(consume.kcat_raw(bootstrap, RAW_TOPIC, n, pinned))
                 say(f"round {round_no}: kcat raw {fmt_rate(results.kcat[-1].rate)}")
         if "lander" in suites:
+            with consumer_gc():
+                results.raw_gc.append(consume.kafka_python_raw(bootstrap, RAW_TOPIC,
+                                                               RAW_PARTITIONS, n))
+            say(f"round {round_no}: kafka-python raw, the lander's GC setting "
+                f"{fmt_rate(results.raw_gc[-1].rate)}")
             run = land_checked(bootstrap, loaded, workdir, round_no, results)
             results.lander.append(run)
             say(f"round {round_no}: lander {fmt_rate(run.consumed_rate)} "
@@ -415,6 +423,12 @@ def kafka_rows(results: Results, loaded: LoadedTopic, suites: set[str]) -> list[
             rows.append(Row("kcat raw consume", "not measured", "—", "—", "—",
                             "kcat is not installed (`apt-get install -y kcat`)"))
     if "lander" in suites:
+        if results.raw_gc:
+            rows.append(_rate_row(
+                "kafka-python raw consume, the lander's GC setting", results.raw_gc, ref, "—",
+                f"the reference run inside lamina.consumer.consumer_gc() (first GC threshold "
+                f"{CONSUMER_GC_THRESHOLD:,}, as the lander runs): how much of the lander's "
+                f"gain the bare client would get too; not the target's reference"))
         rows += lander_rows(results.lander, len(results.lander_stalls), ref)
     if "validation" in suites:
         for path, runs in results.validation.items():

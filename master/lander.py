@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lamina.consumer import ConsumerLoop
+from lamina.consumer import ConsumerLoop, consumer_gc
 from lamina.logs import get_logger
 from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
 from lamina.master.deadletters import DeadLetter, DeadLetterSink
@@ -361,6 +361,16 @@ class Lander:
         max_events: int | None = None,
         on_commit: Callable[[LanderStats], None] | None = None,
     ) -> LanderStats:
+        """Land until stopped (SIGTERM/SIGINT), ``max_events`` records were
+        consumed, or the partitions were caught up and idle for
+        ``idle_exit_s``; commit what is pending and close. Runs with the
+        consumer's garbage-collector setting (``lamina.consumer.consumer_gc``)."""
+        with consumer_gc():
+            return self._run(idle_exit_s=idle_exit_s, max_events=max_events,
+                             on_commit=on_commit)
+
+    def _run(self, *, idle_exit_s: float | None, max_events: int | None,
+             on_commit: Callable[[LanderStats], None] | None) -> LanderStats:
         self.dataset.create_if_missing()
         loop = self.loop
         loop.subscribe()  # the first poll assigns partitions (and seeks them)
