@@ -71,6 +71,7 @@ here and in ``features_before``.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
@@ -261,6 +262,14 @@ class OnlineState:
             (a, w, a.feature_name(w)) for a in group.aggregates for w in a.windows]
         self._added: dict[int, dict[int, dict[str, Any]]] = {h: {} for h in self._hops}
         self._seeded: dict[int, dict[int, dict[str, Any]]] = {h: {} for h in self._hops}
+        # Per hop, the starts of the tiles held (added or seeded), ascending.
+        self._starts: dict[int, list[int]] = {h: [] for h in self._hops}
+        # Per feature, the part of its window no event can change any more
+        # except a late one: (start, head start, partial) -- the batch entry,
+        # the collapsed lifetime, the full tiles and the seeded head tile.
+        self._settled: dict[str, tuple[int | None, int, Any]] = {}
+        self._features_at: dict[int, tuple[str, ...]] = {
+            h: tuple(f for _, w, f in self._windows if w.hop_ms == h) for h in self._hops}
         self._collapsed: dict[str, Any] = {
             name: self._monoids[name].zero() for name in self._lifetime}
         self._raw: list[tuple[int, Partials]] = []  # (event time, lifted), arrival order
@@ -302,6 +311,7 @@ class OnlineState:
                 self._seeded[hop][start] = {
                     name: partials.get(name, self._monoids[name].zero())
                     for name in self._stored_at[hop]}
+                bisect.insort(self._starts[hop], start)
         through = seed.seeded_through_ms
         ends = [max(tiles) + hop - 1 for hop, tiles in self._seeded.items() if tiles]
         if through is None and ends:
@@ -367,6 +377,12 @@ class OnlineState:
             tile = self._added[hop].get(start)
             if tile is None:
                 tile = self._added[hop][start] = {n: self._monoids[n].zero() for n in names}
+                if start not in self._seeded[hop]:
+                    bisect.insort(self._starts[hop], start)
+            for feature in self._features_at[hop]:
+                settled = self._settled.get(feature)
+                if settled is not None and settled[1] > start:  # a late event inside it
+                    del self._settled[feature]
             for name in names:
                 tile[name] = _accumulate(self._monoids[name], tile[name], lifted[name])
             self._dirty.add((hop, start))
@@ -422,8 +438,10 @@ class OnlineState:
         lowest = self._lowest_accepted()
         for hop in self._hops:
             keep = self._keep_from(hop, earliest, lowest)
-            added, seeded = self._added[hop], self._seeded[hop]
-            for start in sorted({s for s in (*added, *seeded) if s < keep}):
+            added, seeded, starts = self._added[hop], self._seeded[hop], self._starts[hop]
+            evicted = starts[:bisect.bisect_left(starts, keep)]
+            del starts[:len(evicted)]
+            for start in evicted:
                 tile, stored = added.pop(start, None), seeded.pop(start, None)
                 if tile is not None and (hop, start) in self._dirty:
                     self._dirty.discard((hop, start))
@@ -500,28 +518,39 @@ class OnlineState:
             name, hop, monoid = aggregate.name, window.hop_ms, self._monoids[aggregate.name]
             head = tile_start(t_ms, hop)
             start, _ = window_range(t_ms, window)
-            parts: list[Any] = []
-            entries = self._batch.get(feature)
-            if entries:
-                # The first entry at or after the window's start holds the batch
-                # tiles in [start, cutoff); none: the window holds no batch tile.
-                chosen = entries[0][1] if start is None else next(
-                    (p for s, p in entries if s is not None and s >= start), _NONE)
-                if chosen is not _NONE:
-                    parts.append(chosen)
-            added, seeded = self._added[hop], self._seeded[hop]
-            if start is None:
-                parts.append(self._collapsed[name])
-                starts: Iterable[int] = sorted(s for s in {*added, *seeded} if s < head)
-            else:
-                starts = range(start, head, hop)
-            for s in starts:
-                if s in seeded:
-                    parts.append(seeded[s][name])
-                if s in added:
-                    parts.append(added[s][name])
-            if head in seeded:  # all seeded events are before t (t > seeded_through)
-                parts.append(seeded[head][name])
-            parts.extend(heads[hop][name])
+            settled = self._settled.get(feature)
+            if settled is None or settled[0] != start or settled[1] != head:
+                settled = self._settled[feature] = (
+                    start, head, self._settled_part(feature, name, hop, start, head))
+            parts = [settled[2], *heads[hop][name]]
             out[feature] = monoid.present(_merge(monoid, parts))
         return out
+
+    def _settled_part(self, feature: str, name: str, hop: int, start: int | None,
+                      head: int) -> Any:
+        """The merge of everything in a window at ``[start, head)`` but the
+        added events of its head tile: the batch entry, the collapsed
+        lifetime, the full tiles, and the seeded part of the head tile (all
+        seeded events are before any ``t`` answered)."""
+        monoid = self._monoids[name]
+        parts: list[Any] = []
+        entries = self._batch.get(feature)
+        if entries:
+            # The first entry at or after the window's start holds the batch
+            # tiles in [start, cutoff); none: the window holds no batch tile.
+            chosen = entries[0][1] if start is None else next(
+                (p for s, p in entries if s is not None and s >= start), _NONE)
+            if chosen is not _NONE:
+                parts.append(chosen)
+        if start is None:
+            parts.append(self._collapsed[name])
+        added, seeded, starts = self._added[hop], self._seeded[hop], self._starts[hop]
+        first = 0 if start is None else bisect.bisect_left(starts, start)
+        for s in starts[first:bisect.bisect_left(starts, head)]:
+            if s in seeded:
+                parts.append(seeded[s][name])
+            if s in added:
+                parts.append(added[s][name])
+        if head in seeded:
+            parts.append(seeded[head][name])
+        return _merge(monoid, parts)

@@ -114,12 +114,14 @@ def _stream_and_check(group: GroupBy, arrivals: list[dict[str, Any]], lateness: 
             newest[card] = t if newest[card] is None else max(newest[card], t)
         history = base[card] + applied[card]
         earliest = state.earliest_query_ms()
-        queries = {t, t + 1} if expect_applied else set()
-        if earliest is not None:
-            queries.add(earliest)
+        # "Now" first: a cached window must see the late event just added.
+        queries = [] if state.newest_event_ms is None else [state.newest_event_ms]
+        queries += [t, t + 1] if expect_applied else []
+        queries += [] if earliest is None else [earliest]
+        queries += queries[:1]
         if expect_applied and state.seeded_through_ms is None:
             assert earliest is not None and t >= earliest  # an event's own time: answered
-        for q in sorted(queries):
+        for q in queries:
             if state.horizon_ms is not None and q >= state.horizon_ms:
                 continue
             if earliest is not None and q < earliest:  # before the seeded tiles' newest
