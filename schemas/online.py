@@ -55,9 +55,18 @@ Memory
 Tiles no window can read any more at a valid ``t`` are evicted as the
 newest event time moves on; a lifetime window's evicted tiles are collapsed
 into one partial. Raw events are kept only from the finest tile holding
-``earliest_query_ms()``. So the state holds at most about ``W / h + L / h +
-2`` tiles per hop (``W`` the longest window at that hop, plus the finer
-tiles of one coarser tile) and the raw events of ``L`` plus one finest tile.
+``earliest_query_ms()``. So the state holds at most ``W / h + ceil(L / h) +
+c / h + 2`` tiles per hop ``h`` (``W`` the longest window at that hop, ``c``
+the next coarser hop, whose head is built from these tiles) and the raw
+events of ``L`` plus one finest tile. Tiles changed and then evicted before
+a drain wait for it (``held()`` counts them): drain once per micro-batch.
+A far-future event time moves "newest" on and makes every event before it
+minus ``L`` late: the caller refuses implausible event times before ``add``.
+
+Reading cost: each window's *settled* part (batch entry, collapsed
+lifetime, full tiles, seeded head) is cached until its start or head tile
+moves or a late event lands inside it; a query then merges that one
+partial with the head.
 
 Storing
 -------

@@ -44,6 +44,11 @@ def online_seed(group: GroupBy, snapshot: EntitySnapshot, *,
                 f"{view.cutoff_ms} and {view.horizon_ms}; publish the view again")
         aggregate_of = {a.feature_name(w): a.name for a in group.aggregates for w in a.windows}
         for feature, entries in record["w"].items():
+            if feature not in aggregate_of:
+                raise StoreError(
+                    f"view {group.name!r}: the batch record of {snapshot.entity!r} has feature "
+                    f"{feature!r}, which this definition lacks; publish the view again with "
+                    "this definition")
             partial_codec = codec.partials[aggregate_of[feature]]
             batch[feature] = [(start, partial_codec.load(value)) for start, value in entries]
     realtime: dict[int, dict[int, dict[str, Any]]] = {}
