@@ -30,7 +30,9 @@ def online_seed(group: GroupBy, snapshot: EntitySnapshot, *,
     cutoff and horizon, its batch record decoded per feature, and the
     snapshot's realtime tiles decoded per hop. ``seeded_through_ms``: the
     newest event time those tiles hold, if the caller knows it (see
-    ``OnlineSeed``). StoreError for a record of another publish."""
+    ``OnlineSeed``). Read the snapshot as of a time after every stored
+    event (a store leaves out tiles at or after ``as_of_ms``). StoreError
+    for a record of another publish or definition."""
     codec = codec or TileCodec(group)
     view = snapshot.view
     batch: dict[str, list[tuple[int | None, Any]]] = {}
