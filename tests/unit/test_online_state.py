@@ -138,7 +138,7 @@ def _stream_and_check(group: GroupBy, arrivals: list[dict[str, Any]], lateness: 
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(stream=streams(), drain_every=st.integers(1, 7))
 def test_online_features_equal_the_reference_over_the_events_applied_so_far(
         group: GroupBy, stream: tuple[list[dict[str, Any]], int], drain_every: int) -> None:
