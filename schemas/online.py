@@ -35,7 +35,7 @@ event ``add`` accepted, for every ``t`` with
   allowed lateness, and at or after the cutoff, and after
   ``seeded_through_ms`` (the newest event the seeded tiles hold: they are
   partials without events, so only a ``t`` after all of them can take them
-  whole);
+  whole), and at or after the time the seeded tiles were read for;
 * ``t < horizon_ms`` when the batch part came from a record published for
   ``[T, H)``.
 
@@ -134,8 +134,11 @@ class OnlineSeed:
     record's horizon ``H``, None when the entries hold every tail tile.
     ``realtime``: the stored realtime tiles at or after ``T``.
     ``seeded_through_ms``: the newest event time those tiles hold; None
-    with realtime tiles means "unknown" and is taken as the last
-    millisecond of the newest finest tile (queries inside it are refused).
+    with realtime tiles means "unknown" and is taken as the end of the
+    newest tile (queries inside it are refused). ``answers_from_ms``: the
+    earliest query time the realtime tiles are complete for (a store
+    reads only the tiles the windows at its ``as_of`` need); None: all
+    tiles from the cutoff are there.
     """
 
     cutoff_ms: int
@@ -143,6 +146,7 @@ class OnlineSeed:
     horizon_ms: int | None = None
     realtime: EntityTiles = field(default_factory=dict)
     seeded_through_ms: int | None = None
+    answers_from_ms: int | None = None
 
 
 def batch_entries(group: GroupBy, tiles: EntityTiles, cutoff_ms: int
@@ -288,6 +292,7 @@ class OnlineState:
         self.cutoff_ms: int | None = None
         self.horizon_ms: int | None = None
         self.seeded_through_ms: int | None = None
+        self._answers_from: int | None = None
         self._batch: dict[str, list[tuple[int | None, Any]]] = {}
         if seed is not None:
             self._load(seed)
@@ -328,6 +333,7 @@ class OnlineState:
             # at or before the end of the newest tile of each hop.
             through = min(ends)
         self.seeded_through_ms = through
+        self._answers_from = seed.answers_from_ms
         self._newest = through
         self._evict()
 
@@ -341,8 +347,9 @@ class OnlineState:
     def earliest_query_ms(self) -> int | None:
         """The earliest ``t`` that ``features_before`` answers exactly (None:
         any): the newest event time minus the allowed lateness, the cutoff,
-        and one millisecond after ``seeded_through_ms``, whichever is latest."""
-        bounds = []
+        one millisecond after ``seeded_through_ms`` and the seed's
+        ``answers_from_ms``, whichever is latest."""
+        bounds = [] if self._answers_from is None else [self._answers_from]
         if self._newest is not None:
             bounds.append(self._newest - self.allowed_lateness_ms)
         if self.cutoff_ms is not None:
@@ -488,6 +495,9 @@ class OnlineState:
             if self.seeded_through_ms is not None and t_ms <= self.seeded_through_ms:
                 reasons.append(f"not after the newest seeded event time "
                                f"{self.seeded_through_ms}")
+            if self._answers_from is not None and t_ms < self._answers_from:
+                reasons.append(f"before {self._answers_from}, the time the seeded tiles "
+                               "were read for")
             raise QueryOutOfRange(
                 f"view {self.group.name!r}, {self.entity!r}: features before {t_ms} cannot be "
                 f"answered exactly online ({'; '.join(reasons)}); the earliest time this state "

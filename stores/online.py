@@ -30,9 +30,20 @@ def online_seed(group: GroupBy, snapshot: EntitySnapshot, *,
     cutoff and horizon, its batch record decoded per feature, and the
     snapshot's realtime tiles decoded per hop. ``seeded_through_ms``: the
     newest event time those tiles hold, if the caller knows it (see
-    ``OnlineSeed``). Read the snapshot as of a time after every stored
-    event (a store leaves out tiles at or after ``as_of_ms``). StoreError
-    for a record of another publish or definition."""
+    ``OnlineSeed``).
+
+    A store reads the tiles before ``snapshot.as_of_ms`` that the windows
+    at that time need, so the state answers from ``as_of_ms`` on
+    (``OnlineSeed.answers_from_ms``): read the snapshot as of
+    ``seeded_through_ms + 1`` (a restart replays from there). ValueError if
+    ``as_of_ms`` is not after ``seeded_through_ms`` (tiles at or after it
+    would be missing); StoreError for a record of another publish or
+    definition."""
+    if seeded_through_ms is not None and snapshot.as_of_ms <= seeded_through_ms:
+        raise ValueError(
+            f"view {group.name!r}: the snapshot of {snapshot.entity!r} was read as of "
+            f"{snapshot.as_of_ms}, not after the newest stored event {seeded_through_ms}, so "
+            f"it lacks tiles; read it as of {seeded_through_ms + 1}")
     codec = codec or TileCodec(group)
     view = snapshot.view
     batch: dict[str, list[tuple[int | None, Any]]] = {}
@@ -57,7 +68,8 @@ def online_seed(group: GroupBy, snapshot: EntitySnapshot, *,
     for (hop, start), data in snapshot.tiles.items():
         realtime.setdefault(hop, {})[start] = codec.decode(hop, data)
     return OnlineSeed(cutoff_ms=view.cutoff_ms, batch=batch, horizon_ms=view.horizon_ms,
-                      realtime=realtime, seeded_through_ms=seeded_through_ms)
+                      realtime=realtime, seeded_through_ms=seeded_through_ms,
+                      answers_from_ms=snapshot.as_of_ms)
 
 
 def changed_tile_rows(group: GroupBy, entity: str, tiles: Iterable[ChangedTile], *,

@@ -272,7 +272,8 @@ def test_a_restart_from_the_store_batch_record_and_drained_tiles_goes_on_exactly
         base = [e for e in before if e["card_id"] == card]
         applied = _stream_and_check(group, mine[:split], lateness, {card: first}, {card: base})
         rows = changed_tile_rows(group, card, first.drain_changed_tiles(), codec=codec)
-        stored = EntitySnapshot(view, card, horizon, record,
+        newest = first.newest_event_ms
+        stored = EntitySnapshot(view, card, CUTOFF if newest is None else newest + 1, record,
                                 {(r.hop_ms, r.tile_start_ms): r.partials for r in rows})
         for through in (first.newest_event_ms, None):
             second = OnlineState(group, card, allowed_lateness_ms=lateness, seed=online_seed(
@@ -313,7 +314,7 @@ def test_a_seeded_state_refuses_events_before_the_cutoff_and_times_outside_its_r
     # finest tile is answered, from its end on everything is.
     tiles = {(h, s): p for h in CARD_VIEWS.hops() for (c, s), p in build_tiles(
         CARD_VIEWS, [txn("c", CUTOFF + 5 * MINUTE_MS)], h).items()}
-    stored = EntitySnapshot(snapshot.view, "c1", horizon, record,
+    stored = EntitySnapshot(snapshot.view, "c1", CUTOFF + 10 * MINUTE_MS, record,
                             {k: TileCodec(CARD_VIEWS).encode(k[0], p) for k, p in tiles.items()})
     restarted = OnlineState(CARD_VIEWS, "c1", allowed_lateness_ms=DAY_MS,
                             seed=online_seed(CARD_VIEWS, stored))
@@ -407,3 +408,51 @@ def test_changed_tiles_are_coalesced_per_drain() -> None:
     state.add(txn("tx-9", T0 + 7 * MINUTE_MS))
     assert [(c.hop_ms, c.tile_start_ms) for c in state.drain_changed_tiles()] == [
         (5 * MINUTE_MS, T0 + 5 * MINUTE_MS), (HOUR_MS, T0), (DAY_MS, T0)]
+
+
+def test_a_state_round_trips_through_a_real_sqlite_store(tmp_path: Any) -> None:
+    # Publish a batch view, write what one state drained with write_tiles,
+    # read the entity back with read_entity and seed a second state from it:
+    # both answer the same, and the lookup of the stored tiles agrees "now".
+    from lamina.stores import BatchView, open_store
+    from lamina.stores.lookup import FeatureLookup, batch_records
+
+    rng = random.Random(5)
+    before = [txn(f"b{i}", CUTOFF - rng.randint(1, 20 * DAY_MS), amount=rng.randint(1, 10**6) / 100,
+                  merchant=f"m{rng.randint(0, 9)}") for i in range(60)]
+    after = sorted((txn(f"a{i}", CUTOFF + rng.randint(0, 6 * HOUR_MS),
+                        amount=rng.randint(1, 10**6) / 100, merchant=f"m{rng.randint(0, 9)}")
+                    for i in range(40)), key=lambda e: e["event_time"])
+    horizon = CUTOFF + DAY_MS
+    tiles = {hop: build_tiles(CARD_VIEWS, before, hop) for hop in CARD_VIEWS.hops()}
+    with open_store("sqlite", path=str(tmp_path / "tiles.db")) as store:
+        store.publish_batch(BatchView(group=CARD_VIEWS.name, cutoff_ms=CUTOFF, horizon_ms=horizon,
+                                      batch_version=1,
+                                      definition=definition_fingerprint(CARD_VIEWS)),
+                            batch_records(CARD_VIEWS, tiles, CUTOFF, horizon))
+        lookup = FeatureLookup(store, CARD_VIEWS)
+        first = OnlineState(CARD_VIEWS, "c1", allowed_lateness_ms=HOUR_MS,
+                            seed=online_seed(CARD_VIEWS, lookup.snapshot("c1", CUTOFF)))
+        for event in after[:25]:
+            assert first.add(event)
+        store.write_tiles(changed_tile_rows(CARD_VIEWS, "c1", first.drain_changed_tiles()),
+                          consumer="speed-test", offsets={("events.raw", 0): 25})
+        now = first.newest_event_ms + 1
+        assert _same(lookup.features("c1", now), first.features_before(now))
+        through = first.newest_event_ms
+        # Read later than that, the store leaves out tiles the earlier times
+        # need: the state refuses them instead of answering wrongly.
+        late_read = OnlineState(CARD_VIEWS, "c1", allowed_lateness_ms=HOUR_MS, seed=online_seed(
+            CARD_VIEWS, lookup.snapshot("c1", horizon - 1), seeded_through_ms=through))
+        with pytest.raises(QueryOutOfRange, match="the seeded tiles were read for"):
+            late_read.features_before(through + 1)
+        with pytest.raises(ValueError, match=f"read it as of {through + 1}"):
+            online_seed(CARD_VIEWS, lookup.snapshot("c1", through), seeded_through_ms=through)
+        second = OnlineState(CARD_VIEWS, "c1", allowed_lateness_ms=HOUR_MS, seed=online_seed(
+            CARD_VIEWS, lookup.snapshot("c1", through + 1), seeded_through_ms=through))
+        for event in after[25:]:
+            assert first.add(event) and second.add(event)
+            t = event["event_time"]
+            expected = features_from_events(CARD_VIEWS, before + after, "c1", t)
+            assert _same(second.features_before(t), expected)
+            assert _same(first.features_before(t), expected)
