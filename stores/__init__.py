@@ -1,7 +1,8 @@
 """Tile stores: realtime tiles, published batch views and consumer offsets
 behind one small interface (``base.TileStore``), an embedded SQLite store
-and a Redis one; the bounded per-entity lookup (``lookup``) and the tile
-encoding (``codec``) every layer shares.
+and a Redis one; the bounded per-entity lookup (``lookup``), the tile
+encoding (``codec``) every layer shares, and the adapter between a store
+snapshot and the online point-in-time state (``online``).
 
 ``open_store(name, **options)`` opens a store by its short name; the
 implementation's module is imported only when it is chosen (the Redis
