@@ -1,4 +1,4 @@
-"""The per-card rows of the training set (``card_rows``, what each Spark
+"""The per-card rows of the training set (``entity_rows``, what each Spark
 task runs) against the reference, without Spark: every feature of every row
 equals ``model_features(event, features_from_events(events before t))`` to
 the last bit, on generated cards with up to 35 days of history."""
@@ -12,7 +12,7 @@ import pytest
 
 from lamina.batch import training_set as ts
 from lamina.generator import GeneratorConfig, generate
-from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
+from lamina.schemas.card_views import CARD_FRAUD, CARD_VIEWS, FEATURES, model_features
 from lamina.schemas.view_definitions import DAY_MS, features_from_events
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -46,7 +46,7 @@ def test_card_rows_equal_the_reference_bit_for_bit(
     checked = 0
     for card, events in by_card.items():
         shuffled = events[::-1]  # any order in
-        rows = ts.card_rows(CARD_VIEWS, shuffled, *WINDOW, lookahead_ms=lookahead_ms)
+        rows = ts.entity_rows(CARD_FRAUD, shuffled, *WINDOW, lookahead_ms=lookahead_ms)
         in_window = sorted((e for e in events if WINDOW[0] <= e["event_time"] < WINDOW[1]),
                            key=lambda e: (e["event_time"], e["event_id"]))
         assert [r["event_id"] for r in rows] == [e["event_id"] for e in in_window]
@@ -64,7 +64,7 @@ def test_only_rows_with_a_query_value_are_made_and_history_still_counts(
         by_card: dict[str, list[dict[str, Any]]]) -> None:
     card, events = max(by_card.items(), key=lambda item: len(item[1]))
     marked = [{**e, "label": i % 3 if i % 2 else None} for i, e in enumerate(events)]
-    rows = ts.card_rows(CARD_VIEWS, marked, *WINDOW, query_column="label")
+    rows = ts.entity_rows(CARD_FRAUD, marked, *WINDOW, query_column="label")
     expected = [e for e in sorted(marked, key=lambda e: (e["event_time"], e["event_id"]))
                 if WINDOW[0] <= e["event_time"] < WINDOW[1] and e["label"] is not None]
     assert [(r["event_id"], r["label"]) for r in rows] == [
@@ -79,10 +79,10 @@ def test_honest_rows_pass_the_leak_check_and_leaky_ones_fail_it(
         by_card: dict[str, list[dict[str, Any]]]) -> None:
     events = [e for card_events in by_card.values() for e in card_events]
     honest = [r for card_events in by_card.values()
-              for r in ts.card_rows(CARD_VIEWS, card_events, *WINDOW)]
+              for r in ts.entity_rows(CARD_FRAUD, card_events, *WINDOW)]
     assert ts.check_point_in_time(honest, events, sample=None).ok
     leaky = [r for card_events in by_card.values()
-             for r in ts.card_rows(CARD_VIEWS, card_events, *WINDOW, lookahead_ms=1)]
+             for r in ts.entity_rows(CARD_FRAUD, card_events, *WINDOW, lookahead_ms=1)]
     report = ts.check_point_in_time(leaky, events, sample=None)
     assert not report.ok
     assert len({m.event_id for m in report.mismatches}) == len(leaky)
@@ -97,16 +97,38 @@ def test_a_partition_streamed_in_arrow_batches_gives_each_cards_rows(
     events = [e for card in sorted(by_card) for e in by_card[card][::-1]]
     marked = [{**e, "label": i % 2} for i, e in enumerate(events)]
     table = pa.Table.from_pylist(marked)
-    schema = ts._output_schema(CARD_VIEWS, "label")
+    schema = ts._output_schema(CARD_FRAUD, "label")
     expected = [row for card in sorted(by_card)
-                for row in ts.card_rows(CARD_VIEWS, [e for e in marked if e["card_id"] == card],
+                for row in ts.entity_rows(CARD_FRAUD, [e for e in marked if e["card_id"] == card],
                                         *WINDOW, query_column="label")]
     for size in (1, 7, 500, 100_000):
         batches = table.to_batches(max_chunksize=size)
-        out = list(ts._partition_rows(iter(batches), CARD_VIEWS, *WINDOW, schema,
+        out = list(ts._partition_rows(iter(batches), CARD_FRAUD, *WINDOW, schema,
                                       query_column="label", lookahead_ms=0))
         assert all(batch.schema == schema for batch in out)
         got = [row for batch in out for row in batch.to_pylist()]
         assert repr(got) == repr(expected)
-    assert list(ts._partition_rows(iter([]), CARD_VIEWS, *WINDOW, schema,
+    assert list(ts._partition_rows(iter([]), CARD_FRAUD, *WINDOW, schema,
                                    query_column="label", lookahead_ms=0)) == []
+
+
+def test_a_contract_the_builder_cannot_read_is_refused_with_a_clear_error() -> None:
+    from lamina.errors import ConfigError
+    from lamina.schemas.contract import FeatureContract
+    from lamina.schemas.view_definitions import Aggregate, GroupBy, Window
+
+    def counts(event: Any, views: Any) -> dict[str, float]:
+        return {"n": float(views.get("n_1d") or 0)}
+
+    one = GroupBy("a", "transaction", "merchant_id",
+                  (Aggregate("n", "count", None, (Window("1d", DAY_MS),)),))
+    two = GroupBy("b", "transaction", "merchant_id",
+                  (Aggregate("m", "count", None, (Window("1d", DAY_MS),)),))
+    both = FeatureContract(name="two_groups", query_event_type="transaction", groups=(one, two),
+                           request_fields=(), features=("n",), vectoriser=counts)
+    with pytest.raises(ConfigError, match="has 2 view groups; the training-set builder reads one"):
+        ts.entity_rows(both, [], *WINDOW)
+    elsewhere = FeatureContract(name="labels_of", query_event_type="label", groups=(one,),
+                                request_fields=(), features=("n",), vectoriser=counts)
+    with pytest.raises(ConfigError, match="aggregates 'transaction' events but the query"):
+        ts.entity_rows(elsewhere, [], *WINDOW)
