@@ -132,3 +132,23 @@ def test_a_contract_the_builder_cannot_read_is_refused_with_a_clear_error() -> N
                                 request_fields=(), features=("n",), vectoriser=counts)
     with pytest.raises(ConfigError, match="aggregates 'transaction' events but the query"):
         ts.entity_rows(elsewhere, [], *WINDOW)
+
+
+def test_a_lineage_written_before_contracts_still_reads(tmp_path: Any) -> None:
+    import json
+
+    from lamina.errors import ConfigError
+
+    # What write_training_set recorded before training sets took a contract.
+    old = {"master_uri": "/m", "snapshot": 3, "group": "card_transactions",
+           "group_fingerprint": "7655cd879be2248f", "start_ms": 0, "end_ms": 10,
+           "as_of_ms": 10, "label_maturity_ms": 0, "code_version": "0.1.0+abc",
+           "features": list(FEATURES), "rows": 2, "built_seconds": 1.0, "extra": {},
+           "not_mature_rows": 0, "latest_not_mature_ms": None}
+    (tmp_path / ts.LINEAGE_FILE).write_text(json.dumps(old))
+    lineage = ts.read_lineage(str(tmp_path))
+    assert (lineage.snapshot, lineage.features) == (3, FEATURES)
+    assert (lineage.contract, lineage.contract_fingerprint) == (None, None)
+    (tmp_path / ts.LINEAGE_FILE).write_text(json.dumps({**old, "from_the_future": 1}))
+    with pytest.raises(ConfigError, match="rebuild it with `lamina training-set`"):
+        ts.read_lineage(str(tmp_path))

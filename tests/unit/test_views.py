@@ -258,7 +258,7 @@ def test_a_longer_window_with_a_finer_hop_is_refused() -> None:
                                        Window("b", HOUR_MS, hop_ms=5 * MINUTE_MS)))
 
 
-def _card_views_with_hop(hop_ms: int) -> GroupBy:
+def card_views_with_hop(hop_ms: int) -> GroupBy:
     """CARD_VIEWS with its 1 h windows tiled at ``hop_ms`` (all else equal)."""
     def rehop(window: Window) -> Window:
         return Window(window.name, window.length_ms, hop_ms) if window.name == "1h" else window
@@ -269,11 +269,11 @@ def _card_views_with_hop(hop_ms: int) -> GroupBy:
 
 
 def test_two_definitions_differing_only_in_a_hop_have_different_fingerprints() -> None:
-    same = _card_views_with_hop(5 * MINUTE_MS)
-    coarser = _card_views_with_hop(10 * MINUTE_MS)
+    same = card_views_with_hop(5 * MINUTE_MS)
+    coarser = card_views_with_hop(10 * MINUTE_MS)
     assert fingerprint(same) == fingerprint(CARD_VIEWS)
     assert fingerprint(coarser) != fingerprint(CARD_VIEWS)
-    assert fingerprint(coarser) != fingerprint(_card_views_with_hop(15 * MINUTE_MS))
+    assert fingerprint(coarser) != fingerprint(card_views_with_hop(15 * MINUTE_MS))
     assert coarser.hops() == (5 * MINUTE_MS, 10 * MINUTE_MS, HOUR_MS, DAY_MS)
 
 
