@@ -11,9 +11,11 @@ code version). Everything about the model's input comes from the
 ``lamina.schemas.contract.FeatureContract`` (default: the card-fraud
 contract, ``lamina.schemas.card_views.CARD_FRAUD``): the entity key, the
 query and label event types, the label rule's fields and maturity, the
-context columns, the feature list and the vectoriser. A contract with one
-view group, whose event type is the query event type, is what the builder
-reads today; another shape is refused with a ConfigError.
+context columns, the feature list and the vectoriser. A contract may have
+several view groups (one entity key), over the query events or over other
+event types (e.g. a card's chargebacks known before the transaction): each
+entity's events of every type the contract reads are shuffled together and
+each group is swept over its own type.
 
 Rows
 ----
@@ -141,7 +143,7 @@ from lamina.logs import get_logger
 from lamina.schemas.card_views import CARD_FRAUD
 from lamina.schemas.contract import FeatureContract, LabelRule
 from lamina.schemas.pit import FeatureSweep
-from lamina.schemas.view_definitions import DAY_MS, GroupBy, features_from_events
+from lamina.schemas.view_definitions import DAY_MS, features_from_events
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -164,23 +166,20 @@ def rows_code_version(contract: FeatureContract) -> str:
     return code_version(tuple(sorted({*ROW_MODULES, contract.vectoriser.__module__})))
 
 
-def the_group(contract: FeatureContract) -> GroupBy:
-    """The contract's one view group; ConfigError for a shape the builder
-    does not read (several groups, or a group over another event type than
-    the query events)."""
-    if len(contract.groups) != 1:
-        raise ConfigError(
-            f"contract {contract.name!r} has {len(contract.groups)} view groups; the "
-            "training-set builder reads one group per contract for now: merge them into "
-            "one GroupBy (same entity key and event type) or build one contract per group")
-    group = contract.groups[0]
-    if group.event_type != contract.query_event_type:
-        raise ConfigError(
-            f"contract {contract.name!r}: its view group {group.name!r} aggregates "
-            f"{group.event_type!r} events but the query events are "
-            f"{contract.query_event_type!r}; the training-set builder needs the views "
-            "over the query events' own type")
-    return group
+def event_types(contract: FeatureContract) -> tuple[str, ...]:
+    """The event types a training set of ``contract`` reads per entity: the
+    query events' first, then each view group's (once each)."""
+    return tuple(dict.fromkeys((contract.query_event_type,
+                                *(g.event_type for g in contract.groups))))
+
+
+def _views_before(sweeps: Sequence[FeatureSweep], t_ms: int) -> dict[str, Any]:
+    """Every group's features just before ``t_ms`` (the contract keeps their
+    names distinct)."""
+    views: dict[str, Any] = {}
+    for sweep in sweeps:
+        views.update(sweep.features_before(t_ms))
+    return views
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,9 @@ class TrainingSetMetadata:
     master_uri: str
     snapshot: int
     group: str
-    #: ``lamina.lineage.fingerprint`` of the view group (what the batch views record).
+    #: The view group's name and ``lamina.lineage.fingerprint`` (what the
+    #: batch views record); with several groups, their names joined by "+"
+    #: and the fingerprint of the tuple of groups.
     group_fingerprint: str
     start_ms: int
     end_ms: int
@@ -327,28 +328,29 @@ def entity_rows(contract: FeatureContract, events: Sequence[Mapping[str, Any]],
     and events at ``t``, with more a window into the future); anything but 0
     makes a training set that lies.
     """
-    group = the_group(contract)
+    entity_key, query_type = contract.entity_key, contract.query_event_type
     ordered = sorted(events, key=lambda e: (int(e["event_time"]), str(e["event_id"])))
-    # One sweep per entity (one, when the caller keeps its promise); rows are
-    # visited in time order, so the sweep's query times never go back.
-    sweeps: dict[str, FeatureSweep] = {}
+    # One sweep per (entity, group) (one entity, when the caller keeps its
+    # promise); rows are visited in time order, so query times never go back.
+    sweeps: dict[str, list[FeatureSweep]] = {}
     rows = []
     for event in ordered:
         t = int(event["event_time"])
         if not start_ms <= t < end_ms:
             continue
+        if event.get("event_type", query_type) != query_type:
+            continue  # history of another type only
         if query_column is not None and event.get(query_column) is None:
             continue
-        entity = str(event[group.entity_key])
-        sweep = sweeps.get(entity)
-        if sweep is None:
-            sweep = sweeps[entity] = FeatureSweep(group, ordered, entity)
+        entity = str(event[entity_key])
+        mine = sweeps.get(entity)
+        if mine is None:
+            mine = sweeps[entity] = [FeatureSweep(g, ordered, entity) for g in contract.groups]
         # The views' query time: t, strictly before it (t + lookahead_ms only in leak tests).
-        views = sweep.features_before(t + lookahead_ms)
-        vector = contract.vector(event, views)
+        vector = contract.vector(event, _views_before(mine, t + lookahead_ms))
         row: dict[str, Any] = {
             "event_id": event["event_id"],
-            group.entity_key: entity,
+            entity_key: entity,
             "event_time": t,
         }
         for column in contract.context_columns:
@@ -363,9 +365,12 @@ def entity_rows(contract: FeatureContract, events: Sequence[Mapping[str, Any]],
 def point_in_time_features(events: DataFrame, contract: FeatureContract = CARD_FRAUD, *,
                            start_ms: int, end_ms: int, query_column: str | None = None,
                            lookahead_ms: int = 0) -> DataFrame:
-    """Feature rows of ``contract`` for the query events of ``events`` (the
-    output of ``lamina.batch.events.events_for`` for the query event type,
-    deduplicated) in ``[start_ms, end_ms)``; see the module doc. ``query_column`` (an int column of
+    """Feature rows of ``contract`` for the query events of ``events`` in
+    ``[start_ms, end_ms)``; see the module doc. ``events``: the output of
+    ``lamina.batch.events.events_for`` (deduplicated) for the query event
+    type -- or, when the contract's groups read other types too, the union
+    of each of :func:`event_types` with an ``event_type`` column
+    (:func:`contract_events`). ``query_column`` (an int column of
     ``events``): only events where it is not null get a row, carrying it
     (e.g. the label: features are computed only for rows that are kept).
     ``lookahead_ms``: tests only, see :func:`entity_rows`.
@@ -378,11 +383,18 @@ def point_in_time_features(events: DataFrame, contract: FeatureContract = CARD_F
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    the_group(contract)  # refuses a shape the builder does not read
     entity = contract.entity_key
-    fields = sorted(set(contract.payload_fields()) & set(events.columns))
+    typed = "event_type" in events.columns
+    if not typed and len(event_types(contract)) > 1:
+        raise ConfigError(
+            f"contract {contract.name!r} reads {', '.join(event_types(contract))} events: pass "
+            "their union with an event_type column (contract_events)")
+    fields = sorted((set(contract.payload_fields()) | ({"event_type"} if typed else set()))
+                    & set(events.columns))
     carried = [] if query_column is None else [query_column]
     query = (F.col("event_time") >= F.lit(start_ms)) & (F.col("event_time") < F.lit(end_ms))
+    if typed:
+        query = query & (F.col("event_type") == F.lit(contract.query_event_type))
     if query_column is not None:
         query = query & F.col(query_column).isNotNull()
     needed = events.where(F.col("event_time") < F.lit(end_ms)).select(
@@ -533,6 +545,44 @@ def _build(spark: SparkSession, master_uri: str, contract: FeatureContract, *,
     return frame, metadata
 
 
+def contract_events(master_rows: DataFrame, contract: FeatureContract) -> DataFrame:
+    """The events a training set of ``contract`` reads, keyed by its entity,
+    each event_id once (``lamina.batch.events.events_for``): the query
+    events alone when every view group aggregates them, else the union of
+    every type of :func:`event_types` with an ``event_type`` column (a
+    column one type lacks is null in the others' rows; a payload field with
+    two different types is refused)."""
+    from lamina.batch import events as batch_events
+
+    types = event_types(contract)
+    if len(types) == 1:
+        return batch_events.events_for(master_rows, types[0], contract.entity_key)
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    request = {*contract.request_fields, *contract.context_columns}
+    frames = []
+    for event_type in types:
+        wanted = {f for g in contract.groups if g.event_type == event_type for f in g.fields()}
+        if event_type == contract.query_event_type:
+            wanted |= request
+        frames.append(batch_events.events_for(master_rows, event_type, contract.entity_key,
+                                              fields=sorted(wanted))
+                      .withColumn("event_type", F.lit(event_type)))
+    seen: dict[str, tuple[str, str]] = {}
+    for event_type, frame in zip(types, frames, strict=True):
+        for column in frame.schema.fields:
+            kind = column.dataType.simpleString()
+            earlier = seen.setdefault(column.name, (event_type, kind))
+            if earlier[1] != kind:
+                raise ConfigError(
+                    f"contract {contract.name!r}: field {column.name!r} is {kind} in "
+                    f"{event_type!r} events but {earlier[1]} in {earlier[0]!r} events; the "
+                    "training set reads both into one column: rename one of them")
+    return reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), frames)
+
+
 def _build_labelled(
     spark: SparkSession, master_uri: str, contract: FeatureContract, *, snapshot: int | None,
     start_ms: int, end_ms: int, label_maturity_ms: int | None, as_of_ms: int | None,
@@ -543,7 +593,6 @@ def _build_labelled(
 
     from lamina.batch import events as batch_events
 
-    group = the_group(contract)
     rule = contract.label
     if label_maturity_ms is None:
         label_maturity_ms = rule.maturity_ms
@@ -552,8 +601,7 @@ def _build_labelled(
     master_rows = batch_events.read_master(spark, master_uri, snapshot)
     if as_of_ms is None:
         as_of_ms = newest_event_time(master_rows)
-    queries = batch_events.events_for(master_rows, contract.query_event_type,
-                                      contract.entity_key)
+    queries = contract_events(master_rows, contract)
     # Label events need no entity key: they point at a query event by id.
     labels = batch_events.events_for(master_rows, rule.event_type, None,
                                      fields=(rule.target_field, rule.positive_field))
@@ -568,9 +616,11 @@ def _build_labelled(
     frame = window_labels.where(window_labels["label"].isNotNull())
     ordered = ["event_id", contract.entity_key, "event_time", *contract.context_columns,
                *contract.features, "label"]
+    groups = contract.groups
     metadata = TrainingSetMetadata(
-        master_uri=master_uri, snapshot=snapshot, group=group.name,
-        group_fingerprint=fingerprint(group), start_ms=start_ms, end_ms=end_ms,
+        master_uri=master_uri, snapshot=snapshot, group="+".join(g.name for g in groups),
+        group_fingerprint=fingerprint(groups[0] if len(groups) == 1 else groups),
+        start_ms=start_ms, end_ms=end_ms,
         as_of_ms=as_of_ms, label_maturity_ms=label_maturity_ms,
         code_version=rows_code_version(contract), features=contract.features,
         contract=contract.name, contract_fingerprint=contract.fingerprint())
@@ -720,28 +770,33 @@ def check_point_in_time(rows: DataFrame | pd.DataFrame | Iterable[Mapping[str, A
                         contract: FeatureContract = CARD_FRAUD, *, sample: int | None = 200,
                         seed: int = 0) -> PointInTimeReport:
     """Recompute the features of (a sample of) training rows strictly before
-    each row's event time, from raw ``events`` (payload dicts of the view
-    group's type, any order, repeats of an event_id ignored), with the
-    reference functions and ``contract``'s vectoriser, and report every
-    value that differs.
+    each row's event time, from raw ``events`` (payload dicts of the query
+    and view groups' types, any order, repeats of an event_id ignored, other
+    types ignored), with the reference functions and ``contract``'s
+    vectoriser, and report every value that differs.
 
     A leak -- a view that saw the event itself, events at its time or after
     -- shows up as a mismatch. ``rows``: a Spark or pandas frame or dicts
     with ``event_id`` and the ``contract.features`` columns; ``sample`` rows
     are checked (None: all), chosen with ``seed``."""
-    group = the_group(contract)
+    entity_key, query_type = contract.entity_key, contract.query_event_type
+    types = set(event_types(contract))
     records = _as_records(rows, contract.features)
     if sample is not None and len(records) > sample:
         records = random.Random(seed).sample(records, sample)
     by_entity: dict[str, list[Mapping[str, Any]]] = {}
     by_id: dict[str, Mapping[str, Any]] = {}
+    seen: set[str] = set()
     for event in events:
-        if event.get("event_type", group.event_type) != group.event_type:
+        event_type = event.get("event_type", query_type)
+        if event_type not in types:
             continue
-        if event.get(group.entity_key) is None or event["event_id"] in by_id:
+        if event.get(entity_key) is None or event["event_id"] in seen:
             continue
-        by_id[event["event_id"]] = event
-        by_entity.setdefault(str(event[group.entity_key]), []).append(event)
+        seen.add(event["event_id"])
+        if event_type == query_type:
+            by_id[event["event_id"]] = event
+        by_entity.setdefault(str(event[entity_key]), []).append(event)
     for mine in by_entity.values():
         mine.sort(key=lambda e: (int(e["event_time"]), str(e["event_id"])))
     mismatches: list[Mismatch] = []
@@ -752,9 +807,12 @@ def check_point_in_time(rows: DataFrame | pd.DataFrame | Iterable[Mapping[str, A
             continue
         event = found
         t = int(event["event_time"])
-        entity = str(event[group.entity_key])
+        entity = str(event[entity_key])
         before = [e for e in by_entity[entity] if int(e["event_time"]) < t]
-        expected = contract.vector(event, features_from_events(group, before, entity, t))
+        views: dict[str, Any] = {}
+        for group in contract.groups:
+            views.update(features_from_events(group, before, entity, t))
+        expected = contract.vector(event, views)
         for name in contract.features:
             got = float(row[name])
             if not _close(got, expected[name]):

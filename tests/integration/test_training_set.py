@@ -359,3 +359,24 @@ def test_a_contract_keyed_by_merchant_builds_a_point_in_time_training_set(
     assert busy > 100  # merchant histories span several cards: not the card views by accident
     assert ts.check_point_in_time(frame, world["transactions"], MERCHANT_RISK, sample=200).ok
 
+
+
+def test_a_contract_with_a_second_group_over_label_events_builds_in_spark(
+        spark: Any, world: dict[str, Any]) -> None:
+    """Two view groups over two event types (the card views over
+    transactions, the card's chargebacks over label events): rows only for
+    transactions, each group's features strictly before them."""
+    from tests.unit import test_training_set_rows as rows_module
+
+    cloudpickle.register_pickle_by_value(rows_module)
+    contract = rows_module.CARD_FRAUD_WITH_LABELS
+    built = ts.build_training_set(spark, world["dataset"].uri, contract, snapshot=None,
+                                  start_ms=WINDOW[0], end_ms=WINDOW[1],
+                                  label_maturity_ms=MATURITY, as_of_ms=AS_OF).toPandas()
+    assert list(built.columns) == ["event_id", "card_id", "event_time", "merchant_category",
+                                   "channel", *contract.features, "label"]
+    assert dict(zip(built["event_id"], built["label"], strict=True)) == _expected_labels(world)
+    history = world["transactions"] + world["labels"]
+    report = ts.check_point_in_time(built, history, contract, sample=None)
+    assert report.ok, report.summary()
+    assert (built["chargebacks_lifetime"] > 0).sum() > 10

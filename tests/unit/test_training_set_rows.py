@@ -13,7 +13,15 @@ import pytest
 from lamina.batch import training_set as ts
 from lamina.generator import GeneratorConfig, generate
 from lamina.schemas.card_views import CARD_FRAUD, CARD_VIEWS, FEATURES, model_features
-from lamina.schemas.view_definitions import DAY_MS, features_from_events
+from lamina.schemas.contract import FeatureContract
+from lamina.schemas.view_definitions import (
+    DAY_MS,
+    Aggregate,
+    Filter,
+    GroupBy,
+    Window,
+    features_from_events,
+)
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 CONFIG = GeneratorConfig(seed=5, cards=25, merchants=40, transactions=1_500, start=START_MS,
@@ -112,28 +120,6 @@ def test_a_partition_streamed_in_arrow_batches_gives_each_cards_rows(
                                    query_column="label", lookahead_ms=0)) == []
 
 
-def test_a_contract_the_builder_cannot_read_is_refused_with_a_clear_error() -> None:
-    from lamina.errors import ConfigError
-    from lamina.schemas.contract import FeatureContract
-    from lamina.schemas.view_definitions import Aggregate, GroupBy, Window
-
-    def counts(event: Any, views: Any) -> dict[str, float]:
-        return {"n": float(views.get("n_1d") or 0)}
-
-    one = GroupBy("a", "transaction", "merchant_id",
-                  (Aggregate("n", "count", None, (Window("1d", DAY_MS),)),))
-    two = GroupBy("b", "transaction", "merchant_id",
-                  (Aggregate("m", "count", None, (Window("1d", DAY_MS),)),))
-    both = FeatureContract(name="two_groups", query_event_type="transaction", groups=(one, two),
-                           request_fields=(), features=("n",), vectoriser=counts)
-    with pytest.raises(ConfigError, match="has 2 view groups; the training-set builder reads one"):
-        ts.entity_rows(both, [], *WINDOW)
-    elsewhere = FeatureContract(name="labels_of", query_event_type="label", groups=(one,),
-                                request_fields=(), features=("n",), vectoriser=counts)
-    with pytest.raises(ConfigError, match="aggregates 'transaction' events but the query"):
-        ts.entity_rows(elsewhere, [], *WINDOW)
-
-
 def test_a_lineage_written_before_contracts_still_reads(tmp_path: Any) -> None:
     import json
 
@@ -152,3 +138,71 @@ def test_a_lineage_written_before_contracts_still_reads(tmp_path: Any) -> None:
     (tmp_path / ts.LINEAGE_FILE).write_text(json.dumps({**old, "from_the_future": 1}))
     with pytest.raises(ConfigError, match="rebuild it with `lamina training-set`"):
         ts.read_lineage(str(tmp_path))
+
+
+# --- a contract with two view groups over two event types -----------------------
+
+#: Chargebacks of the card known before the transaction: label events keyed
+#: by card_id (the label's event_time is when the outcome became known).
+CARD_LABELS = GroupBy(
+    name="card_labels",
+    event_type="label",
+    entity_key="card_id",
+    aggregates=(
+        Aggregate("chargebacks", "count", None,
+                  (Window("30d", 30 * DAY_MS), Window("lifetime", None)),
+                  filters=(Filter("is_fraud", "==", True),)),
+        Aggregate("labels", "count", None, (Window("7d", 7 * DAY_MS),)),
+    ),
+)
+
+
+def with_chargebacks(event: Any, views: Any) -> dict[str, float]:
+    """The card model's features plus the card's chargeback counts."""
+    vector = model_features(event, views)
+    for name in CARD_LABELS.feature_names():
+        vector[name] = float(views.get(name) or 0)
+    return vector
+
+
+CARD_FRAUD_WITH_LABELS = FeatureContract(
+    name="card_fraud_with_labels",
+    query_event_type="transaction",
+    groups=(CARD_VIEWS, CARD_LABELS),
+    request_fields=CARD_FRAUD.request_fields,
+    features=(*FEATURES, *CARD_LABELS.feature_names()),
+    vectoriser=with_chargebacks,
+    label=CARD_FRAUD.label,
+    context_columns=CARD_FRAUD.context_columns,
+)
+
+
+def test_a_contract_with_a_second_group_over_labels_equals_the_reference() -> None:
+    by_card: dict[str, list[dict[str, Any]]] = {}
+    for record in generate(CONFIG):
+        event = orjson.loads(record.value)
+        if record.kind == "valid":
+            by_card.setdefault(event["card_id"], []).append(event)
+    assert ts.event_types(CARD_FRAUD_WITH_LABELS) == ("transaction", "label")
+    checked = with_history = 0
+    for card, events in by_card.items():
+        rows = ts.entity_rows(CARD_FRAUD_WITH_LABELS, events[::-1], *WINDOW)
+        queries = sorted((e for e in events if e["event_type"] == "transaction"
+                          and WINDOW[0] <= e["event_time"] < WINDOW[1]),
+                         key=lambda e: (e["event_time"], e["event_id"]))
+        assert [r["event_id"] for r in rows] == [e["event_id"] for e in queries]
+        for row, event in zip(rows, queries, strict=True):
+            t = event["event_time"]
+            before = [e for e in events if e["event_time"] < t]
+            views = {**features_from_events(CARD_VIEWS, before, card, t),
+                     **features_from_events(CARD_LABELS, before, card, t)}
+            expected = with_chargebacks(event, views)
+            assert repr([row[n] for n in CARD_FRAUD_WITH_LABELS.features]) == repr(
+                [expected[n] for n in CARD_FRAUD_WITH_LABELS.features]), row["event_id"]
+            checked += 1
+            with_history += row["labels_7d"] > 0
+    assert checked > 300 and with_history > 10
+    events = [e for card_events in by_card.values() for e in card_events]
+    honest = [r for card_events in by_card.values()
+              for r in ts.entity_rows(CARD_FRAUD_WITH_LABELS, card_events, *WINDOW)]
+    assert ts.check_point_in_time(honest, events, CARD_FRAUD_WITH_LABELS, sample=None).ok
