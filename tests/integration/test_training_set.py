@@ -379,4 +379,7 @@ def test_a_contract_with_a_second_group_over_label_events_builds_in_spark(
     history = world["transactions"] + world["labels"]
     report = ts.check_point_in_time(built, history, contract, sample=None)
     assert report.ok, report.summary()
-    assert (built["chargebacks_lifetime"] > 0).sum() > 10
+    # Not all zeros: labels known before the transaction (chargebacks are
+    # rare before a card's later transactions, confirmations less so).
+    assert (built["labels_7d"] > 0).sum() > 10
+    assert (built["chargebacks_lifetime"] > 0).sum() >= 1
