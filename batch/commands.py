@@ -20,7 +20,12 @@ and raises a LaminaError with an actionable message when it cannot.
 
 `registry` everywhere is a `ModelRegistry`, a tracking URI
 (`sqlite:///...`, `http://...`) or a Lamina home directory (the embedded
-`<home>/mlflow.db`).
+`<home>/mlflow.db`). `contract` everywhere is the
+`lamina.schemas.contract.FeatureContract` the model reads (default: the
+card-fraud one): its feature list is what a model is trained on unless
+`features` are given, its slices are what an evaluation reports and gates
+on unless `slice_columns` are given, and its windows are what drift warms
+up with.
 """
 
 from __future__ import annotations
@@ -38,17 +43,10 @@ from lamina.logs import get_logger
 from lamina.models.registry import ModelRegistry, RegistryError
 from lamina.models.saved_model import has_model_card, load_model, model_card, save_model
 from lamina.models.scoring import to_pandas
+from lamina.schemas.card_views import CARD_FRAUD
+from lamina.schemas.contract import FeatureContract
 
 log = get_logger(__name__)
-
-DEFAULT_SLICES = ("merchant_category", "channel")
-
-
-def default_features() -> tuple[str, ...]:
-    """The model's feature list from the schemas (lamina.schemas.card_views)."""
-    from lamina.schemas.card_views import FEATURES
-
-    return tuple(FEATURES)
 
 
 def open_registry(registry: ModelRegistry | str | Path) -> ModelRegistry:
@@ -151,6 +149,7 @@ def train_command(
     spark: Any = None,
     spark_master: str = "local[2]",
     training_window: tuple[int, int] | None = None,
+    contract: FeatureContract = CARD_FRAUD,
 ) -> dict[str, Any]:
     """Train a model on a training set and (given a registry) register it.
 
@@ -162,14 +161,16 @@ def train_command(
     `workers=0` trains in this process; `workers>=1` on that many Spark
     barrier tasks (`spark` or a session on `spark_master`). The model is
     saved under `models_dir/<run key>/`; the training window defaults to the
-    training set's event-time range. Returns model_dir, version (or None),
-    run_key, history, rows, seconds.
+    training set's event-time range. `features` default to
+    `contract.features`; the registered lineage names the contract and its
+    fingerprint (`extra`). Returns model_dir, version (or None), run_key,
+    history, rows, seconds.
     """
     from lamina.batch import drift
     from lamina.batch.model import train_local
 
     began = time.perf_counter()
-    features = tuple(features or default_features())
+    features = tuple(features or contract.features)
     p = TrainParams.from_dict(params)
     code = code_version()
     frame = read_table(training_set)
@@ -202,7 +203,8 @@ def train_command(
                                    model_dir=target)
         history = result.history
     # The drift reference (covered feature bins, training scores and AUC).
-    drift.save_model_reference(target, frame, features, span=training_window)
+    drift.save_model_reference(target, frame, features, span=training_window,
+                               contract=contract)
 
     rows, positives = len(frame), int(frame["label"].sum())
     metrics = {"train_rows": float(rows), "train_positives": float(positives)}
@@ -215,7 +217,9 @@ def train_command(
             "snapshot_id": snapshot_id, "code_version": code,
             "params": {**p.to_dict(), "seed": seed, "workers": workers},
             "metrics": metrics, "training_window": training_window,
-            "features": list(features), "extra": {"run_key": key},
+            "features": list(features),
+            "extra": {"run_key": key, "contract": contract.name,
+                      "contract_fingerprint": contract.fingerprint()},
         }
         version = open_registry(registry).register(target, lineage, run_key=key)
     summary = {"model_dir": str(target), "version": version, "run_key": key,
@@ -257,16 +261,21 @@ def _window_fields(window: tuple[int, int] | None) -> dict[str, Any]:
             "window_utc": [iso_utc(window[0]), iso_utc(window[1])] if window else None}
 
 
+def _slices(slice_columns: Sequence[str] | None, contract: FeatureContract) -> Sequence[str]:
+    return contract.slices if slice_columns is None else slice_columns
+
+
 def evaluate_command(
     backtest: Any,
     *,
     registry: ModelRegistry | str | Path,
     candidate: int,
-    slice_columns: Sequence[str] = DEFAULT_SLICES,
+    slice_columns: Sequence[str] | None = None,
     window: tuple[int, int] | None = None,
     thresholds: Any = None,
     apply: bool = True,
     drift_thresholds: Any = None,
+    contract: FeatureContract = CARD_FRAUD,
 ) -> dict[str, Any]:
     """Evaluate registered version `candidate` against the champion on one
     backtest window and (if `apply`) record the evaluation and promote or
@@ -274,7 +283,8 @@ def evaluate_command(
     registry.
 
     `backtest`: frame or path with the features, `label`, `event_time` and
-    the slice columns; it must be later in event time than the candidate's
+    the slice columns (default: `contract.slices`; those the backtest lacks
+    are skipped); it must be later in event time than the candidate's
     training window (refused otherwise). `thresholds`: a `GateThresholds` or
     a dict of its fields. A candidate that already is the champion is
     refused (RegistryError): there is nothing to decide, and
@@ -306,7 +316,7 @@ def evaluate_command(
     check_backtest_window(window, lineage.training_window, version=candidate)
     if isinstance(thresholds, dict):
         thresholds = GateThresholds(**thresholds)
-    slices = [c for c in slice_columns if c in frame.columns]
+    slices = [c for c in _slices(slice_columns, contract) if c in frame.columns]
 
     candidate_dir = reg.download(candidate)
     cand_eval = evaluate_model(load_model(candidate_dir), frame, features,
@@ -366,8 +376,9 @@ def score_champion_command(
     backtest: Any,
     *,
     registry: ModelRegistry | str | Path,
-    slice_columns: Sequence[str] = DEFAULT_SLICES,
+    slice_columns: Sequence[str] | None = None,
     window: tuple[int, int] | None = None,
+    contract: FeatureContract = CARD_FRAUD,
 ) -> dict[str, Any]:
     """Score the current champion on one backtest window: no gate, nothing
     recorded (the registry is only read). For checking how the serving model
@@ -395,7 +406,7 @@ def score_champion_command(
     lineage = reg.lineage(champion)
     window = _backtest_window(frame, window)
     check_backtest_window(window, lineage.training_window, version=champion)
-    slices = [c for c in slice_columns if c in frame.columns]
+    slices = [c for c in _slices(slice_columns, contract) if c in frame.columns]
     model_dir = reg.download(champion)
     scored = evaluate_model(load_model(model_dir), frame, lineage.features,
                             slice_columns=slices, window=window)

@@ -51,9 +51,10 @@ event the features were computed over, when it is known). A feature whose
 window the recent span does not cover yet is reported as ``warming_up``
 with the time it will be (``until_ms``), never as drift.
 
-Which window a feature has comes from the view definitions
-(:func:`feature_windows`): a view feature has its own window; a model
-feature (``lamina.schemas.card_views.model_features``) has the windows of
+Which window a feature has comes from the feature contract's view
+definitions (:func:`feature_windows`; default contract
+``lamina.schemas.card_views.CARD_FRAUD``): a view feature has its own
+window; a model feature (made by the contract's vectoriser) has the windows of
 the view features it reads, found by probing the vectoriser one view at a
 time; a feature that reads no view (amount, hour of day) needs no warm-up.
 **Lifetime** windows are never covered by a finite span (a lifetime
@@ -82,7 +83,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +95,7 @@ from lamina.batch.model import TrainingError
 from lamina.errors import ConfigError
 from lamina.logs import get_logger
 from lamina.models.scoring import to_pandas
+from lamina.schemas.contract import FeatureContract, Vectoriser
 
 log = get_logger(__name__)
 
@@ -374,28 +376,30 @@ def _sample_event(event_type: str) -> dict[str, Any]:
     return payload
 
 
-Vectoriser = Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, float]]
-
-
 def feature_windows(features: Iterable[str], group: Any = None,
-                    vectorise: Vectoriser | None = None) -> dict[str, FeatureWindow]:
+                    vectorise: Vectoriser | None = None, *,
+                    contract: FeatureContract | None = None) -> dict[str, FeatureWindow]:
     """The window(s) of each feature, from the view definitions.
 
-    ``group`` (a ``GroupBy``, default ``CARD_VIEWS``) and ``vectorise``
-    (``(event, view features) -> model features``, default ``model_features``)
-    come from ``lamina.schemas.card_views``. A view feature has its own
-    window. For a model feature, the vectoriser is called on a sample event
-    (from the event schema) with every view present and then with one view
-    removed, and with no view and then one added: the views whose presence
-    changes the feature are the ones it reads. Deterministic; a few dozen
-    vectoriser calls.
+    The views (every group of ``contract``), the vectoriser (``(event, view
+    features) -> model features``) and the query event type come from
+    ``contract`` (default: ``lamina.schemas.card_views.CARD_FRAUD``);
+    ``group`` (a ``GroupBy``: its views and event type) and ``vectorise``
+    override them. A view feature has its own window. For a model feature,
+    the vectoriser is called on a sample event (from the event schema) with
+    every view present and then with one view removed, and with no view and
+    then one added: the views whose presence changes the feature are the
+    ones it reads. Deterministic; a few dozen vectoriser calls.
     """
-    from lamina.schemas.card_views import CARD_VIEWS, model_features
+    from lamina.schemas.card_views import CARD_FRAUD
 
-    group = CARD_VIEWS if group is None else group
-    vectorise = model_features if vectorise is None else vectorise
-    view_windows = {a.feature_name(w): (a, w) for a in group.aggregates for w in a.windows}
-    dependencies = _probe(group, vectorise, view_windows)
+    contract = CARD_FRAUD if contract is None else contract
+    groups = contract.groups if group is None else (group,)
+    event_type = contract.query_event_type if group is None else group.event_type
+    vectorise = contract.vectoriser if vectorise is None else vectorise
+    view_windows = {a.feature_name(w): (a, w)
+                    for g in groups for a in g.aggregates for w in a.windows}
+    dependencies = _probe(event_type, vectorise, view_windows)
     result: dict[str, FeatureWindow] = {}
     for name in features:
         if name in view_windows:
@@ -415,12 +419,12 @@ def feature_windows(features: Iterable[str], group: Any = None,
     return result
 
 
-def _probe(group: Any, vectorise: Vectoriser,
+def _probe(event_type: str, vectorise: Vectoriser,
            view_windows: Mapping[str, tuple[Any, Any]]) -> dict[str, set[str]]:
     """Model feature -> the view features it reads (see feature_windows)."""
     from lamina.schemas.view_definitions import field_value
 
-    event = _sample_event(group.event_type)
+    event = _sample_event(event_type)
     earlier = {**event, "event_id": "drift-probe", "event_time": int(event["event_time"]) - 1}
     present: dict[str, Any] = {}
     for name, (aggregate, _) in view_windows.items():
@@ -441,19 +445,20 @@ def _probe(group: Any, vectorise: Vectoriser,
     except Exception as error:  # a vectoriser that refuses the sample: say which
         raise ConfigError(
             f"cannot tell the features' windows: the vectoriser failed on a sample "
-            f"{group.event_type} event ({type(error).__name__}: {error}); pass "
+            f"{event_type} event ({type(error).__name__}: {error}); pass "
             "windows= explicitly") from None
     return dependencies
 
 
 @functools.cache
-def _default_windows(features: tuple[str, ...]) -> dict[str, FeatureWindow]:
-    return feature_windows(features)
+def _default_windows(features: tuple[str, ...],
+                     contract: FeatureContract | None) -> dict[str, FeatureWindow]:
+    return feature_windows(features, contract=contract)
 
 
-def _windows_for(features: Sequence[str],
-                 windows: Mapping[str, FeatureWindow] | None) -> dict[str, FeatureWindow]:
-    derived = dict(_default_windows(tuple(features)))
+def _windows_for(features: Sequence[str], windows: Mapping[str, FeatureWindow] | None,
+                 contract: FeatureContract | None = None) -> dict[str, FeatureWindow]:
+    derived = dict(_default_windows(tuple(features), contract))
     derived.update(windows or {})
     return derived
 
@@ -602,7 +607,8 @@ def build_reference(frame: Any, features: Sequence[str], *, scores: Any = None,
                     span: tuple[int, int] | None = None,
                     history_start_ms: int | None = None,
                     windows: Mapping[str, FeatureWindow] | None = None,
-                    bins: int = DEFAULT_BINS) -> DriftReference:
+                    bins: int = DEFAULT_BINS,
+                    contract: FeatureContract | None = None) -> DriftReference:
     """The drift reference of a model's training data.
 
     ``frame``: the training rows (features, ``event_time``, optionally
@@ -613,13 +619,14 @@ def build_reference(frame: Any, features: Sequence[str], *, scores: Any = None,
     known and earlier than the span (default: the span start). A windowed
     feature's bins are built only from rows whose windows are covered (see
     the module doc); a feature with no such row gets ``bins=None``.
-    ``windows`` overrides :func:`feature_windows` for some features.
+    ``windows`` overrides :func:`feature_windows` (of ``contract``, default
+    the card-fraud one) for some features.
     """
     df = to_pandas(frame)
     times = _event_times(df)
     span = _span_of(times, span)
     coverage = _coverage(span, history_start_ms)
-    windows = _windows_for(features, windows)
+    windows = _windows_for(features, windows, contract)
     references: dict[str, FeatureReference] = {}
     for name in features:
         values = _column(df, name)
@@ -985,17 +992,19 @@ REFERENCE_FILE = "drift_profile.json"
 
 
 def save_model_reference(model_dir: str | Path, frame: Any, features: Sequence[str], *,
-                         span: tuple[int, int] | None = None) -> DriftReference:
+                         span: tuple[int, int] | None = None,
+                         contract: FeatureContract | None = None) -> DriftReference:
     """Score the training rows with the model saved in ``model_dir``, build
-    its :class:`DriftReference` and write it next to the model
-    (``drift_profile.json``). Returns the reference."""
+    its :class:`DriftReference` (windows from ``contract``, default the
+    card-fraud one) and write it next to the model (``drift_profile.json``).
+    Returns the reference."""
     import json
 
     from lamina.models.saved_model import load_model
     from lamina.models.scoring import score
 
     scores = score(load_model(model_dir), frame, features=features)
-    reference = build_reference(frame, features, scores=scores, span=span)
+    reference = build_reference(frame, features, scores=scores, span=span, contract=contract)
     (Path(model_dir) / REFERENCE_FILE).write_text(json.dumps(reference.to_dict()))
     return reference
 

@@ -117,14 +117,15 @@ def first_of_each_event_id(rows: DataFrame) -> DataFrame:
             .drop("_landed_rank"))
 
 
-def parse_payload(master_rows: DataFrame, schema: StructType, entity_key: str,
+def parse_payload(master_rows: DataFrame, schema: StructType, entity_key: str | None,
                   fields: Sequence[str] | None = None) -> DataFrame:
     """Typed columns from the JSON ``payload`` bytes.
 
     Keeps ``event_id``, ``event_time`` (the envelope's timestamp as int64
     epoch ms, the payload's unit) and ``schema_version``, then every field of
     ``schema`` from the payload; ``entity_key`` is the payload's
-    ``entity_key`` property as a string. The envelope wins over a payload
+    ``entity_key`` property as a string (no such column when ``entity_key``
+    is None: events read for their fields, e.g. labels). The envelope wins over a payload
     field of the same name (they agree for landed events: the lander took
     the envelope from the payload). ``fields`` limits the payload columns to
     those named (None: all); names that are not properties are ignored (a
@@ -133,7 +134,7 @@ def parse_payload(master_rows: DataFrame, schema: StructType, entity_key: str,
     """
     from pyspark.sql import functions as F
 
-    if entity_key not in schema.fieldNames():
+    if entity_key is not None and entity_key not in schema.fieldNames():
         raise ConfigError(
             f"entity key {entity_key!r} is not a property of the event schema "
             f"(properties: {', '.join(schema.fieldNames())})"
@@ -151,15 +152,17 @@ def parse_payload(master_rows: DataFrame, schema: StructType, entity_key: str,
     ).select(
         *ENVELOPE_COLUMNS,
         *ORDER_COLUMNS,
-        F.col(f"p.`{entity_key}`").cast("string").alias("entity_key"),
+        *([] if entity_key is None else
+          [F.col(f"p.`{entity_key}`").cast("string").alias("entity_key")]),
         *[F.col(f"p.`{f}`").alias(f) for f in payload_fields],
     )
 
 
-def events_for(master_rows: DataFrame, event_type: str, entity_key: str,
+def events_for(master_rows: DataFrame, event_type: str, entity_key: str | None,
                fields: Sequence[str] | None = None,
                registry: SchemaRegistry | None = None) -> DataFrame:
-    """The events of ``event_type`` keyed by ``entity_key``, each
+    """The events of ``event_type`` keyed by ``entity_key`` (None: not
+    keyed, no ``entity_key`` column), each
     ``event_id`` once, with typed payload columns (all, or ``fields``; see
     the module doc). The payload is parsed and narrowed before the
     deduplication, so the shuffle by event id carries only what is used."""

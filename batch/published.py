@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lamina.errors import DatasetError
-from lamina.lineage import fingerprint
 from lamina.schemas.view_definitions import GroupBy, TileKey, tile_schema
+from lamina.stores.lookup import definition_fingerprint
 
 METADATA_FORMAT = "lamina.batch_view/1"
 #: Commits that change no rows: a vacuum is logged as two of them (delta-rs
@@ -42,7 +42,9 @@ class ViewMetadata:
     cutoff_ms: int
     source_snapshot: int
     master_uri: str
-    definition: str  # fingerprint of the GroupBy, see definition_fingerprint
+    #: The GroupBy's fingerprint: ``lamina.stores.lookup.definition_fingerprint``
+    #: (``lamina.lineage.fingerprint``), the one every layer records and checks.
+    definition: str
     code_version: str
     format: str = METADATA_FORMAT
 
@@ -60,11 +62,6 @@ class ViewMetadata:
         return (self.group, self.cutoff_ms, self.source_snapshot, self.definition,
                 self.code_version) == (other.group, other.cutoff_ms, other.source_snapshot,
                                        other.definition, other.code_version)
-
-
-def definition_fingerprint(group: GroupBy) -> str:
-    """The fingerprint of a view definition (``lamina.lineage.fingerprint``)."""
-    return fingerprint(group)
 
 
 def _metadata_of(entry: Mapping[str, Any]) -> ViewMetadata | None:

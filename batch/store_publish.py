@@ -57,8 +57,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from lamina.batch.published import ROWLESS_OPERATIONS, ViewMetadata, ViewsError, _metadata_of
 from lamina.errors import ConfigError
-from lamina.lineage import code_version as _code_version
-from lamina.lineage import fingerprint
+from lamina.lineage import code_version
 from lamina.logs import get_logger
 from lamina.schemas.view_definitions import DAY_MS, GroupBy
 from lamina.stores import (
@@ -71,7 +70,7 @@ from lamina.stores import (
     store_class,
 )
 from lamina.stores.codec import TileCodec
-from lamina.stores.lookup import horizon_ms, realtime_spans
+from lamina.stores.lookup import definition_fingerprint, horizon_ms, realtime_spans
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,11 +88,6 @@ RECORD_MODULES: Final = ("lamina.batch.store_publish", "lamina.stores.lookup",
                          "lamina.stores.codec", "lamina.schemas.aggregations")
 
 Action = Literal["publish", "skip", "supersede"]
-
-
-def record_code_version() -> str:
-    """The code version recorded with a store publish (``lamina.lineage``)."""
-    return _code_version(RECORD_MODULES)
 
 
 # --- which version, and what to do with it ----------------------------------------
@@ -146,7 +140,7 @@ def _lineage(views_uri: str, version: int, metadata: ViewMetadata,
     return json.dumps({
         "format": LINEAGE_FORMAT, "views_uri": views_uri, "views_version": version,
         "view": asdict(metadata), "publish_interval_ms": publish_interval_ms,
-        "record_code_version": record_code_version(),
+        "record_code_version": code_version(RECORD_MODULES),
     }, sort_keys=True)
 
 
@@ -172,7 +166,7 @@ def plan_store_publish(views_uri: str, store: TileStore, group: GroupBy, *,
     ViewsError if the views were computed for another group or definition
     than ``group``; ValueError for a publish interval <= 0."""
     views_version, metadata = publish_version(views_uri, version)
-    definition = fingerprint(group)
+    definition = definition_fingerprint(group)
     if metadata.group != group.name or metadata.definition != definition:
         raise ViewsError(
             f"version {views_version} of {views_uri} was computed for group "
@@ -207,7 +201,7 @@ def plan_store_publish(views_uri: str, store: TileStore, group: GroupBy, *,
                  and current.cutoff_ms == view.cutoff_ms
                  and current.horizon_ms == view.horizon_ms
                  and current.definition == view.definition
-                 and published.get("record_code_version") == record_code_version())
+                 and published.get("record_code_version") == code_version(RECORD_MODULES))
     if unchanged:
         return plan("skip", f"views version {views_version} of {views_uri} is already "
                             f"published in the store (generation {current.generation})")

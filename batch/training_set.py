@@ -1,38 +1,49 @@
-"""The point-in-time training set: one row per transaction, its model
-features as of just before it, and its label as known at ``as_of``.
+"""The point-in-time training set of a feature contract: one row per query
+event (a transaction, for the default contract), its model features as of
+just before it, and its label as known at ``as_of``.
 
-``build_training_set(spark, master_uri, group, snapshot=..., start_ms=...,
-end_ms=...)`` reads one snapshot of the master dataset and returns a Spark
-DataFrame; ``write_training_set`` runs it and stores the result (Parquet or
-Delta) with its lineage (snapshot id, window, as-of, label maturity, group
-fingerprint, code version).
+``build_training_set(spark, master_uri, contract, snapshot=...,
+start_ms=..., end_ms=...)`` reads one snapshot of the master dataset and
+returns a Spark DataFrame; ``write_training_set`` runs it and stores the
+result (Parquet or Delta) with its lineage (snapshot id, window, as-of, label
+maturity, the contract's name and fingerprint, the view group's fingerprint,
+code version). Everything about the model's input comes from the
+``lamina.schemas.contract.FeatureContract`` (default: the card-fraud
+contract, ``lamina.schemas.card_views.CARD_FRAUD``): the entity key, the
+query and label event types, the label rule's fields and maturity, the
+context columns, the feature list and the vectoriser. A contract may have
+several view groups (one entity key), over the query events or over other
+event types (e.g. a card's chargebacks known before the transaction): each
+entity's events of every type the contract reads are shuffled together and
+each group is swept over its own type.
 
 Rows
 ----
-One per ``transaction`` event with ``start_ms <= event_time < end_ms``, each
+One per query event with ``start_ms <= event_time < end_ms``, each
 ``event_id`` once (the first landed copy, ``lamina.batch.events``). Columns:
-``event_id``, ``card_id`` (the group's entity key, whatever it is called),
-``event_time`` (int64 epoch ms), ``merchant_category``, ``channel``, every
-name of ``FEATURES`` (float64, in that order), ``label`` (int32, 0/1).
+``event_id``, the contract's entity key, ``event_time`` (int64 epoch ms), the
+contract's context columns (strings), every name of ``contract.features``
+(float64, in that order), ``label`` (int32, 0/1).
 
 Features: the speed layer's definition, by construction
 -------------------------------------------------------
-Features are the reference definition, exactly: for each transaction in the
+Features are the reference definition, exactly: for each query event in the
 window at time ``t``, the views are what ``features_from_events(group,
-events before t, card, t)`` returns, then ``model_features(event, views)``.
+events before t, entity, t)`` returns, then ``contract.vector(event,
+views)``.
 "Before" is strict (ARCHITECTURE.md, "Time, windows and 'before'"): only
 events with ``event_time < t`` count, so neither the event itself nor
 anything at or after ``t`` can, and the windows are the sawtooth ones of
 ``lamina.schemas.view_definitions``. History before ``start_ms`` is read (lifetime and
 30-day windows need it); nothing at or after ``end_ms`` is (no row could
-use it). Every transaction in the window gets its features; the label
+use it). Every query event in the window gets its features; the label
 rules then drop the rows whose outcome is not known (below).
 
-How: the events before ``end_ms`` of the cards with a transaction in the
-window are shuffled once, by card, and each Spark partition streams to
+How: the events before ``end_ms`` of the entities with a query event in
+the window are shuffled once, by entity, and each Spark partition streams to
 Python as Arrow batches (``mapInArrow``: one Python call per partition, not
-a pandas frame per card -- that hand-over cost more than the features).
-Per card, ``lamina.schemas.pit.FeatureSweep`` visits its transactions in
+a pandas frame per entity -- that hand-over cost more than the features).
+Per entity, ``lamina.schemas.pit.FeatureSweep`` visits its query events in
 time order and keeps each (aggregate, window)'s partial as the window's two
 ends move forward: counts, histograms, sums and means -- all integers, sums
 as fixed-point units at the aggregate's scale -- add when an event enters
@@ -41,8 +52,9 @@ and distinct counts keep the set of values (a canonical HLL depends on
 nothing else) and re-present only when it changes. The values are
 bit-identical to ``features_from_events``, which ``tests/unit/test_pit.py``
 checks on random histories (arbitrary values at the scale, ties, window
-edges), ``tests/unit/test_training_set_rows.py`` on generated cards and
-``tests/integration/test_training_set.py`` on the Spark job's output;
+edges), ``tests/unit/test_training_set_rows.py`` on generated cards,
+``tests/integration/test_training_set.py`` on the Spark job's output (for
+the card contract and for one keyed by merchant);
 ``check_point_in_time`` still recomputes sampled rows with the reference
 itself.
 
@@ -89,20 +101,24 @@ online (late arrivals). That is the documented exception, not a leak.
 
 Labels (as known at ``as_of``)
 ------------------------------
-``label`` events (``transaction_id``, ``is_fraud``, ``label_source``;
-``event_time`` = when the outcome became known) count only with
-``event_time <= as_of``; a label arriving later is ignored, as if not yet
-received. ``as_of`` defaults to the newest event time (any type) in the
-snapshot. Then, per transaction:
+The contract's label rule (``lamina.schemas.contract.LabelRule``) names the
+label events' type, the field holding the query event's id and the boolean
+outcome field; for the card contract: ``label`` events with
+``transaction_id`` and ``is_fraud`` (``event_time`` = when the outcome
+became known). Labels count only with ``event_time <= as_of``; a label
+arriving later is ignored, as if not yet received. ``as_of`` defaults to the
+newest event time (any type) in the snapshot. Then, per query event (card
+contract's words):
 
 * ``label = 1`` if some label with ``is_fraud = true`` (a chargeback) exists
   -- fraud wins over an earlier confirmation of genuineness;
 * else ``label = 0`` if some label with ``is_fraud = false`` (confirmed
   genuine) exists;
 * else ``label = 0`` if the transaction is *mature*: ``event_time < as_of -
-  label_maturity_ms`` (default 30 days) with no chargeback -- **unlabelled
-  transactions count as genuine once mature**: most genuine transactions are
-  never labelled, and a chargeback is expected within the maturity period;
+  label_maturity_ms`` (default: the rule's ``maturity_ms``, 30 days) with no
+  chargeback -- **unlabelled transactions count as genuine once mature**:
+  most genuine transactions are never labelled, and a chargeback is
+  expected within the maturity period;
 * else (recent and unlabelled) the transaction is **excluded**: its outcome
   is not known yet, and counting it as genuine would teach the model that
   recent fraud is genuine. ``write_training_set`` counts them
@@ -113,7 +129,6 @@ snapshot. Then, per transaction:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -123,10 +138,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from lamina.errors import ConfigError
+from lamina.lineage import code_version, fingerprint
 from lamina.logs import get_logger
-from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
+from lamina.schemas.card_views import CARD_FRAUD
+from lamina.schemas.contract import FeatureContract, LabelRule
 from lamina.schemas.pit import FeatureSweep
-from lamina.schemas.view_definitions import DAY_MS, GroupBy, features_from_events
+from lamina.schemas.view_definitions import DAY_MS, features_from_events
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,12 +152,34 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-DEFAULT_LABEL_MATURITY_MS: Final = 30 * DAY_MS
-LABEL_EVENT_TYPE: Final = "label"
-#: Request columns kept in every row besides the features.
-CONTEXT_COLUMNS: Final = ("merchant_category", "channel")
-#: Payload fields ``model_features`` reads besides the group's fields.
-_REQUEST_FIELDS: Final = ("amount", "currency", "country", "channel")
+#: The modules that define a training set's rows (the contract's vectoriser
+#: module is added per contract): recorded as its code version.
+ROW_MODULES: Final = ("lamina.batch.events", "lamina.batch.training_set",
+                      "lamina.schemas.aggregations", "lamina.schemas.contract",
+                      "lamina.schemas.pit", "lamina.schemas.view_definitions")
+
+
+def rows_code_version(contract: FeatureContract) -> str:
+    """The code version recorded with a training set of ``contract``
+    (``lamina.lineage.code_version`` of :data:`ROW_MODULES` and the module
+    of the contract's vectoriser)."""
+    return code_version(tuple(sorted({*ROW_MODULES, contract.vectoriser.__module__})))
+
+
+def event_types(contract: FeatureContract) -> tuple[str, ...]:
+    """The event types a training set of ``contract`` reads per entity: the
+    query events' first, then each view group's (once each)."""
+    return tuple(dict.fromkeys((contract.query_event_type,
+                                *(g.event_type for g in contract.groups))))
+
+
+def _views_before(sweeps: Sequence[FeatureSweep], t_ms: int) -> dict[str, Any]:
+    """Every group's features just before ``t_ms`` (the contract keeps their
+    names distinct)."""
+    views: dict[str, Any] = {}
+    for sweep in sweeps:
+        views.update(sweep.features_before(t_ms))
+    return views
 
 
 @dataclass(frozen=True)
@@ -150,13 +189,18 @@ class TrainingSetMetadata:
     master_uri: str
     snapshot: int
     group: str
+    #: The view group's name and ``lamina.lineage.fingerprint`` (what the
+    #: batch views record); with several groups, their names joined by "+"
+    #: and the fingerprint of the tuple of groups.
     group_fingerprint: str
     start_ms: int
     end_ms: int
     as_of_ms: int
     label_maturity_ms: int
     code_version: str
-    features: tuple[str, ...] = FEATURES
+    #: A lineage written before contracts names no features only if it was
+    #: the card-fraud one's (the only model input then).
+    features: tuple[str, ...] = CARD_FRAUD.features
     rows: int | None = None
     built_seconds: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -165,31 +209,13 @@ class TrainingSetMetadata:
     #: one's event time; None until written.
     not_mature_rows: int | None = None
     latest_not_mature_ms: int | None = None
+    #: The feature contract's name and ``FeatureContract.fingerprint()``;
+    #: None in a lineage written before training sets took a contract.
+    contract: str | None = None
+    contract_fingerprint: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=list)
-
-
-def group_fingerprint(group: GroupBy) -> str:
-    """A hash of the view definition (the same as the batch views')."""
-    return hashlib.sha256(repr(group).encode()).hexdigest()[:16]
-
-
-def code_version() -> str:
-    """The package version plus a hash of the code that defines the rows."""
-    from pathlib import Path
-
-    from lamina import __version__
-    from lamina.batch import events
-    from lamina.schemas import aggregations, card_views, view_definitions
-
-    digest = hashlib.sha256()
-    for module in (events, aggregations, card_views, view_definitions):
-        source = Path(module.__file__ or "")
-        digest.update(source.name.encode())
-        digest.update(source.read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 # --- inputs ---------------------------------------------------------------
@@ -227,18 +253,18 @@ def newest_event_time(master_rows: DataFrame) -> int:
     return int(value[0])
 
 
-# --- features: one Python definition, run per card ---------------------------
+# --- features: one Python definition, run per entity -------------------------
 
 
-def _output_schema(group: GroupBy, query_column: str | None = None) -> pa.Schema:
+def _output_schema(contract: FeatureContract, query_column: str | None = None) -> pa.Schema:
     """The feature rows' Arrow schema (the order of the Spark columns)."""
     import pyarrow as pa
 
     fields = [
-        pa.field("event_id", pa.string()), pa.field(group.entity_key, pa.string()),
+        pa.field("event_id", pa.string()), pa.field(contract.entity_key, pa.string()),
         pa.field("event_time", pa.int64()),
-        *[pa.field(c, pa.string()) for c in CONTEXT_COLUMNS],
-        *[pa.field(name, pa.float64()) for name in FEATURES],
+        *[pa.field(c, pa.string()) for c in contract.context_columns],
+        *[pa.field(name, pa.float64()) for name in contract.features],
     ]
     if query_column is not None:
         fields.append(pa.field(query_column, pa.int32()))
@@ -249,24 +275,24 @@ def _output_schema(group: GroupBy, query_column: str | None = None) -> pa.Schema
 _BATCH_ROWS: Final = 4_096
 
 
-def _partition_rows(batches: Iterator[pa.RecordBatch], group: GroupBy, start_ms: int,
-                    end_ms: int, schema: pa.Schema, *, query_column: str | None,
-                    lookahead_ms: int) -> Iterator[pa.RecordBatch]:
+def _partition_rows(batches: Iterator[pa.RecordBatch], contract: FeatureContract,
+                    start_ms: int, end_ms: int, schema: pa.Schema, *,
+                    query_column: str | None, lookahead_ms: int) -> Iterator[pa.RecordBatch]:
     """The feature rows of one Spark partition whose events arrive grouped by
     entity (each entity's events contiguous, in any order inside): one
-    :func:`card_rows` per entity, rows handed back in batches. Arrow values
+    :func:`entity_rows` per entity, rows handed back in batches. Arrow values
     convert to Python ones as the reference reads them (ints stay ints, SQL
     null is None)."""
     import pyarrow as pa
 
-    entity_key = group.entity_key
+    entity_key = contract.entity_key
     pending: list[dict[str, Any]] = []
     mine: list[dict[str, Any]] = []
     current: Any = None
 
     def flush() -> None:
-        pending.extend(card_rows(group, mine, start_ms, end_ms, query_column=query_column,
-                                 lookahead_ms=lookahead_ms))
+        pending.extend(entity_rows(contract, mine, start_ms, end_ms,
+                                   query_column=query_column, lookahead_ms=lookahead_ms))
         mine.clear()
 
     for batch in batches:
@@ -285,14 +311,14 @@ def _partition_rows(batches: Iterator[pa.RecordBatch], group: GroupBy, start_ms:
         yield pa.RecordBatch.from_pylist(pending, schema=schema)
 
 
-def card_rows(group: GroupBy, events: Sequence[Mapping[str, Any]], start_ms: int, end_ms: int,
-              *, query_column: str | None = None,
-              lookahead_ms: int = 0) -> list[dict[str, Any]]:
-    """The training rows of one entity's transactions in ``[start_ms,
+def entity_rows(contract: FeatureContract, events: Sequence[Mapping[str, Any]],
+                start_ms: int, end_ms: int, *, query_column: str | None = None,
+                lookahead_ms: int = 0) -> list[dict[str, Any]]:
+    """The training rows of one entity's query events in ``[start_ms,
     end_ms)``, in (event_time, event_id) order: ``events`` are all of its
-    events (any order, each event_id once). For a transaction at ``t`` the
+    events (any order, each event_id once). For a query event at ``t`` the
     features see exactly the events with ``event_time < t``: they equal
-    ``model_features(event, features_from_events(group, events before t,
+    ``contract.vector(event, features_from_events(group, events before t,
     entity, t))``, computed in one sweep (``lamina.schemas.pit``). With
     ``query_column``, only events where that column is not None get a row
     (the others are history only), and the row carries the column's value.
@@ -302,30 +328,32 @@ def card_rows(group: GroupBy, events: Sequence[Mapping[str, Any]], start_ms: int
     and events at ``t``, with more a window into the future); anything but 0
     makes a training set that lies.
     """
+    entity_key, query_type = contract.entity_key, contract.query_event_type
     ordered = sorted(events, key=lambda e: (int(e["event_time"]), str(e["event_id"])))
-    # One sweep per entity (one, when the caller keeps its promise); rows are
-    # visited in time order, so the sweep's query times never go back.
-    sweeps: dict[str, FeatureSweep] = {}
+    # One sweep per (entity, group) (one entity, when the caller keeps its
+    # promise); rows are visited in time order, so query times never go back.
+    sweeps: dict[str, list[FeatureSweep]] = {}
     rows = []
     for event in ordered:
         t = int(event["event_time"])
         if not start_ms <= t < end_ms:
             continue
+        if event.get("event_type", query_type) != query_type:
+            continue  # history of another type only
         if query_column is not None and event.get(query_column) is None:
             continue
-        entity = str(event[group.entity_key])
-        sweep = sweeps.get(entity)
-        if sweep is None:
-            sweep = sweeps[entity] = FeatureSweep(group, ordered, entity)
+        entity = str(event[entity_key])
+        mine = sweeps.get(entity)
+        if mine is None:
+            mine = sweeps[entity] = [FeatureSweep(g, ordered, entity) for g in contract.groups]
         # The views' query time: t, strictly before it (t + lookahead_ms only in leak tests).
-        views = sweep.features_before(t + lookahead_ms)
-        vector = model_features(event, views)
+        vector = contract.vector(event, _views_before(mine, t + lookahead_ms))
         row: dict[str, Any] = {
             "event_id": event["event_id"],
-            group.entity_key: entity,
+            entity_key: entity,
             "event_time": t,
         }
-        for column in CONTEXT_COLUMNS:
+        for column in contract.context_columns:
             row[column] = event.get(column)
         row.update(vector)
         if query_column is not None:
@@ -334,15 +362,18 @@ def card_rows(group: GroupBy, events: Sequence[Mapping[str, Any]], start_ms: int
     return rows
 
 
-def point_in_time_features(events: DataFrame, group: GroupBy, start_ms: int, end_ms: int,
-                           *, query_column: str | None = None,
+def point_in_time_features(events: DataFrame, contract: FeatureContract = CARD_FRAUD, *,
+                           start_ms: int, end_ms: int, query_column: str | None = None,
                            lookahead_ms: int = 0) -> DataFrame:
-    """Feature rows for the transactions of ``events`` (the output of
-    ``lamina.batch.events.events_for``, deduplicated) in ``[start_ms,
-    end_ms)``; see the module doc. ``query_column`` (an int column of
+    """Feature rows of ``contract`` for the query events of ``events`` in
+    ``[start_ms, end_ms)``; see the module doc. ``events``: the output of
+    ``lamina.batch.events.events_for`` (deduplicated) for the query event
+    type -- or, when the contract's groups read other types too, the union
+    of each of :func:`event_types` with an ``event_type`` column
+    (:func:`contract_events`). ``query_column`` (an int column of
     ``events``): only events where it is not null get a row, carrying it
     (e.g. the label: features are computed only for rows that are kept).
-    ``lookahead_ms``: tests only, see :func:`card_rows`.
+    ``lookahead_ms``: tests only, see :func:`entity_rows`.
 
     One shuffle: the events before ``end_ms`` are hash-partitioned by entity,
     entities without a row to compute are dropped (a window over the same
@@ -352,11 +383,18 @@ def point_in_time_features(events: DataFrame, group: GroupBy, start_ms: int, end
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    entity = group.entity_key
-    fields = sorted({*group.fields(), *_REQUEST_FIELDS, *CONTEXT_COLUMNS}
-                    & set(events.columns) - {"event_time", "event_id", entity})
+    entity = contract.entity_key
+    typed = "event_type" in events.columns
+    if not typed and len(event_types(contract)) > 1:
+        raise ConfigError(
+            f"contract {contract.name!r} reads {', '.join(event_types(contract))} events: pass "
+            "their union with an event_type column (contract_events)")
+    fields = sorted((set(contract.payload_fields()) | ({"event_type"} if typed else set()))
+                    & set(events.columns))
     carried = [] if query_column is None else [query_column]
     query = (F.col("event_time") >= F.lit(start_ms)) & (F.col("event_time") < F.lit(end_ms))
+    if typed:
+        query = query & (F.col("event_type") == F.lit(contract.query_event_type))
     if query_column is not None:
         query = query & F.col(query_column).isNotNull()
     needed = events.where(F.col("event_time") < F.lit(end_ms)).select(
@@ -372,10 +410,10 @@ def point_in_time_features(events: DataFrame, group: GroupBy, start_ms: int, end
                .withColumn("_active", active).where(F.col("_active"))
                .drop("_query", "_active")
                .sortWithinPartitions(entity))
-    schema = _output_schema(group, query_column)
+    schema = _output_schema(contract, query_column)
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return _partition_rows(batches, group, start_ms, end_ms, schema,
+        return _partition_rows(batches, contract, start_ms, end_ms, schema,
                                query_column=query_column, lookahead_ms=lookahead_ms)
 
     return grouped.mapInArrow(per_partition, _spark_schema(schema))
@@ -389,25 +427,29 @@ def _spark_schema(schema: pa.Schema) -> str:
 # --- labels -------------------------------------------------------------------
 
 
-def labels_as_of(labels: DataFrame, as_of_ms: int) -> DataFrame:
-    """``transaction_id, has_fraud, has_genuine`` from label events known at
-    ``as_of_ms`` (label ``event_time <= as_of_ms``)."""
+def labels_as_of(labels: DataFrame, as_of_ms: int,
+                 rule: LabelRule = CARD_FRAUD.label) -> DataFrame:
+    """``<rule.target_field>, has_fraud, has_genuine`` (a positive / a
+    negative outcome known) from label events known at ``as_of_ms`` (label
+    ``event_time <= as_of_ms``)."""
     from pyspark.sql import functions as F
 
     known = labels.where(F.col("event_time") <= F.lit(as_of_ms))
-    return known.groupBy("transaction_id").agg(
-        F.max(F.when(F.col("is_fraud"), 1).otherwise(0)).alias("has_fraud"),
-        F.max(F.when(~F.col("is_fraud"), 1).otherwise(0)).alias("has_genuine"),
+    outcome = F.col(rule.positive_field)
+    return known.groupBy(rule.target_field).agg(
+        F.max(F.when(outcome, 1).otherwise(0)).alias("has_fraud"),
+        F.max(F.when(~outcome, 1).otherwise(0)).alias("has_genuine"),
     )
 
 
 def label_rows(rows: DataFrame, labels: DataFrame, as_of_ms: int,
-               label_maturity_ms: int) -> DataFrame:
+               label_maturity_ms: int, rule: LabelRule = CARD_FRAUD.label) -> DataFrame:
     """``rows`` with ``label`` per the rules in the module doc: null for a
     recent, unlabelled row (its outcome is not known yet)."""
     from pyspark.sql import functions as F
 
-    known = labels_as_of(labels, as_of_ms).withColumnRenamed("transaction_id", "event_id")
+    known = labels_as_of(labels, as_of_ms, rule).withColumnRenamed(rule.target_field,
+                                                                    "event_id")
     mature = F.col("event_time") < F.lit(as_of_ms - label_maturity_ms)
     label = (F.when(F.col("has_fraud") == 1, F.lit(1))
              .when(F.col("has_genuine") == 1, F.lit(0))
@@ -417,12 +459,12 @@ def label_rows(rows: DataFrame, labels: DataFrame, as_of_ms: int,
 
 
 def apply_label_rules(rows: DataFrame, labels: DataFrame, as_of_ms: int,
-                      label_maturity_ms: int) -> DataFrame:
+                      label_maturity_ms: int, rule: LabelRule = CARD_FRAUD.label) -> DataFrame:
     """``rows`` with ``label`` per the rules in the module doc; recent,
     unlabelled rows are dropped."""
     from pyspark.sql import functions as F
 
-    return label_rows(rows, labels, as_of_ms, label_maturity_ms).where(
+    return label_rows(rows, labels, as_of_ms, label_maturity_ms, rule).where(
         F.col("label").isNotNull())
 
 
@@ -474,65 +516,114 @@ def maturity_warning(metadata: TrainingSetMetadata) -> str | None:
 def build_training_set(
     spark: SparkSession,
     master_uri: str,
-    group: GroupBy = CARD_VIEWS,
+    contract: FeatureContract = CARD_FRAUD,
     *,
     snapshot: int | None,
     start_ms: int,
     end_ms: int,
-    label_maturity_ms: int = DEFAULT_LABEL_MATURITY_MS,
+    label_maturity_ms: int | None = None,
     as_of_ms: int | None = None,
 ) -> DataFrame:
-    """The training set of transactions in ``[start_ms, end_ms)`` from
-    master ``snapshot`` (None: the latest), labelled as known at
-    ``as_of_ms`` (None: the snapshot's newest event time). Lazy: nothing
-    runs until the frame is used, except resolving ``snapshot`` and
-    ``as_of_ms``. See the module doc for rows, features and labels."""
-    frame, _ = _build(spark, master_uri, group, snapshot=snapshot, start_ms=start_ms,
+    """The training set of ``contract``'s query events in ``[start_ms,
+    end_ms)`` from master ``snapshot`` (None: the latest), labelled as known
+    at ``as_of_ms`` (None: the snapshot's newest event time) with a label
+    maturity of ``label_maturity_ms`` (None: the contract's label rule's).
+    Lazy: nothing runs until the frame is used, except resolving
+    ``snapshot`` and ``as_of_ms``. See the module doc for rows, features and
+    labels."""
+    frame, _ = _build(spark, master_uri, contract, snapshot=snapshot, start_ms=start_ms,
                       end_ms=end_ms, label_maturity_ms=label_maturity_ms, as_of_ms=as_of_ms)
     return frame
 
 
-def _build(spark: SparkSession, master_uri: str, group: GroupBy, *, snapshot: int | None,
-           start_ms: int, end_ms: int, label_maturity_ms: int, as_of_ms: int | None,
-           lookahead_ms: int = 0) -> tuple[DataFrame, TrainingSetMetadata]:
+def _build(spark: SparkSession, master_uri: str, contract: FeatureContract, *,
+           snapshot: int | None, start_ms: int, end_ms: int, label_maturity_ms: int | None,
+           as_of_ms: int | None, lookahead_ms: int = 0) -> tuple[DataFrame, TrainingSetMetadata]:
     frame, metadata, _ = _build_labelled(
-        spark, master_uri, group, snapshot=snapshot, start_ms=start_ms, end_ms=end_ms,
+        spark, master_uri, contract, snapshot=snapshot, start_ms=start_ms, end_ms=end_ms,
         label_maturity_ms=label_maturity_ms, as_of_ms=as_of_ms, lookahead_ms=lookahead_ms)
     return frame, metadata
 
 
+def contract_events(master_rows: DataFrame, contract: FeatureContract) -> DataFrame:
+    """The events a training set of ``contract`` reads, keyed by its entity,
+    each event_id once (``lamina.batch.events.events_for``): the query
+    events alone when every view group aggregates them, else the union of
+    every type of :func:`event_types` with an ``event_type`` column (a
+    column one type lacks is null in the others' rows; a payload field with
+    two different types is refused)."""
+    from lamina.batch import events as batch_events
+
+    types = event_types(contract)
+    if len(types) == 1:
+        return batch_events.events_for(master_rows, types[0], contract.entity_key)
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    request = {*contract.request_fields, *contract.context_columns}
+    frames = []
+    for event_type in types:
+        wanted = {f for g in contract.groups if g.event_type == event_type for f in g.fields()}
+        if event_type == contract.query_event_type:
+            wanted |= request
+        frames.append(batch_events.events_for(master_rows, event_type, contract.entity_key,
+                                              fields=sorted(wanted))
+                      .withColumn("event_type", F.lit(event_type)))
+    seen: dict[str, tuple[str, str]] = {}
+    for event_type, frame in zip(types, frames, strict=True):
+        for column in frame.schema.fields:
+            kind = column.dataType.simpleString()
+            earlier = seen.setdefault(column.name, (event_type, kind))
+            if earlier[1] != kind:
+                raise ConfigError(
+                    f"contract {contract.name!r}: field {column.name!r} is {kind} in "
+                    f"{event_type!r} events but {earlier[1]} in {earlier[0]!r} events; the "
+                    "training set reads both into one column: rename one of them")
+    return reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), frames)
+
+
 def _build_labelled(
-    spark: SparkSession, master_uri: str, group: GroupBy, *, snapshot: int | None,
-    start_ms: int, end_ms: int, label_maturity_ms: int, as_of_ms: int | None,
+    spark: SparkSession, master_uri: str, contract: FeatureContract, *, snapshot: int | None,
+    start_ms: int, end_ms: int, label_maturity_ms: int | None, as_of_ms: int | None,
     lookahead_ms: int = 0,
 ) -> tuple[DataFrame, TrainingSetMetadata, DataFrame]:
-    """The training set, its metadata, and the window's transactions with
+    """The training set, its metadata, and the window's query events with
     their label or null (:func:`label_rows`, for the maturity count)."""
 
     from lamina.batch import events as batch_events
 
+    rule = contract.label
+    if label_maturity_ms is None:
+        label_maturity_ms = rule.maturity_ms
     _check_window(start_ms, end_ms, label_maturity_ms)
     snapshot = resolve_snapshot(master_uri, snapshot)
     master_rows = batch_events.read_master(spark, master_uri, snapshot)
     if as_of_ms is None:
         as_of_ms = newest_event_time(master_rows)
-    transactions = batch_events.events_for(master_rows, group.event_type, group.entity_key)
-    labels = batch_events.events_for(master_rows, LABEL_EVENT_TYPE, "card_id",
-                                     fields=("transaction_id", "is_fraud", "label_source"))
-    # Features for every transaction in the window, then the label rules on
-    # those rows: the transactions are read, parsed and deduplicated once
+    queries = contract_events(master_rows, contract)
+    # Label events need no entity key: they point at a query event by id.
+    labels = batch_events.events_for(master_rows, rule.event_type, None,
+                                     fields=(rule.target_field, rule.positive_field))
+    # Features for every query event in the window, then the label rules on
+    # those rows: the events are read, parsed and deduplicated once
     # (labelling first needed them twice, which cost more than the features
     # of the rows the rules then drop). ``window_labels`` keeps the rows
     # whose label is not known yet (null) for the maturity count.
-    features = point_in_time_features(transactions, group, start_ms, end_ms,
+    features = point_in_time_features(queries, contract, start_ms=start_ms, end_ms=end_ms,
                                       lookahead_ms=lookahead_ms)
-    window_labels = label_rows(features, labels, as_of_ms, label_maturity_ms)
+    window_labels = label_rows(features, labels, as_of_ms, label_maturity_ms, rule)
     frame = window_labels.where(window_labels["label"].isNotNull())
-    ordered = ["event_id", group.entity_key, "event_time", *CONTEXT_COLUMNS, *FEATURES, "label"]
+    ordered = ["event_id", contract.entity_key, "event_time", *contract.context_columns,
+               *contract.features, "label"]
+    groups = contract.groups
     metadata = TrainingSetMetadata(
-        master_uri=master_uri, snapshot=snapshot, group=group.name,
-        group_fingerprint=group_fingerprint(group), start_ms=start_ms, end_ms=end_ms,
-        as_of_ms=as_of_ms, label_maturity_ms=label_maturity_ms, code_version=code_version())
+        master_uri=master_uri, snapshot=snapshot, group="+".join(g.name for g in groups),
+        group_fingerprint=fingerprint(groups[0] if len(groups) == 1 else groups),
+        start_ms=start_ms, end_ms=end_ms,
+        as_of_ms=as_of_ms, label_maturity_ms=label_maturity_ms,
+        code_version=rows_code_version(contract), features=contract.features,
+        contract=contract.name, contract_fingerprint=contract.fingerprint())
     return frame.select(*ordered), metadata, window_labels
 
 
@@ -543,16 +634,17 @@ def write_training_set(
     spark: SparkSession,
     master_uri: str,
     out_uri: str,
-    group: GroupBy = CARD_VIEWS,
+    contract: FeatureContract = CARD_FRAUD,
     *,
     snapshot: int | None,
     start_ms: int,
     end_ms: int,
-    label_maturity_ms: int = DEFAULT_LABEL_MATURITY_MS,
+    label_maturity_ms: int | None = None,
     as_of_ms: int | None = None,
     fmt: Literal["parquet", "delta"] = "parquet",
 ) -> TrainingSetMetadata:
-    """Build the training set and write it to ``out_uri`` (overwriting),
+    """Build ``contract``'s training set (see :func:`build_training_set`)
+    and write it to ``out_uri`` (overwriting),
     each file sorted by (event_time, event_id) (no global sort: readers
     that need one sort on read). Lineage: for Delta, the commit's
     ``userMetadata`` (JSON of :class:`TrainingSetMetadata`); for Parquet, a
@@ -561,7 +653,7 @@ def write_training_set(
     as not yet mature (see :func:`maturity_warning`) and seconds."""
     started = time.monotonic()
     frame, metadata, window_labels = _build_labelled(
-        spark, master_uri, group, snapshot=snapshot, start_ms=start_ms, end_ms=end_ms,
+        spark, master_uri, contract, snapshot=snapshot, start_ms=start_ms, end_ms=end_ms,
         label_maturity_ms=label_maturity_ms, as_of_ms=as_of_ms)
     # Cached: the feature job fills it, the maturity count then only reads it.
     window_labels = window_labels.persist()
@@ -625,6 +717,12 @@ def read_lineage(out_uri: str) -> TrainingSetMetadata:
         raise ConfigError(f"{out_uri} has no training-set lineage")
     data = json.loads(text)
     data["features"] = tuple(data["features"])
+    known = TrainingSetMetadata.__dataclass_fields__
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{out_uri}: its lineage has fields this Lamina does not know ({unknown}); it was "
+            "written by a newer version: rebuild it with `lamina training-set`")
     return TrainingSetMetadata(**data)
 
 
@@ -669,29 +767,36 @@ def _close(a: float, b: float) -> bool:
 
 def check_point_in_time(rows: DataFrame | pd.DataFrame | Iterable[Mapping[str, Any]],
                         events: Iterable[Mapping[str, Any]],
-                        group: GroupBy = CARD_VIEWS, *, sample: int | None = 200,
+                        contract: FeatureContract = CARD_FRAUD, *, sample: int | None = 200,
                         seed: int = 0) -> PointInTimeReport:
     """Recompute the features of (a sample of) training rows strictly before
-    each row's event time, from raw ``events`` (payload dicts of the group's
-    type, any order, repeats of an event_id ignored), with the reference
-    functions, and report every value that differs.
+    each row's event time, from raw ``events`` (payload dicts of the query
+    and view groups' types, any order, repeats of an event_id ignored, other
+    types ignored), with the reference functions and ``contract``'s
+    vectoriser, and report every value that differs.
 
     A leak -- a view that saw the event itself, events at its time or after
     -- shows up as a mismatch. ``rows``: a Spark or pandas frame or dicts
-    with ``event_id`` and the ``FEATURES`` columns; ``sample`` rows are
-    checked (None: all), chosen with ``seed``."""
-    records = _as_records(rows)
+    with ``event_id`` and the ``contract.features`` columns; ``sample`` rows
+    are checked (None: all), chosen with ``seed``."""
+    entity_key, query_type = contract.entity_key, contract.query_event_type
+    types = set(event_types(contract))
+    records = _as_records(rows, contract.features)
     if sample is not None and len(records) > sample:
         records = random.Random(seed).sample(records, sample)
     by_entity: dict[str, list[Mapping[str, Any]]] = {}
     by_id: dict[str, Mapping[str, Any]] = {}
+    seen: set[str] = set()
     for event in events:
-        if event.get("event_type", group.event_type) != group.event_type:
+        event_type = event.get("event_type", query_type)
+        if event_type not in types:
             continue
-        if event.get(group.entity_key) is None or event["event_id"] in by_id:
+        if event.get(entity_key) is None or event["event_id"] in seen:
             continue
-        by_id[event["event_id"]] = event
-        by_entity.setdefault(str(event[group.entity_key]), []).append(event)
+        seen.add(event["event_id"])
+        if event_type == query_type:
+            by_id[event["event_id"]] = event
+        by_entity.setdefault(str(event[entity_key]), []).append(event)
     for mine in by_entity.values():
         mine.sort(key=lambda e: (int(e["event_time"]), str(e["event_id"])))
     mismatches: list[Mismatch] = []
@@ -702,19 +807,22 @@ def check_point_in_time(rows: DataFrame | pd.DataFrame | Iterable[Mapping[str, A
             continue
         event = found
         t = int(event["event_time"])
-        entity = str(event[group.entity_key])
+        entity = str(event[entity_key])
         before = [e for e in by_entity[entity] if int(e["event_time"]) < t]
-        expected = model_features(event, features_from_events(group, before, entity, t))
-        for name in FEATURES:
+        views: dict[str, Any] = {}
+        for group in contract.groups:
+            views.update(features_from_events(group, before, entity, t))
+        expected = contract.vector(event, views)
+        for name in contract.features:
             got = float(row[name])
             if not _close(got, expected[name]):
                 mismatches.append(Mismatch(str(row["event_id"]), name, got, expected[name]))
     return PointInTimeReport(len(records), tuple(mismatches))
 
 
-def _as_records(rows: Any) -> list[dict[str, Any]]:
+def _as_records(rows: Any, features: Sequence[str]) -> list[dict[str, Any]]:
     if hasattr(rows, "toPandas"):
-        rows = rows.select("event_id", *FEATURES).toPandas()
+        rows = rows.select("event_id", *features).toPandas()
     if hasattr(rows, "to_dict"):
         return list(rows.to_dict("records"))
     return [dict(r) for r in rows]

@@ -47,7 +47,7 @@ from lamina.batch.published import (
     published_rows,
 )
 from lamina.errors import DatasetError
-from lamina.lineage import code_version as _code_version
+from lamina.lineage import code_version
 from lamina.logs import get_logger
 from lamina.master.dataset import MasterDataset
 from lamina.schemas.view_definitions import GroupBy
@@ -89,11 +89,6 @@ class BatchRunResult:
 #: anywhere else does not.
 TILE_MODULES = ("lamina.batch.events", "lamina.batch.tiles", "lamina.batch.views",
                 "lamina.schemas.aggregations", "lamina.schemas.view_definitions")
-
-
-def code_version() -> str:
-    """The code version recorded with a view (``lamina.lineage``)."""
-    return _code_version(TILE_MODULES)
 
 
 def default_cutoff(dataset: MasterDataset, snapshot: int, group: GroupBy) -> int:
@@ -152,7 +147,7 @@ def run_batch_views(
     wanted = ViewMetadata(
         group=group.name, cutoff_ms=cutoff_ms, source_snapshot=snapshot,
         master_uri=master_uri, definition=definition_fingerprint(group),
-        code_version=code_version(),
+        code_version=code_version(TILE_MODULES),
     )
     current = latest_published(views_uri)
     if current is not None and not force:

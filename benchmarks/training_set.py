@@ -235,8 +235,13 @@ def training_set_sql(data: TrainingSetData, group: GroupBy | None = None,
     """One SELECT giving the training rows of `data` (columns: event_id,
     the entity key, event_time, the context columns, FEATURES, label) the
     way `build_training_set` defines them, for the card views."""
-    from lamina.batch.training_set import CONTEXT_COLUMNS
-    from lamina.schemas.card_views import CARD_VIEWS, CURRENCY_COUNTRIES, FEATURES, NO_HISTORY
+    from lamina.schemas.card_views import (
+        CARD_FRAUD,
+        CARD_VIEWS,
+        CURRENCY_COUNTRIES,
+        FEATURES,
+        NO_HISTORY,
+    )
 
     group = group or CARD_VIEWS
     if group is not CARD_VIEWS:
@@ -293,7 +298,7 @@ def training_set_sql(data: TrainingSetData, group: GroupBy | None = None,
     labels = (_landed(data.label_files, label_schema) if data.label_files else
               "SELECT NULL::VARCHAR AS event_id, NULL::BIGINT AS event_time, "
               "NULL::STRUCT(transaction_id VARCHAR, is_fraud BOOLEAN) AS p WHERE FALSE")
-    context = ", ".join(f"q.{c}" for c in CONTEXT_COLUMNS)
+    context = ", ".join(f"q.{c}" for c in CARD_FRAUD.context_columns)
     return f"""
     WITH tx AS (
         SELECT event_id, event_time, p.card_id AS card_id, p.merchant_id AS merchant_id,

@@ -45,9 +45,31 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from lamina.schemas.contract import FeatureContract, LabelRule
-from lamina.schemas.view_definitions import WINDOWS, Aggregate, Filter, GroupBy, field_value
+from lamina.schemas.view_definitions import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    Aggregate,
+    Filter,
+    GroupBy,
+    Window,
+    field_value,
+)
 
-_W = WINDOWS
+# The card's windows, each with its hop (tile size) declared: 5 min tiles for
+# the short windows, hourly for a day and a week, daily for 30 days and the
+# lifetime. A hop is part of the definition and of its fingerprint.
+_W: Final[Mapping[str, Window]] = {
+    w.name: w
+    for w in (
+        Window("10m", 10 * MINUTE_MS, hop_ms=5 * MINUTE_MS),
+        Window("1h", HOUR_MS, hop_ms=5 * MINUTE_MS),
+        Window("24h", 24 * HOUR_MS, hop_ms=HOUR_MS),
+        Window("7d", 7 * DAY_MS, hop_ms=HOUR_MS),
+        Window("30d", 30 * DAY_MS, hop_ms=DAY_MS),
+        Window("lifetime", None, hop_ms=DAY_MS),
+    )
+}
 # Hour-of-day histogram: bucket h holds hour h (bounds 1..23 -> 24 buckets).
 HOUR_BUCKETS: Final = tuple(float(h) for h in range(1, 24))
 

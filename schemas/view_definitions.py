@@ -8,9 +8,11 @@ against.
 
 Time: one definition for every layer (ARCHITECTURE.md, "Time, windows ...")
 ---------------------------------------------------------------------------
-* A window has a hop ``h`` (``Window.hop_ms``): 5 min for windows up to 1 h,
-  1 h up to 7 d, 1 d beyond and for the lifetime window. A window's length is
-  a multiple of its hop.
+* A window has a hop ``h`` (``Window.hop_ms``), declared with it or, when
+  not, the default: 5 min for windows up to 1 h, 1 h up to 7 d, 1 d beyond
+  and for the lifetime window. A window's length is a multiple of its hop;
+  a group's hops divide one another, and within an aggregate a longer
+  window never has a finer hop.
 * Tiles: per entity and hop, the partial of the events with
   ``tile_start <= event_time < tile_start + h``, ``tile_start =
   floor(event_time / h) * h`` (:func:`tile_start`).
@@ -40,8 +42,8 @@ from :data:`DERIVED_FIELDS` (each has a Python function and the Spark SQL
 expression that computes the same value).
 
 Batch cutoffs are multiples of :meth:`GroupBy.cutoff_alignment_ms` (the
-largest hop; the hops 5 min, 1 h and 1 d divide one another), so a cutoff is
-a tile boundary for every hop.
+largest hop; a group's hops divide one another), so a cutoff is a tile
+boundary for every hop.
 """
 
 from __future__ import annotations
@@ -84,41 +86,76 @@ def _check_name(kind: str, name: Any, pattern: re.Pattern[str] = _NAME) -> None:
 # --- windows and time --------------------------------------------------------
 
 
-@dataclass(frozen=True)
+def default_hop_ms(length_ms: int | None) -> int:
+    """The hop a window gets when it declares none: 5 min up to 1 h, 1 h up
+    to 7 d, 1 d beyond and for the lifetime window."""
+    if length_ms is None:
+        return DAY_MS
+    if length_ms <= HOUR_MS:
+        return 5 * MINUTE_MS
+    if length_ms <= 7 * DAY_MS:
+        return HOUR_MS
+    return DAY_MS
+
+
+@dataclass(frozen=True, repr=False)
 class Window:
     """A window of ``length_ms`` milliseconds before the query time, or the
-    whole history before it when ``length_ms`` is None (lifetime)."""
+    whole history before it when ``length_ms`` is None (lifetime), stored as
+    tiles of ``hop_ms``.
+
+    ``hop_ms`` is part of the definition (and so of every fingerprint that
+    holds the window): a positive whole number of milliseconds that divides
+    the length. Not given (None), it is :func:`default_hop_ms` of the
+    length; after construction it is always an int. A window whose hop is
+    the default one prints -- and fingerprints -- as it did before hops were
+    declared, so a definition that only spells out its default hops keeps
+    its fingerprint (published views stay valid); any other hop shows.
+    """
 
     name: str
     length_ms: int | None
+    # None only until __post_init__ resolves it (callers may rely on an int).
+    hop_ms: int = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         _check_name("window", self.name, _WINDOW_NAME)
-        if self.length_ms is None:
-            return
-        if isinstance(self.length_ms, bool) or not isinstance(self.length_ms, int):
+        if self.length_ms is not None:
+            if isinstance(self.length_ms, bool) or not isinstance(self.length_ms, int):
+                raise ConfigError(
+                    f"window {self.name!r}: length_ms must be an integer number of "
+                    f"milliseconds or None (lifetime), got {self.length_ms!r}"
+                )
+            if self.length_ms <= 0:
+                raise ConfigError(
+                    f"window {self.name!r}: length_ms must be > 0, got {self.length_ms}")
+        if self.hop_ms is None:
+            object.__setattr__(self, "hop_ms", default_hop_ms(self.length_ms))
+            declared = False
+        else:
+            declared = True
+        hop = self.hop_ms
+        if isinstance(hop, bool) or not isinstance(hop, int) or hop <= 0:
             raise ConfigError(
-                f"window {self.name!r}: length_ms must be an integer number of "
-                f"milliseconds or None (lifetime), got {self.length_ms!r}"
+                f"window {self.name!r}: hop_ms must be a positive whole number of "
+                f"milliseconds, got {hop!r}"
             )
-        if self.length_ms <= 0:
-            raise ConfigError(f"window {self.name!r}: length_ms must be > 0, got {self.length_ms}")
-        if self.length_ms % self.hop_ms:
+        if self.length_ms is not None and self.length_ms % hop:
+            rule = ("declared" if declared else
+                    "the default: 5 min up to 1 h, 1 h up to 7 d, 1 d beyond; declare hop_ms "
+                    "to choose another")
             raise ConfigError(
                 f"window {self.name!r}: length {self.length_ms} ms is not a multiple of its "
-                f"hop {self.hop_ms} ms (5 min up to 1 h, 1 h up to 7 d, 1 d beyond)"
+                f"hop {hop} ms ({rule})"
             )
 
-    @property
-    def hop_ms(self) -> int:
-        """Tile size for this window: 5 min up to 1 h, 1 h up to 7 d, else 1 d."""
-        if self.length_ms is None:
-            return DAY_MS
-        if self.length_ms <= HOUR_MS:
-            return 5 * MINUTE_MS
-        if self.length_ms <= 7 * DAY_MS:
-            return HOUR_MS
-        return DAY_MS
+    def __repr__(self) -> str:
+        # The dataclass repr, leaving out a default hop: fingerprints are
+        # reprs, and the default hop was implicit before it was a field.
+        text = f"Window(name={self.name!r}, length_ms={self.length_ms!r}"
+        if self.hop_ms != default_hop_ms(self.length_ms):
+            text += f", hop_ms={self.hop_ms!r}"
+        return text + ")"
 
     @property
     def is_lifetime(self) -> bool:
@@ -334,6 +371,17 @@ class Aggregate:
         for item in filters:
             if not isinstance(item, Filter):
                 raise ConfigError(f"aggregate {self.name!r}: {item!r} is not a Filter")
+        # A longer window never has a finer hop (and one of the same length
+        # has the same hop): then the longest window always starts first,
+        # which the point-in-time sweep (lamina.schemas.pit) relies on.
+        by_length = sorted(windows, key=lambda w: (w.length_ms is None, w.length_ms or 0))
+        for shorter, longer in zip(by_length, by_length[1:], strict=False):
+            same_length = shorter.length_ms == longer.length_ms
+            if longer.hop_ms < shorter.hop_ms or (same_length and longer.hop_ms != shorter.hop_ms):
+                raise ConfigError(
+                    f"aggregate {self.name!r}: window {longer.name!r} (hop {longer.hop_ms} ms) "
+                    f"is not shorter than {shorter.name!r} but has a finer hop than its "
+                    f"{shorter.hop_ms} ms; give a longer window the same or a coarser hop")
 
     @property
     def aggregation(self) -> Aggregation[Any]:
@@ -388,10 +436,18 @@ class GroupBy:
         duplicated = sorted({f for f in features if features.count(f) > 1})
         if duplicated:
             raise ConfigError(f"group-by {self.name!r}: feature names collide: {duplicated}")
-        largest = max(self.hops())
-        for hop in self.hops():
-            if largest % hop:  # cannot happen with the fixed hops; keep the proof
-                raise ConfigError(f"group-by {self.name!r}: hop {hop} does not divide {largest}")
+        # Each hop divides the next (so every hop divides the largest, the
+        # cutoff alignment): coarser tiles are rolled up from the next finer
+        # ones (lamina.batch.tiles), which needs them to nest.
+        hops = self.hops()
+        for finer, coarser in zip(hops, hops[1:], strict=False):
+            if coarser % finer:
+                offending = sorted({f"{a.name}_{w.name}" for a in aggregates for w in a.windows
+                                    if w.hop_ms == coarser})
+                raise ConfigError(
+                    f"group-by {self.name!r}: window {', '.join(offending)} has hop {coarser} ms, "
+                    f"not a multiple of the finer hop {finer} ms; a group's hops must divide "
+                    f"one another (e.g. 5 min, 1 h, 1 d) so that tiles nest")
 
     def hops(self) -> tuple[int, ...]:
         """Sorted distinct tile sizes of all windows."""

@@ -14,6 +14,7 @@ Run with ``-p tests.spark_fixtures`` (the session-scoped ``spark`` fixture).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,24 @@ from typing import Any
 import orjson
 import pyarrow.compute as pc
 import pytest
+from pyspark import cloudpickle
 
 from lamina.batch import training_set as ts
 from lamina.generator import GeneratorConfig, write_files
+from lamina.lineage import fingerprint
 from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
-from lamina.schemas.card_views import CARD_VIEWS, FEATURES, model_features
+from lamina.schemas.card_views import CARD_FRAUD, CARD_VIEWS, FEATURES, model_features
+from lamina.schemas.contract import FeatureContract
 from lamina.schemas.validation import EventValidator
-from lamina.schemas.view_definitions import DAY_MS, HOUR_MS, features_from_events
+from lamina.schemas.view_definitions import (
+    DAY_MS,
+    HOUR_MS,
+    Aggregate,
+    GroupBy,
+    Window,
+    features_from_events,
+)
 from tests.master_helpers import append_resends
 
 pytestmark = pytest.mark.integration
@@ -106,7 +117,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _build(spark: Any, world: dict[str, Any], **kwargs: Any) -> Any:
-    return ts.build_training_set(spark, world["dataset"].uri, CARD_VIEWS, snapshot=None,
+    return ts.build_training_set(spark, world["dataset"].uri, CARD_FRAUD, snapshot=None,
                                  start_ms=WINDOW[0], end_ms=WINDOW[1],
                                  label_maturity_ms=MATURITY, as_of_ms=AS_OF, **kwargs)
 
@@ -174,7 +185,7 @@ def test_leak_detector_flags_leaky_builds_and_passes_the_real_one(
 
     # The Spark builder with views that include the event itself (events at <= t):
     # every row's counts are one too high.
-    leaky, _ = ts._build(spark, world["dataset"].uri, CARD_VIEWS, snapshot=None,
+    leaky, _ = ts._build(spark, world["dataset"].uri, CARD_FRAUD, snapshot=None,
                          start_ms=WINDOW[0], end_ms=WINDOW[1], label_maturity_ms=MATURITY,
                          as_of_ms=AS_OF, lookahead_ms=1)
     itself = ts.check_point_in_time(leaky, events, sample=300, seed=1)
@@ -187,12 +198,12 @@ def test_leak_detector_flags_leaky_builds_and_passes_the_real_one(
     for tx in events:
         by_card.setdefault(tx["card_id"], []).append(tx)
     future_rows = [row for card in sorted(by_card)[:40]
-                   for row in ts.card_rows(CARD_VIEWS, by_card[card], *WINDOW,
-                                           lookahead_ms=HOUR_MS)]
+                   for row in ts.entity_rows(CARD_FRAUD, by_card[card], *WINDOW,
+                                             lookahead_ms=HOUR_MS)]
     future = ts.check_point_in_time(future_rows, events, sample=None)
     assert not future.ok
     honest_rows = [row for card in sorted(by_card)[:40]
-                   for row in ts.card_rows(CARD_VIEWS, by_card[card], *WINDOW)]
+                   for row in ts.entity_rows(CARD_FRAUD, by_card[card], *WINDOW)]
     assert ts.check_point_in_time(honest_rows, events, sample=None).ok
     unknown = ts.check_point_in_time([{**honest_rows[0], "event_id": "nope"}], events)
     assert [m.feature for m in unknown.mismatches] == ["<event>"]
@@ -223,12 +234,14 @@ def test_written_training_set_keeps_its_lineage(
     for fmt in ("parquet", "delta"):
         out = str(tmp_path / f"training-{fmt}")
         metadata = ts.write_training_set(
-            spark, world["dataset"].uri, out, CARD_VIEWS, snapshot=None, start_ms=window[0],
+            spark, world["dataset"].uri, out, CARD_FRAUD, snapshot=None, start_ms=window[0],
             end_ms=window[1], label_maturity_ms=MATURITY, as_of_ms=None, fmt=fmt)
         assert metadata.snapshot == world["dataset"].table().version()
         newest = max(e["event_time"] for e in world["transactions"] + world["labels"])
         assert metadata.as_of_ms == newest  # default: the snapshot's newest event
-        assert metadata.group_fingerprint == ts.group_fingerprint(CARD_VIEWS)
+        assert metadata.group_fingerprint == fingerprint(CARD_VIEWS)
+        assert (metadata.contract, metadata.contract_fingerprint) == (
+            CARD_FRAUD.name, CARD_FRAUD.fingerprint())
         assert ts.read_lineage(out) == metadata
         assert json.loads(metadata.to_json())["start_ms"] == window[0]
         assert metadata.rows and metadata.rows > 100
@@ -244,7 +257,7 @@ def test_a_written_training_set_counts_the_rows_left_out_as_not_yet_mature(
         spark: Any, world: dict[str, Any], tmp_path: Path) -> None:
     out = str(tmp_path / "training")
     metadata = ts.write_training_set(
-        spark, world["dataset"].uri, out, CARD_VIEWS, snapshot=None, start_ms=WINDOW[0],
+        spark, world["dataset"].uri, out, CARD_FRAUD, snapshot=None, start_ms=WINDOW[0],
         end_ms=WINDOW[1], label_maturity_ms=MATURITY, as_of_ms=AS_OF)
     kept = _expected_labels(world)
     left_out = [t for t in world["transactions"]
@@ -258,3 +271,115 @@ def test_a_written_training_set_counts_the_rows_left_out_as_not_yet_mature(
     assert line is not None
     assert line.startswith(f"{len(left_out):,} of {len(kept) + len(left_out):,} transactions")
     assert "--end 2026-01-07T00:00:00Z" in line  # AS_OF - MATURITY
+
+
+# --- nothing hard-codes the card: a contract keyed by merchant ----------------
+
+#: Test-only views per merchant (the generator's transactions carry
+#: ``merchant_id``), one window with a declared, non-default hop (7 d in 1 d tiles).
+MERCHANT_VIEWS = GroupBy(
+    name="merchant_transactions",
+    event_type="transaction",
+    entity_key="merchant_id",
+    aggregates=(
+        Aggregate("txn_count", "count", None, (Window("1h", HOUR_MS), Window("24h", DAY_MS))),
+        Aggregate("amount_sum", "sum", "amount", (Window("24h", DAY_MS),), scale=2),
+        Aggregate("card_distinct", "approx_distinct", "card_id", (Window("24h", DAY_MS),)),
+        Aggregate("amount_max", "max", "amount", (Window("7d", 7 * DAY_MS, hop_ms=DAY_MS),)),
+    ),
+)
+
+
+def merchant_vector(event: Any, views: Any) -> dict[str, float]:
+    """The test contract's vectoriser: the amount, the hour and each view
+    feature (0.0 for none)."""
+    vector = {"amount": float(event["amount"]),
+              "hour_of_day": float(event["event_time"] // HOUR_MS % 24)}
+    vector.update({name: 0.0 if value is None else float(value)
+                   for name, value in views.items()})
+    return vector
+
+
+# Spark's Python workers cannot import this test module by its pytest name:
+# ship the vectoriser by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+MERCHANT_RISK = FeatureContract(
+    name="merchant_risk",
+    query_event_type="transaction",
+    groups=(MERCHANT_VIEWS,),
+    request_fields=("amount", "event_time"),
+    features=("amount", "hour_of_day", *MERCHANT_VIEWS.feature_names()),
+    vectoriser=merchant_vector,
+    context_columns=("channel", "country"),
+    slices=("channel",),
+)
+
+
+def test_a_contract_keyed_by_merchant_builds_a_point_in_time_training_set(
+        spark: Any, world: dict[str, Any], tmp_path: Path) -> None:
+    """The builder takes everything from the contract: rows keyed by
+    merchant_id, its context columns, its features by its vectoriser --
+    each equal to the reference for that merchant strictly before the
+    transaction -- and the label rule's labels; the lineage names it."""
+    out = str(tmp_path / "merchant")
+    metadata = ts.write_training_set(
+        spark, world["dataset"].uri, out, MERCHANT_RISK, snapshot=None, start_ms=WINDOW[0],
+        end_ms=WINDOW[1], label_maturity_ms=MATURITY, as_of_ms=AS_OF)
+    from lamina.batch.commands import read_table
+
+    frame = read_table(out)
+    assert list(frame.columns) == ["event_id", "merchant_id", "event_time", "channel",
+                                   "country", *MERCHANT_RISK.features, "label"]
+    assert (metadata.contract, metadata.contract_fingerprint, metadata.group) == (
+        "merchant_risk", MERCHANT_RISK.fingerprint(), "merchant_transactions")
+    assert metadata.group_fingerprint == fingerprint(MERCHANT_VIEWS)
+    assert metadata.features == MERCHANT_RISK.features
+    assert ts.read_lineage(out) == metadata
+    by_merchant: dict[str, list[dict[str, Any]]] = {}
+    for tx in world["transactions"]:
+        by_merchant.setdefault(tx["merchant_id"], []).append(tx)
+    by_id = {tx["event_id"]: tx for tx in world["transactions"]}
+    rows = frame.to_dict("records")
+    assert dict((r["event_id"], r["label"]) for r in rows) == _expected_labels(world)
+    assert len(rows) > 1_000
+    busy = 0
+    for row in rows:
+        tx = by_id[row["event_id"]]
+        t = tx["event_time"]
+        assert (row["merchant_id"], row["event_time"], row["channel"], row["country"]) == (
+            tx["merchant_id"], t, tx["channel"], tx["country"])
+        before = [e for e in by_merchant[tx["merchant_id"]] if e["event_time"] < t]
+        expected = merchant_vector(tx, features_from_events(MERCHANT_VIEWS, before,
+                                                            tx["merchant_id"], t))
+        for name in MERCHANT_RISK.features:
+            assert repr(float(row[name])) == repr(expected[name]), (
+                row["event_id"], name, row[name], expected[name])
+        busy += row["card_distinct_24h"] > 1
+    assert busy > 100  # merchant histories span several cards: not the card views by accident
+    assert ts.check_point_in_time(frame, world["transactions"], MERCHANT_RISK, sample=200).ok
+
+
+
+def test_a_contract_with_a_second_group_over_label_events_builds_in_spark(
+        spark: Any, world: dict[str, Any]) -> None:
+    """Two view groups over two event types (the card views over
+    transactions, the card's chargebacks over label events): rows only for
+    transactions, each group's features strictly before them."""
+    from tests.unit import test_training_set_rows as rows_module
+
+    cloudpickle.register_pickle_by_value(rows_module)
+    contract = rows_module.CARD_FRAUD_WITH_LABELS
+    built = ts.build_training_set(spark, world["dataset"].uri, contract, snapshot=None,
+                                  start_ms=WINDOW[0], end_ms=WINDOW[1],
+                                  label_maturity_ms=MATURITY, as_of_ms=AS_OF).toPandas()
+    assert list(built.columns) == ["event_id", "card_id", "event_time", "merchant_category",
+                                   "channel", *contract.features, "label"]
+    assert dict(zip(built["event_id"], built["label"], strict=True)) == _expected_labels(world)
+    history = world["transactions"] + world["labels"]
+    report = ts.check_point_in_time(built, history, contract, sample=None)
+    assert report.ok, report.summary()
+    # Not all zeros: labels known before the transaction (chargebacks are
+    # rare before a card's later transactions, confirmations less so).
+    assert (built["labels_7d"] > 0).sum() > 10
+    assert (built["chargebacks_lifetime"] > 0).sum() >= 1

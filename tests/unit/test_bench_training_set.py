@@ -18,7 +18,7 @@ import pytest
 from benchmarks.training_set import prepare_data, run_duckdb, training_set_sql
 from lamina.batch import training_set as ts
 from lamina.master.dataset import MasterDataset
-from lamina.schemas.card_views import CARD_VIEWS, FEATURES
+from lamina.schemas.card_views import CARD_FRAUD, FEATURES
 
 TRANSACTIONS = 3_000
 
@@ -41,7 +41,7 @@ def _raw(master_uri: str, event_type: str) -> list[dict[str, Any]]:
 
 
 def _expected(data: Any) -> dict[str, dict[str, Any]]:
-    """The training rows by the Python reference: card_rows per card, then
+    """The training rows by the Python reference: entity_rows per card, then
     the label rules of batch/training_set.py (maturity 0)."""
     by_card: dict[str, list[dict[str, Any]]] = {}
     for event in _raw(data.master_uri, "transaction"):
@@ -53,7 +53,7 @@ def _expected(data: Any) -> dict[str, dict[str, Any]]:
             (fraud if label["is_fraud"] else genuine).add(label["transaction_id"])
     out = {}
     for events in by_card.values():
-        for row in ts.card_rows(CARD_VIEWS, events, data.start_ms, data.end_ms):
+        for row in ts.entity_rows(CARD_FRAUD, events, data.start_ms, data.end_ms):
             event_id = row["event_id"]
             label = 1 if event_id in fraud else 0 if (
                 event_id in genuine or row["event_time"] < data.as_of_ms) else None

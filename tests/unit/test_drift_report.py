@@ -30,7 +30,13 @@ from lamina.batch.drift import (
     reference_profile,
 )
 from lamina.errors import ConfigError
-from lamina.schemas.card_views import CARD_VIEWS, DERIVED_FEATURES, FEATURES, REQUEST_FEATURES
+from lamina.schemas.card_views import (
+    CARD_FRAUD,
+    CARD_VIEWS,
+    DERIVED_FEATURES,
+    FEATURES,
+    REQUEST_FEATURES,
+)
 from lamina.schemas.view_definitions import (
     DAY_MS,
     HOUR_MS,
@@ -38,6 +44,7 @@ from lamina.schemas.view_definitions import (
     WINDOWS,
     Aggregate,
     GroupBy,
+    Window,
     window_range,
 )
 
@@ -249,6 +256,31 @@ def test_a_feature_reading_two_views_warms_up_with_the_longer_one() -> None:
     assert per_txn.eligible_from(S + 1) == S + HOUR_MS + 7 * DAY_MS
     assert windows["raw"].kind == "request"
     assert windows["n_1h"].windows == ((HOUR_MS, 5 * MINUTE_MS),)
+
+
+def test_feature_windows_come_from_every_view_group_of_a_contract() -> None:
+    from lamina.schemas.contract import FeatureContract
+
+    counts = GroupBy("probe_counts", "transaction", "merchant_id",
+                     (Aggregate("n", "count", None, (Window("2h", 2 * HOUR_MS, hop_ms=HOUR_MS),)),))
+    sums = GroupBy("probe_sums", "transaction", "merchant_id",
+                   (Aggregate("spent", "sum", "amount", (WINDOWS["7d"],), scale=2),))
+
+    def vectorise(event: Any, views: Any) -> dict[str, float]:
+        n, spent = views.get("n_2h"), views.get("spent_7d")
+        return {"busy": -1.0 if n is None else float(n),
+                "per_day": -1.0 if spent is None else float(spent) / 7,
+                "raw": float(event["amount"])}
+
+    contract = FeatureContract(
+        name="merchant_probe", query_event_type="transaction", groups=(counts, sums),
+        request_fields=("amount",), features=("busy", "per_day", "raw"), vectoriser=vectorise)
+    windows = feature_windows(contract.features, contract=contract)
+    assert windows["busy"].windows == ((2 * HOUR_MS, HOUR_MS),)  # the declared hop
+    assert windows["per_day"].views == ("spent_7d",)
+    assert windows["raw"].kind == "request"
+    # The default contract is the card-fraud one.
+    assert feature_windows(FEATURES) == feature_windows(FEATURES, contract=CARD_FRAUD)
 
 
 # --- shifts, noise and the alert rule ---------------------------------------------

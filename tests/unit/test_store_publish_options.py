@@ -43,3 +43,11 @@ def test_store_options_are_typed_from_the_store_defaults(tmp_path: Path) -> None
 def test_the_store_and_the_batch_layer_record_one_fingerprint() -> None:
     assert store_fingerprint(CARD_VIEWS) == batch_fingerprint(CARD_VIEWS) \
         == fingerprint(CARD_VIEWS)
+
+
+def test_one_fingerprint_function_and_a_hop_is_part_of_it() -> None:
+    from tests.unit.test_views import card_views_with_hop
+
+    assert batch_fingerprint is store_fingerprint
+    rehopped = card_views_with_hop(15 * 60_000)
+    assert store_fingerprint(rehopped) == fingerprint(rehopped) != fingerprint(CARD_VIEWS)

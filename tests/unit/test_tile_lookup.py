@@ -40,7 +40,14 @@ from lamina.stores.lookup import (
     horizon_ms,
     realtime_spans,
 )
-from tests.unit.test_views import ALL_OPS, T0, amounts, txn
+from tests.unit.test_views import (
+    ALL_OPS,
+    REHOPPED,
+    T0,
+    amounts,
+    card_views_with_hop,
+    txn,
+)
 
 CUTOFF = T0  # a day boundary: aligned for every hop
 
@@ -99,7 +106,7 @@ def snapshot_of(group: GroupBy, events: list[dict[str, Any]], entity: str, cutof
                           tiles)
 
 
-@pytest.mark.parametrize("group", [ALL_OPS, CARD_VIEWS], ids=lambda g: g.name)
+@pytest.mark.parametrize("group", [ALL_OPS, CARD_VIEWS, REHOPPED], ids=lambda g: g.name)
 @settings(max_examples=60, deadline=None)
 @given(events=st.lists(event_strategy, max_size=40).map(_resends),
        interval=interval_strategy, data=st.data(), entity=st.sampled_from(["c1", "c2"]))
@@ -151,6 +158,17 @@ def test_a_record_of_another_publish_or_definition_is_refused() -> None:
                           generation=1, published_at_ms=CUTOFF)
     with pytest.raises(StoreError, match="built for definition"):
         FeatureReader(ALL_OPS).features(EntitySnapshot(wrong, "c1", CUTOFF + 1, None, {}))
+
+
+def test_a_view_published_before_a_hop_changed_is_refused() -> None:
+    # The same group with its 1 h windows tiled at 10 min: a different
+    # definition, so a reader of it refuses the view published for the old one.
+    rehopped = card_views_with_hop(10 * MINUTE_MS)
+    events = [txn("a", CUTOFF - HOUR_MS)]
+    published = snapshot_of(CARD_VIEWS, events, "c1", CUTOFF, CUTOFF + DAY_MS, CUTOFF + 1)
+    assert FeatureReader(CARD_VIEWS).features(published)["txn_count_24h"] == 1
+    with pytest.raises(StoreError, match="publish the view again with this definition"):
+        FeatureReader(rehopped).features(published)
 
 
 def _dense_history(days: int) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ events, and the card views and model features built on them."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamina.errors import ConfigError
+from lamina.lineage import fingerprint
 from lamina.schemas.aggregations import APPROX_DISTINCT
 from lamina.schemas.card_views import (
     CARD_VIEWS,
@@ -22,6 +24,7 @@ from lamina.schemas.card_views import (
     model_features,
 )
 from lamina.schemas.event_schemas import default_registry
+from lamina.schemas.pit import FeatureSweep
 from lamina.schemas.view_definitions import (
     DAY_MS,
     DERIVED_FIELDS,
@@ -202,6 +205,109 @@ def test_group_by_hops_feature_names_and_cutoff_alignment() -> None:
     assert only_short.cutoff_alignment_ms() == 5 * MINUTE_MS
 
 
+# --- a window's hop is declared, validated and fingerprinted ------------------
+
+
+def test_a_declared_hop_replaces_the_default_and_the_default_is_the_rule() -> None:
+    assert Window("1h", HOUR_MS, hop_ms=10 * MINUTE_MS).hop_ms == 10 * MINUTE_MS
+    assert Window("lifetime", None, hop_ms=HOUR_MS).hop_ms == HOUR_MS
+    # Declaring the default hop is the same definition as leaving it out.
+    assert Window("1h", HOUR_MS, hop_ms=5 * MINUTE_MS) == Window("1h", HOUR_MS)
+    assert repr(Window("1h", HOUR_MS, hop_ms=5 * MINUTE_MS)) == repr(Window("1h", HOUR_MS))
+    assert "hop_ms=600000" in repr(Window("1h", HOUR_MS, hop_ms=10 * MINUTE_MS))
+
+
+@pytest.mark.parametrize(("length", "hop", "problem"), [
+    (HOUR_MS, 0, "hop_ms must be a positive whole number"),
+    (HOUR_MS, -5 * MINUTE_MS, "hop_ms must be a positive whole number"),
+    (HOUR_MS, True, "hop_ms must be a positive whole number"),
+    (HOUR_MS, 1.5, "hop_ms must be a positive whole number"),
+    (HOUR_MS, "5m", "hop_ms must be a positive whole number"),
+    (HOUR_MS, 7 * MINUTE_MS, "length 3600000 ms is not a multiple of its hop 420000 ms"),
+    (None, 0, "hop_ms must be a positive whole number"),
+])
+def test_a_bad_hop_is_refused_naming_the_window(length: int | None, hop: Any,
+                                                problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as refused:
+        Window("w1", length, hop_ms=hop)
+    assert "window 'w1'" in str(refused.value)
+
+
+def test_a_group_whose_hops_do_not_divide_one_another_is_refused_naming_the_window() -> None:
+    with pytest.raises(ConfigError, match=r"window m_12m has hop 720000 ms, not a multiple of "
+                                          r"the finer hop 300000 ms"):
+        GroupBy("g", "transaction", "card_id", (
+            Aggregate("n", "count", None, (Window("1h", HOUR_MS),)),
+            Aggregate("m", "count", None, (Window("12m", 12 * MINUTE_MS, hop_ms=12 * MINUTE_MS),)),
+        ))
+    # Both divide the largest hop (1 h) but not each other: tiles would not nest.
+    with pytest.raises(ConfigError, match=r"window m_24h has hop 1200000 ms"):
+        GroupBy("g", "transaction", "card_id", (
+            Aggregate("n", "count", None, (Window("15m", 15 * MINUTE_MS, hop_ms=15 * MINUTE_MS),
+                                           Window("1h", HOUR_MS, hop_ms=HOUR_MS))),
+            Aggregate("m", "count", None, (Window("24h", DAY_MS, hop_ms=20 * MINUTE_MS),)),
+        ))
+
+
+def test_a_longer_window_with_a_finer_hop_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"aggregate 'n': window '2h' \(hop 300000 ms\)"):
+        Aggregate("n", "count", None, (Window("1h", HOUR_MS, hop_ms=HOUR_MS),
+                                       Window("2h", 2 * HOUR_MS, hop_ms=5 * MINUTE_MS)))
+    with pytest.raises(ConfigError, match="finer hop"):
+        Aggregate("n", "count", None, (Window("a", HOUR_MS, hop_ms=HOUR_MS),
+                                       Window("b", HOUR_MS, hop_ms=5 * MINUTE_MS)))
+
+
+def card_views_with_hop(hop_ms: int) -> GroupBy:
+    """CARD_VIEWS with its 1 h windows tiled at ``hop_ms`` (all else equal)."""
+    def rehop(window: Window) -> Window:
+        return Window(window.name, window.length_ms, hop_ms) if window.name == "1h" else window
+
+    return GroupBy(CARD_VIEWS.name, CARD_VIEWS.event_type, CARD_VIEWS.entity_key, tuple(
+        dataclasses.replace(a, windows=tuple(rehop(w) for w in a.windows))
+        for a in CARD_VIEWS.aggregates))
+
+
+def test_two_definitions_differing_only_in_a_hop_have_different_fingerprints() -> None:
+    same = card_views_with_hop(5 * MINUTE_MS)
+    coarser = card_views_with_hop(10 * MINUTE_MS)
+    assert fingerprint(same) == fingerprint(CARD_VIEWS)
+    assert fingerprint(coarser) != fingerprint(CARD_VIEWS)
+    assert fingerprint(coarser) != fingerprint(card_views_with_hop(15 * MINUTE_MS))
+    assert coarser.hops() == (5 * MINUTE_MS, 10 * MINUTE_MS, HOUR_MS, DAY_MS)
+
+
+def test_card_views_declare_every_hop() -> None:
+    hops = {w.name: w.hop_ms for a in CARD_VIEWS.aggregates for w in a.windows}
+    assert hops == {"10m": 5 * MINUTE_MS, "1h": 5 * MINUTE_MS, "24h": HOUR_MS,
+                    "7d": HOUR_MS, "30d": DAY_MS, "lifetime": DAY_MS}
+
+
+#: Hops other than the defaults: 2 min, 10 min and 2 h tiles.
+REHOPPED = GroupBy(
+    name="rehopped",
+    event_type="transaction",
+    entity_key="card_id",
+    aggregates=(
+        Aggregate("n", "count", None, (
+            Window("10m", 10 * MINUTE_MS, hop_ms=2 * MINUTE_MS),
+            Window("1h", HOUR_MS, hop_ms=10 * MINUTE_MS),
+            Window("6h", 6 * HOUR_MS, hop_ms=2 * HOUR_MS),
+            Window("lifetime", None, hop_ms=2 * HOUR_MS))),
+        Aggregate("amount_sum", "sum", "amount", (
+            Window("1h", HOUR_MS, hop_ms=10 * MINUTE_MS),
+            Window("2d", 2 * DAY_MS, hop_ms=2 * HOUR_MS)), scale=2),
+        Aggregate("amount_mean", "mean", "amount", (
+            Window("10m", 10 * MINUTE_MS, hop_ms=2 * MINUTE_MS),), scale=2),
+        Aggregate("amount_max", "max", "amount", (
+            Window("6h", 6 * HOUR_MS, hop_ms=2 * HOUR_MS),)),
+        Aggregate("merchants", "approx_distinct", "merchant_id", (
+            Window("10m", 10 * MINUTE_MS, hop_ms=2 * MINUTE_MS),
+            Window("2d", 2 * DAY_MS, hop_ms=2 * HOUR_MS))),
+    ),
+)
+
+
 # --- time: tiles, windows, strict "before" ----------------------------------
 
 
@@ -328,6 +434,21 @@ def test_features_from_tiles_plus_head_equal_features_from_raw_events(
     tiles = {hop: build_tiles(group, events, hop) for hop in group.hops()}
     assert features_at(group, tiles, events, entity, t) == features_from_events(
         group, events, entity, t)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=st.lists(event_strategy, max_size=40).map(_resends),
+       t=st.one_of(st.integers(T0 - 3 * DAY_MS, T0 + 3 * DAY_MS),
+                   st.integers(-7, 7).map(lambda d: T0 + d * 2 * MINUTE_MS)),
+       entity=st.sampled_from(["c1", "c2"]))
+def test_tiles_and_sweep_with_declared_hops_equal_features_from_raw_events(
+    events: list[dict[str, Any]], t: int, entity: str
+) -> None:
+    assert REHOPPED.hops() == (2 * MINUTE_MS, 10 * MINUTE_MS, 2 * HOUR_MS)
+    expected = features_from_events(REHOPPED, events, entity, t)
+    tiles = {hop: build_tiles(REHOPPED, events, hop) for hop in REHOPPED.hops()}
+    assert features_at(REHOPPED, tiles, events, entity, t) == expected
+    assert FeatureSweep(REHOPPED, events, entity).features_before(t) == expected
 
 
 @settings(max_examples=40, deadline=None)
