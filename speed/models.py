@@ -135,7 +135,10 @@ def build_champion(version: int, path: Path, contract: FeatureContract, *,
         kind = "tf.function"
     probe = _probe_matrix(len(contract.features))
     try:
-        got = np.asarray(scorer(probe), dtype=np.float64)
+        # The probe's large inputs saturate the sigmoid: exp overflows to
+        # inf and the score is exactly 0, as it should be; no warning.
+        with np.errstate(over="ignore"):
+            got = np.asarray(scorer(probe), dtype=np.float64)
         reference = score(model, probe)
     except Exception as exc:  # any failure to score is a refusal, with its cause
         raise ChampionRefused(f"version {version}: scoring a probe batch failed: {exc}") from exc
