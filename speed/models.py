@@ -281,7 +281,11 @@ class ChampionHolder:
                 log.warning("registry has no champion alias; keeping the current model",
                             model=self.registry.name, version=current.version)
             return
-        if current is not None and current.version == version and pending is None:
+        if current is not None and current.version == version:
+            if pending is not None:  # the alias moved back before the swap: drop it
+                with self._lock:
+                    if self._ready is pending:
+                        self._ready = None
             return
         if pending is not None and pending.version == version:
             return
