@@ -54,6 +54,7 @@ SCHEMA_VERSION: Final = 1
 #: The record schema: the contract of every score on the topic.
 SCHEMA_PATH: Final = Path(__file__).parent / "records" / RECORD_TYPE / f"v{SCHEMA_VERSION}.json"
 
+_ENVELOPE: Final = {"record_type": RECORD_TYPE, "schema_version": SCHEMA_VERSION}
 _MAX_REASON_CHARS: Final = 240
 # Integer-typed fields: fastjsonschema follows JSON Schema and takes 1.0 for them.
 _INTEGER_FIELDS: Final = ("schema_version", "event_time", "model_version", "batch_version",
@@ -93,8 +94,9 @@ class ScoreRecord(NamedTuple):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The record as the JSON object of the schema (envelope included)."""
-        return {"record_type": RECORD_TYPE, "schema_version": SCHEMA_VERSION,
-                **self._asdict()}
+        out = dict(_ENVELOPE)
+        out.update(zip(self._fields, self, strict=True))
+        return out
 
 
 @functools.cache
@@ -127,10 +129,15 @@ def encode_score(record: ScoreRecord) -> bytes:
     if not math.isfinite(record.score):
         raise ScoreRecordError(f"event {record.event_id!r}: score is {record.score!r}, "
                                "not a finite number")
-    for name, value in record.features.items():
-        if not math.isfinite(value):
-            raise ScoreRecordError(f"event {record.event_id!r}: feature {name!r} is {value!r}, "
-                                   "not a finite number")
+    # One C-level sum is finite when every value is (the common case);
+    # only when it is not -- a NaN, an infinity, or finite values whose sum
+    # overflows -- is each value looked at.
+    if not math.isfinite(sum(record.features.values())):
+        for name, value in record.features.items():
+            if not math.isfinite(value):
+                raise ScoreRecordError(
+                    f"event {record.event_id!r}: feature {name!r} is {value!r}, "
+                    "not a finite number")
     try:
         return orjson.dumps(record.to_json_dict())
     except TypeError as exc:  # orjson.JSONEncodeError: surrogates, odd types

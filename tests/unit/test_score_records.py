@@ -129,3 +129,9 @@ def test_the_schema_file_is_the_versioned_contract_of_the_topic() -> None:
     assert schema["x-lamina-version"] == 1
     assert set(schema["required"]) == set(schema["properties"]) == \
         {"record_type", *ScoreRecord._fields, "schema_version"}
+
+
+def test_finite_features_whose_sum_overflows_still_encode() -> None:
+    record = decode_score(orjson.dumps(valid()))._replace(
+        features={"a": 1.5e308, "b": 1.5e308, "c": -0.0})
+    assert decode_score(encode_score(record)) == record
