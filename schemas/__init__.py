@@ -1,2 +1,3 @@
 """The contract every layer imports: event schemas and their validator,
-topics, and (later) view definitions and the model feature list."""
+topics, the view definitions, the feature contract, and the records the
+platform writes (``scores``: the ``scores.v1`` topic's score records)."""

@@ -1,2 +1,10 @@
-"""Speed layer: realtime views and streaming scoring (issue 4). Meets the
-other layers only in lamina.schemas and the stores."""
+"""Speed layer: realtime views and streaming scoring (issue 13). Meets the
+other layers only in lamina.schemas, the stores, lamina.models and the core.
+
+- ``models`` -- ``ChampionHolder``: the champion of a long-running process,
+  followed through the registry's alias in a background thread, verified
+  against the feature contract, swapped between micro-batches
+  (``Champion``: one loaded, verified version).
+- ``scoring`` -- ``score_batch``: one micro-batch of (event, view features)
+  to one matrix, one scorer call, ``scores.v1`` records naming the version.
+"""

@@ -1,5 +1,5 @@
 """Building the package (what infra/bootstrap.sh's editable install does)
-is quiet on success and still ships the event schemas."""
+is quiet on success and still ships the event and record schemas."""
 
 from __future__ import annotations
 
@@ -35,10 +35,11 @@ def test_building_the_package_prints_no_setuptools_warnings_and_ships_the_schema
     assert warnings == [], "\n".join(warnings[:10])
     (wheel,) = tmp_path.glob("lamina-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    schemas = sorted(n for n in names if n.startswith("lamina/schemas/events/"))
-    in_repo = sorted(f"lamina/{p.relative_to(REPO).as_posix()}"
-                     for p in (REPO / "schemas" / "events").glob("*/*.json"))
-    assert in_repo and schemas == in_repo
+    for folder in ("events", "records"):  # event schemas; output records (scores.v1)
+        schemas = sorted(n for n in names if n.startswith(f"lamina/schemas/{folder}/"))
+        in_repo = sorted(f"lamina/{p.relative_to(REPO).as_posix()}"
+                         for p in (REPO / "schemas" / folder).glob("*/*.json"))
+        assert in_repo and schemas == in_repo, folder
 
 
 def run_bootstrap_step(log: Path, command: str) -> subprocess.CompletedProcess[str]:

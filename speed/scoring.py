@@ -1,0 +1,124 @@
+"""Micro-batch scoring: one matrix, one scorer call, one score record per event.
+
+:func:`score_batch` takes the query events of one micro-batch with their
+view features (strictly before each event, from the online state), turns
+each into the model's input with ``FeatureContract.vector`` -- the function
+the training set is built with, so online and offline vectors cannot differ
+by construction -- stacks them into one float32 matrix (what
+``lamina.models.scoring.feature_matrix`` gives training and evaluation) and
+scores it in **one** call of the champion's scorer. Every record of the
+batch carries that champion's version, the batch views used, the latency and
+the vector (float64, as the contract gave it; the model saw it cast to
+float32, as in training).
+
+An event whose vector cannot be made (the vectoriser fails on its data) or
+holds a value that is not finite is not scored: it is returned in
+``ScoredBatch.refused`` with the reason, for the loop to count (invariant
+9: never stall, never drop silently). A contract whose vectoriser leaves a
+feature out is a bug in the code, not in the data, and raises.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lamina.errors import ConfigError
+from lamina.logs import get_logger
+from lamina.schemas.contract import FeatureContract
+from lamina.schemas.scores import ScoreRecord
+from lamina.schemas.validation import ValidEvent
+from lamina.speed.models import Champion
+
+log = get_logger(__name__)
+
+#: A query event (a validated event, or its parsed payload) and its view
+#: features as of just before it.
+ScoringItem = tuple[ValidEvent | Mapping[str, Any], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """The outcome of one micro-batch: every record made by ``model_version``
+    (one champion), the matrix it was given (row i = ``records[i]``), and
+    the events left unscored with why, as ``(event_id, reason)``."""
+
+    model_version: int
+    records: list[ScoreRecord]
+    matrix: np.ndarray
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def score_batch(items: Sequence[ScoringItem], *, contract: FeatureContract,
+                champion: Champion, produced_at_ms: Sequence[int],
+                batch_version: int | None = None, batch_cutoff: int | None = None,
+                clock_ms: Callable[[], int] = _wall_ms) -> ScoredBatch:
+    """Score one micro-batch with one champion (module docstring).
+
+    ``produced_at_ms[i]`` is the Kafka timestamp of ``items[i]``'s record
+    (the latency is measured from it to when the batch's scores were made).
+    ``batch_version`` / ``batch_cutoff`` name the batch views the features
+    were read with (both None before any was published). The records are in
+    the order of ``items``, refused events left out. Raises ValueError if
+    the champion was not verified for this contract's features, or the
+    arguments disagree in length; ConfigError for a vectoriser that leaves
+    a feature out.
+    """
+    if champion.features != contract.features:
+        raise ValueError(
+            f"champion version {champion.version} consumes {len(champion.features)} features "
+            f"that are not contract {contract.name!r}'s; build it with this contract")
+    if len(produced_at_ms) != len(items):
+        raise ValueError(f"{len(items)} events but {len(produced_at_ms)} produce times")
+    if (batch_version is None) != (batch_cutoff is None):
+        raise ValueError("batch_version and batch_cutoff are both None or both set")
+    key = contract.entity_key
+    vectors: list[dict[str, float]] = []
+    kept: list[tuple[Mapping[str, Any], int]] = []
+    refused: list[tuple[str, str]] = []
+    for (event, view_features), produced in zip(items, produced_at_ms, strict=True):
+        payload: Mapping[str, Any] = event.payload if isinstance(event, ValidEvent) else event
+        try:
+            vector = contract.vector(payload, view_features)
+        except ConfigError:
+            raise
+        except Exception as exc:  # this event's data, not the code: refuse it, go on
+            refused.append((str(payload.get("event_id")), f"vectoriser failed: {exc!r}"))
+            continue
+        bad = [name for name, value in vector.items() if not math.isfinite(value)]
+        if bad:
+            refused.append((str(payload.get("event_id")), f"features not finite: {bad}"))
+            continue
+        vectors.append(vector)
+        kept.append((payload, int(produced)))
+    n_features = len(contract.features)
+    if not vectors:
+        return ScoredBatch(champion.version, [], np.zeros((0, n_features), np.float32), refused)
+    matrix = np.array([list(v.values()) for v in vectors], dtype=np.float32)
+    scores = champion.scorer(matrix)  # one call for the whole batch
+    if len(scores) != len(vectors):
+        raise ValueError(f"champion version {champion.version} gave {len(scores)} scores "
+                         f"for {len(vectors)} rows")
+    scored_at = int(clock_ms())
+    records = [
+        ScoreRecord(
+            event_id=payload["event_id"], entity_key=key, entity=str(payload[key]),
+            event_time=int(payload["event_time"]), score=float(s),
+            model_version=champion.version, batch_version=batch_version,
+            batch_cutoff=batch_cutoff, scored_at=scored_at,
+            produce_to_score_ms=scored_at - produced, features=vector)
+        for (payload, produced), vector, s in zip(kept, vectors, scores.tolist(), strict=True)
+    ]
+    if refused:
+        log.warning("events not scored", count=len(refused), model_version=champion.version,
+                    first_event_id=refused[0][0], first_reason=refused[0][1])
+    return ScoredBatch(champion.version, records, matrix, refused)
