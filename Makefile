@@ -12,7 +12,7 @@ demo: bootstrap
 
 lint: bootstrap
 	$(VENV)/ruff check .
-	$(VENV)/mypy lamina schemas master batch stores models benchmarks
+	$(VENV)/mypy lamina schemas master batch stores models speed benchmarks
 
 test: bootstrap lint
 	$(VENV)/python -m pytest
