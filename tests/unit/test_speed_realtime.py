@@ -229,3 +229,24 @@ def test_a_new_cutoff_mid_stream_reseeds_and_realtime_tiles_before_it_go(
     assert tiles.stats.before_cutoff == sum(
         1 for r in records[split:] if r.kind == "valid" and r.event_time_ms < start + DAY_MS
         and orjson.loads(r.value)["event_type"] == "transaction")
+
+
+def test_past_the_views_horizon_a_restarted_layer_still_writes_exact_tiles(
+        store: TileStore, tmp_path: Path):
+    records = generated(days=4.0, transactions=2500, duplicate_fraction=0.0)
+    events = valid_events(records)
+    start = GeneratorConfig().start
+    cutoff = start + DAY_MS
+    publish(store, events, cutoff, 1)  # answers up to cutoff + 2 days
+    values = [r.value for r in records]
+    after = cutoff + 2 * DAY_MS + HOUR_MS
+    split = next(i for i, r in enumerate(records)
+                 if r.event_time_ms is not None and r.event_time_ms >= after)
+    end = feed(speed(store), values[:split])
+    # Restarted after the horizon: the snapshot cannot be read as of the
+    # newest event, so the tiles an allowed event can change are reloaded.
+    again = speed(store)
+    feed(again, values[split:], first=end)
+    assert again.stats.applied > 0
+    assert stored_tiles(tmp_path / "tiles.db", CARD_VIEWS) == expected_tiles(
+        CARD_VIEWS, events, cutoff)
