@@ -190,3 +190,28 @@ def test_the_speed_layer_survives_kill_9_without_counting_an_event_twice_or_losi
     assert stored_tiles(db, CARD_VIEWS) == expected_tiles(CARD_VIEWS, valid_events(records))
     with SqliteTileStore(db) as store:
         assert store.read_offsets(consumer) == end_offsets(bootstrap, topic)
+
+
+def test_a_kill_9_right_after_the_store_write_neither_loses_nor_repeats_a_batch(
+        kafka, tmp_path):
+    bootstrap = kafka.bootstrap_servers
+    topic = new_topic(bootstrap)
+    records = records_of(seed=23, transactions=8000)
+    produce_all(bootstrap, topic, [(r.key, r.value) for r in records])
+    db = tmp_path / "tiles.db"
+    rng = random.Random(7)
+    command = [sys.executable, "-m", "tests.integration.speed_worker", bootstrap, topic, str(db)]
+    log = (tmp_path / "worker.log").open("ab")
+    kills = 0
+    for _ in range(6):  # each run writes 1-3 micro-batches, then kills itself
+        run = subprocess.run([*command, str(rng.randint(1, 3))], stdout=log, stderr=log,
+                             timeout=120)
+        assert run.returncode == -signal.SIGKILL, f"see {tmp_path / 'worker.log'}"
+        kills += 1
+    final = subprocess.run([*command, "0"], stdout=subprocess.PIPE, stderr=log, timeout=300)
+    assert final.returncode == 0, f"see {tmp_path / 'worker.log'}"
+    applied, _duplicates, _invalid = map(int, final.stdout.split())
+    assert kills == 6 and applied > 0  # the final run had work left: the kills interrupted it
+    assert stored_tiles(db, CARD_VIEWS) == expected_tiles(CARD_VIEWS, valid_events(records))
+    with SqliteTileStore(db) as store:
+        assert store.read_offsets(f"speed-{topic}") == end_offsets(bootstrap, topic)
