@@ -91,7 +91,8 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
         tiles = RealtimeTiles(store, CARD_VIEWS, consumer=speed.group,
                               validator=event_validator(settings),
                               allowed_lateness_ms=speed.allowed_lateness_ms,
-                              max_future_ms=speed.max_future_ms)
+                              max_future_ms=speed.max_future_ms,
+                              max_entities=speed.max_entities)
         consumer = kafkaio.make_consumer(
             settings.kafka.bootstrap_servers,
             group_id=speed.group,

@@ -119,7 +119,7 @@ class RealtimeTiles:
 
     def __init__(self, store: TileStore, group: GroupBy, *, consumer: str,
                  validator: EventValidator, allowed_lateness_ms: int,
-                 max_future_ms: int = 86_400_000,
+                 max_future_ms: int = 86_400_000, max_entities: int = 200_000,
                  wall_ms: Callable[[], int] = now_ms) -> None:
         check_lateness(group, allowed_lateness_ms)
         self.store = store
@@ -128,6 +128,9 @@ class RealtimeTiles:
         self.validator = validator
         self.allowed_lateness_ms = allowed_lateness_ms
         self.max_future_ms = max_future_ms
+        if max_entities < 1:
+            raise ConfigError(f"[speed] max_entities must be >= 1, got {max_entities}")
+        self.max_entities = max_entities
         self.wall_ms = wall_ms
         self.codec = TileCodec(group)
         self.spans = realtime_spans(group)
@@ -135,6 +138,7 @@ class RealtimeTiles:
         self.view: PublishedView | None = None
         self._generation: int | None = None
         self._view_read = False
+        # Least recently touched first (a touched entity moves to the end).
         self._entities: dict[str, _Entity] = {}
 
     # --- state ---------------------------------------------------------------
@@ -248,9 +252,10 @@ class RealtimeTiles:
             if event_time > future_limit:
                 counts["future"] += 1
                 continue
-            entity = entities.get(key)
+            entity = entities.pop(key, None)
             if entity is None:
-                entity = entities[key] = self._seed(key)
+                entity = self._seed(key)
+            entities[key] = entity
             cutoff = entity.state.cutoff_ms
             if cutoff is not None and event_time < cutoff:
                 counts["before_cutoff"] += 1
@@ -288,6 +293,11 @@ class RealtimeTiles:
         # Counted once the batch is durable: a reset batch is read again.
         for name, n in counts.items():
             setattr(stats, name, getattr(stats, name) + n)
+        if len(entities) > self.max_entities:
+            # Everything is stored: a dropped state is seeded again, exactly,
+            # when its entity comes back (as after a restart).
+            for key in list(entities)[:len(entities) - self.max_entities]:
+                del entities[key]
         stats.invalid += sum(reasons.values())
         for code, n in reasons.items():
             stats.invalid_reasons[code] = stats.invalid_reasons.get(code, 0) + n

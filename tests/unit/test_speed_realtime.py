@@ -88,9 +88,9 @@ def store(tmp_path: Path) -> Iterator[TileStore]:
         yield opened
 
 
-def speed(store: TileStore) -> RealtimeTiles:
+def speed(store: TileStore, **options: Any) -> RealtimeTiles:
     return RealtimeTiles(store, CARD_VIEWS, consumer="lamina-speed",
-                         validator=EventValidator(), allowed_lateness_ms=LATENESS)
+                         validator=EventValidator(), allowed_lateness_ms=LATENESS, **options)
 
 
 def generated(**changes: Any) -> list[Any]:
@@ -250,3 +250,14 @@ def test_past_the_views_horizon_a_restarted_layer_still_writes_exact_tiles(
     assert again.stats.applied > 0
     assert stored_tiles(tmp_path / "tiles.db", CARD_VIEWS) == expected_tiles(
         CARD_VIEWS, events, cutoff)
+
+
+def test_entity_states_dropped_for_memory_are_seeded_again_exactly(
+        store: TileStore, tmp_path: Path):
+    records = generated(seed=9)
+    tiles = speed(store, max_entities=3)  # 40 cards: states come and go all the time
+    feed(tiles, [r.value for r in records], chunk=50)
+    assert tiles.entities() <= 3 and tiles.stats.seeds > 40
+    assert tiles.stats.duplicates > 0
+    assert stored_tiles(tmp_path / "tiles.db", CARD_VIEWS) == expected_tiles(
+        CARD_VIEWS, valid_events(records))
