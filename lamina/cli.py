@@ -162,6 +162,15 @@ def cmd_land(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_speed(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.runners import run_speed
+
+    stats = run_speed(settings, idle_exit_s=args.idle_exit, max_events=args.max_events,
+                      progress=not args.quiet)
+    print(json.dumps(vars(stats), indent=2))
+    return 0
+
+
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from lamina.master.importer import import_files
 
@@ -421,6 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=_positive_int, help="stop after consuming this many")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_land)
+
+    p = sub.add_parser("speed", help="run the speed layer: Kafka -> realtime tiles, "
+                                     "exactly-once")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("run", help="keep the card views' realtime tiles up to date",
+                           description="Consume the raw topic in its own group, validate, and "
+                                       "write the tiles each micro-batch changed together "
+                                       "with the offsets, in one tile-store transaction.")
+    p.add_argument("--idle-exit", type=_positive_float, metavar="SECONDS",
+                   help="stop after this long without new events (default: run until "
+                        "SIGTERM/Ctrl-C)")
+    p.add_argument("--max-events", type=_positive_int, help="stop after consuming this many")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_speed)
 
     p = sub.add_parser("import", help="backfill JSON-lines files through the same validation",
                        description="Each line is one event. Re-importing a file is a no-op; "

@@ -77,6 +77,29 @@ class LanderSettings:
 
 
 @dataclass(frozen=True)
+class SpeedSettings:
+    # The speed layer's own consumer group on the raw topic; also the name
+    # its offsets are stored under in the tile store.
+    group: str = "lamina-speed"
+    instance_id: str = ""
+    session_timeout_ms: int = field(default=10_000, metadata=_at_least(1))
+    # How much older than an entity's newest event time an event may be and
+    # still update the realtime tiles; later ones are counted and left to
+    # the next batch run. At most the shortest window span of the views
+    # (1 h for the card views), see lamina.speed.realtime.
+    allowed_lateness_ms: int = field(default=30 * 60 * 1000, metadata=_at_least(0))
+    # Events more than this far in the wall clock's future are refused
+    # (counted): one would make every later event "late".
+    max_future_ms: int = field(default=24 * 60 * 60 * 1000, metadata=_at_least(0))
+    # A micro-batch is written when it holds this many records or is this old.
+    batch_max_events: int = field(default=5_000, metadata=_at_least(1))
+    batch_max_wait_s: float = field(default=0.2, metadata=_at_least(0))
+    # Entity states kept in memory; the least recently touched beyond this
+    # are dropped after a write and seeded again from the store when needed.
+    max_entities: int = field(default=200_000, metadata=_at_least(1))
+
+
+@dataclass(frozen=True)
 class LocationSettings:
     # A local path or an object-store URI. Empty: under <home>.
     uri: str = ""
@@ -116,6 +139,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     master: MasterSettings = field(default_factory=MasterSettings)
     lander: LanderSettings = field(default_factory=LanderSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
     views: LocationSettings = field(default_factory=LocationSettings)
     training_sets: LocationSettings = field(default_factory=LocationSettings)
     models: LocationSettings = field(default_factory=LocationSettings)

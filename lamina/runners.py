@@ -71,6 +71,55 @@ def run_lander(settings: Settings, *, idle_exit_s: float | None = None,
     return stats
 
 
+def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
+              max_events: int | None = None, progress: bool = True) -> Any:
+    """Start the speed layer's realtime tiles with the settings (the card
+    views, the configured tile store); returns its SpeedStats."""
+    from tqdm import tqdm
+
+    from lamina import kafkaio
+    from lamina.schemas.card_views import CARD_VIEWS
+    from lamina.speed.realtime import RealtimeTiles, SpeedLayer, check_lateness
+    from lamina.stores import open_store
+
+    speed = settings.speed
+    check_lateness(CARD_VIEWS, speed.allowed_lateness_ms)  # before anything is opened
+    if settings.tile_store.kind == "sqlite" and not settings.tile_store.options.get("path"):
+        settings.home.mkdir(parents=True, exist_ok=True)  # the default store lives there
+    store = open_store(settings.tile_store.kind, **settings.tile_store_options())
+    try:
+        tiles = RealtimeTiles(store, CARD_VIEWS, consumer=speed.group,
+                              validator=event_validator(settings),
+                              allowed_lateness_ms=speed.allowed_lateness_ms,
+                              max_future_ms=speed.max_future_ms,
+                              max_entities=speed.max_entities)
+        consumer = kafkaio.make_consumer(
+            settings.kafka.bootstrap_servers,
+            group_id=speed.group,
+            group_instance_id=speed.instance_id or None,
+            session_timeout_ms=speed.session_timeout_ms,
+        )
+        layer = SpeedLayer(consumer=consumer, topic=settings.kafka.raw_topic, tiles=tiles,
+                           batch_max_events=speed.batch_max_events,
+                           batch_max_wait_s=speed.batch_max_wait_s)
+        layer.install_signal_handlers()
+        bar = tqdm(unit=" events", desc="speed", disable=not progress)
+
+        def show(stats: Any) -> None:
+            bar.n = stats.consumed
+            bar.set_postfix(applied=stats.applied, late=stats.late, dup=stats.duplicates,
+                            invalid=stats.invalid)
+
+        try:
+            stats = layer.run(idle_exit_s=idle_exit_s, max_events=max_events, on_commit=show)
+            show(stats)
+        finally:
+            bar.close()
+    finally:
+        store.close()
+    return stats
+
+
 def print_dataset_info(info: dict[str, Any]) -> None:
     print(f"master dataset  {info['uri']}")
     print(f"snapshot        {info['snapshot']}  ({info['snapshots']} snapshots)")

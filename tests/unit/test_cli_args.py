@@ -47,3 +47,20 @@ def test_generate_takes_the_fraud_rate_as_a_fraction(capsys: pytest.CaptureFixtu
             _parse("generate", "--fraud-rate", bad)
         assert exited.value.code == 2
     assert "--fraud-rate" in capsys.readouterr().err
+
+
+def test_speed_run_takes_the_lands_stop_rules_and_refuses_a_too_long_lateness_in_one_line(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse("speed", "run", "--max-events", "10", "--idle-exit", "2.5", "--quiet")
+    assert (args.max_events, args.idle_exit, args.quiet) == (10, 2.5, True)  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit) as exited:
+        _parse("speed", "run", "--max-events", "0")
+    assert exited.value.code == 2
+    # Refused before any broker is contacted: one line, exit 2, no traceback.
+    monkeypatch.setenv("LAMINA_HOME", str(tmp_path))
+    monkeypatch.setenv("LAMINA_SPEED_ALLOWED_LATENESS_MS", str(2 * 3_600_000))
+    capsys.readouterr()
+    assert cli.main(["speed", "run", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "allowed_lateness_ms" in err[0] and "Traceback" not in err[0]

@@ -1,0 +1,68 @@
+"""The speed layer's micro-batch: records polled but not yet applied.
+
+A micro-batch is closed by a size-or-time rule (``due``): ``max_events``
+records, or ``max_wait_s`` since its first record, so a quiet stream still
+reaches the store within the wait and a busy one writes few, large
+transactions. ``positions()`` is what the store keeps with the batch's
+tiles: per partition, the offset *after* the last record seen (valid or
+not), so a restart resumes right behind the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class MicroBatch:
+    """Records in arrival order per partition, as ``(topic, partition,
+    offset, value)``; ``started_at`` is the monotonic time of the first."""
+
+    max_events: int
+    max_wait_s: float
+    started_at: float = 0.0
+    records: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    _last: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, topic: str, partition: int, records: Sequence[Any], now: float) -> None:
+        """Append one partition's polled records (kafka-python records with
+        ``offset`` and ``value``; offsets ascending)."""
+        if not records:
+            return
+        if not self.records:
+            self.started_at = now
+        out = self.records
+        for record in records:
+            value = record.value
+            out.append((topic, partition, record.offset, b"" if value is None else value))
+        self._last[(topic, partition)] = records[-1].offset
+
+    def due(self, now: float) -> bool:
+        """True when the batch is to be applied and written now."""
+        return bool(self.records) and (len(self.records) >= self.max_events
+                                       or now - self.started_at >= self.max_wait_s)
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """``(topic, partition) -> next offset to read`` after this batch."""
+        return {tp: last + 1 for tp, last in self._last.items()}
+
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Forget the records of partitions no longer owned (their new owner
+        reads them again from the store's offsets)."""
+        gone = set(partitions)
+        if not gone & set(self._last):
+            return
+        self.records = [r for r in self.records if (r[0], r[1]) not in gone]
+        for tp in gone:
+            self._last.pop(tp, None)
+
+    def take(self) -> tuple[list[tuple[str, int, int, bytes]], dict[tuple[str, int], int]]:
+        """The records and positions, leaving the batch empty."""
+        records, positions = self.records, self.positions()
+        self.records, self._last, self.started_at = [], {}, 0.0
+        return records, positions
