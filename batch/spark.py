@@ -31,6 +31,10 @@ LOCAL_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "4",
     "spark.default.parallelism": "4",
     "spark.sql.adaptive.enabled": "true",
+    # Smaller input splits than the 128 MB default: more, shorter scan
+    # tasks keep both cores busy to the end (part of the best bare-Spark
+    # plan measured in the batch-views benchmark, docs/decisions.md).
+    "spark.sql.files.maxPartitionBytes": "16m",
     "spark.driver.memory": "2g",
     "spark.ui.showConsoleProgress": "false",
     # Delta rebuilds table state (log replay, post-commit checksum) in

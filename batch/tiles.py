@@ -436,12 +436,34 @@ def _plan(aggregate: Aggregate) -> _Plan:
 # --- HLL canonicalisation ---------------------------------------------------
 
 
+#: Canonical images of small (sparse) Spark images already seen by this
+#: Python worker: most tiles hold one or a few values (one card's merchant,
+#: its country), so the same Spark image recurs across tiles and batches, and
+#: a dict lookup replaces two DataSketches unions and a re-serialisation.
+#: The canonical image is a pure function of the input bytes, so the memo
+#: changes no output. Bounded: cleared when full.
+_CANONICAL_MEMO: dict[bytes, bytes | None] = {}
+_MEMO_ENTRIES = 200_000
+_MEMO_IMAGE_BYTES = 256  # sparse images only; dense ones (~4 KB) rarely recur
+
+
 def _canonical_images(images: pa.Array) -> pa.Array:
     from lamina.schemas.aggregations import APPROX_DISTINCT
 
-    return pa.array(
-        [APPROX_DISTINCT.from_storage(image) for image in images.to_pylist()], type=pa.binary()
-    )
+    memo = _CANONICAL_MEMO
+    out: list[bytes | None] = []
+    for image in images.to_pylist():
+        if image is None or len(image) > _MEMO_IMAGE_BYTES:
+            out.append(APPROX_DISTINCT.from_storage(image))
+            continue
+        try:
+            out.append(memo[image])
+        except KeyError:
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            canonical = memo[image] = APPROX_DISTINCT.from_storage(image)
+            out.append(canonical)
+    return pa.array(out, type=pa.binary())
 
 
 def canonical_hll(column: str | Column) -> Column:

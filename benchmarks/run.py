@@ -224,6 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"records in the topic (default {DEFAULT_EVENTS:,})")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run with {QUICK_EVENTS:,} records (unless --events)")
+    parser.add_argument("--views-naive", action="store_true",
+                        help="also time the naive bare Spark SQL (a parse per hop; minutes at 10M)")
     parser.add_argument("--views-transactions", type=int, default=None,
                         help="transactions in the batch-views master dataset (default "
                         f"{DEFAULT_TRANSACTIONS:,}; {QUICK_TRANSACTIONS:,} with --quick)")
@@ -561,7 +563,7 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
         views_dir = Path(tempfile.mkdtemp(prefix="lamina-bench-views-"))
         try:
             measured.views = measure_views(args.views_transactions, set(ctx.cores), args.rounds,
-                                           say, views_dir)
+                                           say, views_dir, naive=args.views_naive)
         finally:
             shutil.rmtree(views_dir, ignore_errors=True)
     if "stores" in args.suites:
