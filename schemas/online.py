@@ -88,15 +88,27 @@ from typing import Any, Final, NamedTuple
 import datasketches
 
 from lamina.errors import LaminaError
-from lamina.schemas.aggregations import HLL_LG_K, Aggregation, ApproxDistinct, FeatureValue
+from lamina.schemas.aggregations import (
+    HLL_LG_K,
+    Aggregation,
+    ApproxDistinct,
+    Count,
+    FeatureValue,
+    Histogram,
+    Last,
+    Max,
+    Mean,
+    MeanPartial,
+    Min,
+    Sum,
+)
 from lamina.schemas.view_definitions import (
     Aggregate,
     GroupBy,
     Partials,
     Window,
-    lift_event,
+    field_value,
     tile_start,
-    window_range,
 )
 
 _HLL_8: Final = datasketches.tgt_hll_type.HLL_8
@@ -231,6 +243,260 @@ def _merge(monoid: Aggregation[Any], items: Iterable[Any]) -> Any:
     return monoid.from_storage(bytes(union.get_result(_HLL_8).serialize_compact()))
 
 
+# --- per-window running partials ------------------------------------------
+
+
+class _WindowAcc:
+    """One window's running partial of the *added* events in ``[start, t)``
+    for the last query time ``t`` (the state's ``_t_acc``), plus ``static``:
+    the merge of what the window holds that ``add`` never changes (the batch
+    entry, the seeded tiles, a lifetime window's collapsed tiles).
+
+    Events enter one by one (``enter``, also tiles' partials when rebuilt);
+    when the start moves, the tiles before it leave (``leave_tile``, then
+    ``moved``). Every event that enters is in a tile the window still holds,
+    so each tile that leaves takes out exactly what entered with its events.
+    """
+
+    __slots__ = ("feature", "hop", "length", "monoid", "name", "start", "static")
+
+    def __init__(self, feature: str, name: str, window: Window,
+                 monoid: Aggregation[Any]) -> None:
+        self.feature, self.name, self.monoid = feature, name, monoid
+        self.hop, self.length = window.hop_ms, window.length_ms
+        self.start: int | None = None
+        self.static: Any = monoid.zero()
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static = start, static
+
+    def enter(self, time: int, partial: Any) -> None:
+        raise NotImplementedError
+
+    def enter_tile(self, time: int, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        self.enter(time, tile[self.name])
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        raise NotImplementedError
+
+    def moved(self, start: int, static: Any) -> None:
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        raise NotImplementedError
+
+
+class _SumAcc(_WindowAcc):
+    """``count`` and ``sum``: integers, added and subtracted exactly."""
+
+    __slots__ = ("total",)
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static, self.total = start, static, 0
+
+    def enter(self, time: int, partial: int) -> None:
+        self.total += partial
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        self.total -= tile[self.name]
+
+    def present(self) -> FeatureValue:
+        return self.monoid.present(self.static + self.total)
+
+
+class _MeanAcc(_WindowAcc):
+    """``mean``: its integer (units, count), added and subtracted."""
+
+    __slots__ = ("count", "total")
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static, self.total, self.count = start, static, 0, 0
+
+    def enter(self, time: int, partial: MeanPartial) -> None:
+        self.total += partial.sum
+        self.count += partial.count
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        partial = tile[self.name]
+        self.total -= partial.sum
+        self.count -= partial.count
+
+    def present(self) -> FeatureValue:
+        return self.monoid.present(MeanPartial(self.static.sum + self.total,
+                                               self.static.count + self.count))
+
+
+class _HistogramAcc(_WindowAcc):
+    """``histogram``: integer counts per bucket, added and subtracted."""
+
+    __slots__ = ("counts",)
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static, self.counts = start, static, list(static)
+
+    def enter(self, time: int, partial: tuple[int, ...]) -> None:
+        counts = self.counts
+        for bucket, n in enumerate(partial):
+            if n:
+                counts[bucket] += n
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        counts = self.counts
+        for bucket, n in enumerate(tile[self.name]):
+            if n:
+                counts[bucket] -= n
+
+    def moved(self, start: int, static: Any) -> None:
+        # The counts hold the static part too: swap the old one for the new.
+        if static != self.static:
+            counts = self.counts
+            for bucket, (old, new) in enumerate(zip(self.static, static, strict=True)):
+                counts[bucket] += new - old
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        return tuple(self.counts)
+
+
+class _ExtremumAcc(_WindowAcc):
+    """``min``, ``max``, ``last``: the sliding-window extremum. ``times`` and
+    ``values`` are the candidates in time order that no later candidate
+    beats (strictly), so the first is the window's extremum; a candidate
+    leaves when the start passes its time. A late event is inserted at its
+    time: dropped if a later candidate beats it, else it drops the earlier
+    ones it beats (contiguous just before it)."""
+
+    __slots__ = ("smallest_wins", "times", "values")
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static = start, static
+        self.times: list[int] = []
+        self.values: list[Any] = []
+        self.smallest_wins = isinstance(self.monoid, Min)
+
+    def enter(self, time: int, partial: Any) -> None:
+        if partial is None:  # zero: no value
+            return
+        times, values = self.times, self.values
+        at = len(times) if not times or time >= times[-1] else bisect.bisect_right(times, time)
+        if self.smallest_wins:
+            if at < len(values) and values[at] < partial:
+                return
+            first = at
+            while first and partial < values[first - 1]:
+                first -= 1
+        else:
+            if at < len(values) and values[at] > partial:
+                return
+            first = at
+            while first and partial > values[first - 1]:
+                first -= 1
+        times[first:at] = (time,)
+        values[first:at] = (partial,)
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        pass
+
+    def moved(self, start: int, static: Any) -> None:
+        times = self.times
+        gone = bisect.bisect_left(times, start)
+        if gone:
+            del times[:gone], self.values[:gone]
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        monoid = self.monoid
+        best = self.values[0] if self.values else None
+        return monoid.present(monoid.merge(self.static, best))
+
+
+class _DistinctAcc(_WindowAcc):
+    """``approx_distinct``: the canonical partial is a function of the set
+    of values, so keep a count per lifted image (a tile keeps its images'
+    counts too, to take them out when it leaves) and a mutable union: new
+    images are merged in; one leaving marks it stale (rebuilt from the set
+    when presented). Presented again only after the set changed."""
+
+    __slots__ = ("changed", "counts", "fresh", "stale", "union", "value")
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static = start, static
+        self.counts: dict[bytes, int] = {}
+        self.fresh: list[bytes] = []
+        self.union: Any = None
+        self.stale = self.changed = True
+        self.value: FeatureValue = 0
+
+    def enter(self, time: int, partial: bytes | None) -> None:
+        if partial is None:
+            return
+        counts = self.counts
+        seen = counts.get(partial, 0)
+        counts[partial] = seen + 1
+        if not seen:
+            self.changed = True
+            if not self.stale:
+                self.fresh.append(partial)
+
+    def enter_tile(self, time: int, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        assert images is not None
+        counts = self.counts
+        for image, n in images[self.name].items():
+            counts[image] = counts.get(image, 0) + n
+        self.stale = self.changed = True
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        assert images is not None
+        counts = self.counts
+        for image, n in images[self.name].items():
+            left = counts[image] - n
+            if left:
+                counts[image] = left
+            else:
+                del counts[image]
+                self.stale = self.changed = True
+
+    def moved(self, start: int, static: Any) -> None:
+        if static != self.static:
+            self.stale = self.changed = True
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        if not self.changed:
+            return self.value
+        if self.stale:
+            self.union = None
+            self.fresh = list(self.counts)
+            if self.static is not None:
+                self.fresh.append(self.static)
+            self.stale = False
+        if self.fresh:
+            if self.union is None:
+                self.union = datasketches.hll_union(HLL_LG_K)
+            for image in self.fresh:
+                self.union.update(datasketches.hll_sketch.deserialize(image))
+            self.fresh = []
+        partial = None if self.union is None else self.monoid.from_storage(
+            bytes(self.union.get_result(_HLL_8).serialize_compact()))
+        self.value = self.monoid.present(partial)
+        self.changed = False
+        return self.value
+
+
+_ACCS: Final[Mapping[type, type[_WindowAcc]]] = {
+    Count: _SumAcc, Sum: _SumAcc, Mean: _MeanAcc, Histogram: _HistogramAcc,
+    Min: _ExtremumAcc, Max: _ExtremumAcc, Last: _ExtremumAcc, ApproxDistinct: _DistinctAcc,
+}
+
+
 # --- the state ---------------------------------------------------------------
 
 
@@ -277,17 +543,49 @@ class OnlineState:
         self._seeded: dict[int, dict[int, dict[str, Any]]] = {h: {} for h in self._hops}
         # Per hop, the starts of the tiles held (added or seeded), ascending.
         self._starts: dict[int, list[int]] = {h: [] for h in self._hops}
-        # Per feature, the part of its window no event can change any more
-        # except a late one: (start, head start, partial) -- the batch entry,
-        # the collapsed lifetime, the full tiles and the seeded head tile.
-        self._settled: dict[str, tuple[int | None, int, Any]] = {}
-        self._features_at: dict[int, tuple[str, ...]] = {
-            h: tuple(f for _, w, f in self._windows if w.hop_ms == h) for h in self._hops}
+        # Per added tile, for each approx_distinct aggregate kept at its hop,
+        # the count of each lifted image (a window takes them out when the
+        # tile leaves it).
+        self._distinct_at: dict[int, tuple[str, ...]] = {
+            h: tuple(n for n in names if _is_hll(self._monoids[n]))
+            for h, names in self._kept_at.items()}
+        self._images: dict[int, dict[int, dict[str, dict[bytes, int]]]] = {
+            h: {} for h in self._hops}
+        self._finer: dict[int, tuple[int, ...]] = {
+            h: tuple(f for f in self._hops if f < h) for h in self._hops}
+        self._coarser: dict[int, int | None] = {
+            h: next((c for c in self._hops if c > h), None) for h in self._hops}
+        # The evicted added tiles of each lifetime window, merged (the seeded
+        # ones are in _lifetime_static).
         self._collapsed: dict[str, Any] = {
             name: self._monoids[name].zero() for name in self._lifetime}
-        self._raw: list[tuple[int, Partials]] = []  # (event time, lifted), arrival order
+        self._lifetime_static: dict[str, Any] = {}
+        # The raw events kept (see _evict), sorted by event time.
+        self._raw_times: list[int] = []
+        self._raw: list[Partials] = []
+        # The running partial of every window as of the query time _t_acc
+        # (None: rebuild at the next query).
+        self._accs: list[_WindowAcc] = [
+            _ACCS[type(a.aggregation)](feature, a.name, w, self._monoids[a.name])
+            for a, w, feature in self._windows]
+        self._t_acc: int | None = None
+        # Per hop, what add does to its tile: (hop, (name, merge) of the plain
+        # merges, approx_distinct names, histogram names).
+        self._plan = [
+            (h,
+             tuple((n, self._monoids[n].merge) for n in names
+                   if not _is_hll(self._monoids[n])
+                   and not isinstance(self._monoids[n], Histogram)),
+             self._distinct_at[h],
+             tuple(n for n in names if isinstance(self._monoids[n], Histogram)))
+            for h, names in self._kept_at.items()]
+        self._lifts = [(a.name, a, a.field, self._monoids[a.name]) for a in group.aggregates]
+        self._earliest: int | None = None
+        self._lowest: int | None = None
         self._dirty: set[tuple[int, int]] = set()
-        self._evicted_dirty: dict[tuple[int, int], dict[str, Any]] = {}
+        # Evicted before a drain: (added tile, seeded tile), made storable there.
+        self._evicted_dirty: dict[tuple[int, int], tuple[dict[str, Any],
+                                                         dict[str, Any] | None]] = {}
         self._newest: int | None = None
         self.cutoff_ms: int | None = None
         self.horizon_ms: int | None = None
@@ -296,6 +594,7 @@ class OnlineState:
         self._batch: dict[str, list[tuple[int | None, Any]]] = {}
         if seed is not None:
             self._load(seed)
+        self._bounds()
 
     def _load(self, seed: OnlineSeed) -> None:
         group = self.group
@@ -335,6 +634,10 @@ class OnlineState:
         self.seeded_through_ms = through
         self._answers_from = seed.answers_from_ms
         self._newest = through
+        for aggregate, window, feature in self._windows:
+            if window.length_ms is None:
+                self._lifetime_static[feature] = self._static(feature, aggregate.name,
+                                                              window.hop_ms, None)
         self._evict()
 
     # --- time bounds ---------------------------------------------------
@@ -349,6 +652,14 @@ class OnlineState:
         any): the newest event time minus the allowed lateness, the cutoff,
         one millisecond after ``seeded_through_ms`` and the seed's
         ``answers_from_ms``, whichever is latest."""
+        return self._earliest
+
+    def _bounds(self) -> None:
+        """Recompute the cached time bounds (after the newest time moved)."""
+        self._earliest = self._earliest_query()
+        self._lowest = self._lowest_accepted()
+
+    def _earliest_query(self) -> int | None:
         bounds = [] if self._answers_from is None else [self._answers_from]
         if self._newest is not None:
             bounds.append(self._newest - self.allowed_lateness_ms)
@@ -383,38 +694,79 @@ class OnlineState:
             raise ValueError(f"this state is {group.entity_key}={self.entity!r}, the event "
                              f"has {event.get(group.entity_key)!r}")
         event_time = int(event["event_time"])
-        lowest = self._lowest_accepted()
+        lowest = self._lowest
         if lowest is not None and event_time < lowest:
             return False
-        lifted = lift_event(group, event)
-        for hop in self._hops:
-            start = tile_start(event_time, hop)
-            names = self._kept_at[hop]
-            tile = self._added[hop].get(start)
+        lifted = self._lift(event, event_time)
+        dirty = self._dirty
+        for hop, merged, distinct, histograms in self._plan:
+            start = event_time // hop * hop
+            added = self._added[hop]
+            tile = added.get(start)
             if tile is None:
-                tile = self._added[hop][start] = {n: self._monoids[n].zero() for n in names}
-                if start not in self._seeded[hop]:
-                    bisect.insort(self._starts[hop], start)
-            for feature in self._features_at[hop]:
-                settled = self._settled.get(feature)
-                if settled is not None and settled[1] > start:  # a late event inside it
-                    del self._settled[feature]
-            for name in names:
-                tile[name] = _accumulate(self._monoids[name], tile[name], lifted[name])
-            self._dirty.add((hop, start))
-        earliest = self.earliest_query_ms()
+                tile = added[start] = self._new_tile(hop, start)
+            for name, merge in merged:
+                tile[name] = merge(tile[name], lifted[name])
+            if histograms:
+                for name in histograms:
+                    counts = tile[name]
+                    for bucket, n in enumerate(lifted[name]):
+                        if n:
+                            counts[bucket] += n
+            if distinct:
+                images = self._images[hop][start]
+                for name in distinct:
+                    image = lifted[name]
+                    if image is not None:
+                        tile[name] = _accumulate(self._monoids[name], tile[name], image)
+                        by_image = images[name]
+                        by_image[image] = by_image.get(image, 0) + 1
+            dirty.add((hop, start))
+        if self._t_acc is not None and event_time < self._t_acc:
+            # Late for the running partials: it enters every window holding it
+            # now (the others get it when their query time passes it).
+            for acc in self._accs:
+                if acc.start is None or event_time >= acc.start:
+                    acc.enter(event_time, lifted[acc.name])
+        earliest = self._earliest
         if earliest is None or event_time >= tile_start(earliest, self._hops[0]):
-            self._raw.append((event_time, lifted))
+            at = bisect.bisect_right(self._raw_times, event_time)
+            self._raw_times.insert(at, event_time)
+            self._raw.insert(at, lifted)
         if self._newest is None or event_time > self._newest:
             self._newest = event_time
             self._evict()
         return True
 
+    def _lift(self, event: Mapping[str, Any], event_time: int) -> Partials:
+        """``lift_event(group, event)``, with the monoids built once."""
+        event_id = str(event["event_id"])
+        lifted: Partials = {}
+        for name, aggregate, field_name, monoid in self._lifts:
+            if not aggregate.filters or aggregate.accepts(event):
+                value = None if field_name is None else field_value(event, field_name)
+                lifted[name] = monoid.lift(value, event_time, event_id)
+            else:
+                lifted[name] = monoid.zero()
+        return lifted
+
+    def _new_tile(self, hop: int, start: int) -> dict[str, Any]:
+        """An empty added tile (histograms as mutable lists of counts, HLL
+        unions made at the first value) and its image counts."""
+        tile = {n: list(m.zero()) if isinstance(m, Histogram) else m.zero()
+                for n in self._kept_at[hop] for m in (self._monoids[n],)}
+        if self._distinct_at[hop]:
+            self._images[hop][start] = {n: {} for n in self._distinct_at[hop]}
+        if start not in self._seeded[hop]:
+            bisect.insort(self._starts[hop], start)
+        return tile
+
     def drain_changed_tiles(self) -> list[ChangedTile]:
         """The tiles changed since the last drain, each once, sorted by
         (hop, start), in storable form (see the module docstring); the
         state forgets that they changed."""
-        out = dict(self._evicted_dirty)
+        out = {key: self._storable(key[0], key[1], tile, stored)
+               for key, (tile, stored) in self._evicted_dirty.items()}
         for hop, start in self._dirty:
             if start in self._added[hop]:
                 out[(hop, start)] = self._storable(hop, start, self._added[hop][start],
@@ -442,35 +794,48 @@ class OnlineState:
             keep = min(keep, tile_start(lowest, hop))
         if hop in self._longest:
             keep = min(keep, tile_start(earliest - self._longest[hop], hop))
-        coarser = [h for h in self._hops if h > hop]
-        if coarser:
-            keep = min(keep, tile_start(earliest, coarser[0]))
+        coarser = self._coarser[hop]
+        if coarser is not None:
+            keep = min(keep, tile_start(earliest, coarser))
         return keep
 
     def _evict(self) -> None:
-        earliest = self.earliest_query_ms()
+        self._bounds()
+        earliest = self._earliest
         if earliest is None:
             return
-        lowest = self._lowest_accepted()
+        lowest = self._lowest
         for hop in self._hops:
             keep = self._keep_from(hop, earliest, lowest)
             added, seeded, starts = self._added[hop], self._seeded[hop], self._starts[hop]
-            evicted = starts[:bisect.bisect_left(starts, keep)]
-            del starts[:len(evicted)]
+            cut = bisect.bisect_left(starts, keep)
+            if not cut:
+                continue
+            evicted = starts[:cut]
+            del starts[:cut]
+            if self._t_acc is not None and any(
+                    acc.hop == hop and acc.start is not None and acc.start <= evicted[-1]
+                    for acc in self._accs):
+                self._t_acc = None  # a running partial holds a tile it could not take out
+            images = self._images[hop]
             for start in evicted:
                 tile, stored = added.pop(start, None), seeded.pop(start, None)
+                images.pop(start, None)
                 if tile is not None and (hop, start) in self._dirty:
                     self._dirty.discard((hop, start))
-                    self._evicted_dirty[(hop, start)] = self._storable(hop, start, tile, stored)
+                    self._evicted_dirty[(hop, start)] = (tile, stored)
+                if tile is None:
+                    continue
                 for name, lifetime_hop in self._lifetime.items():
-                    if lifetime_hop != hop:
-                        continue
-                    parts = [self._collapsed[name]]
-                    parts += [p[name] for p in (stored, tile) if p is not None]
-                    self._collapsed[name] = _merge(self._monoids[name], parts)
+                    if lifetime_hop == hop:
+                        self._collapsed[name] = _merge(self._monoids[name],
+                                                       [self._collapsed[name], tile[name]])
         raw_from = tile_start(earliest, self._hops[0])
-        if self._raw and min(t for t, _ in self._raw) < raw_from:
-            self._raw = [item for item in self._raw if item[0] >= raw_from]
+        if self._t_acc is not None and self._t_acc < raw_from:
+            self._t_acc = None  # events not yet entered would go
+        cut = bisect.bisect_left(self._raw_times, raw_from)
+        if cut:
+            del self._raw_times[:cut], self._raw[:cut]
 
     def held(self) -> dict[str, int]:
         """How much the state holds: tiles (added and seeded, all hops), raw
@@ -509,51 +874,99 @@ class OnlineState:
                 f"after the horizon {self.horizon_ms} of the batch part (cutoff "
                 f"{self.cutoff_ms}); seed a new state from the newer published batch view")
 
-    def _heads(self, t_ms: int) -> dict[int, dict[str, list[Any]]]:
-        """Per hop and aggregate, the added partials of the head ``[floor(t
-        /h)*h, t)``: the next finer hop's full tiles inside it, then that
-        hop's head; the finest head is the raw events before ``t``."""
-        finest = self._hops[0]
-        head_start = tile_start(t_ms, finest)
-        raw = [lifted for event_time, lifted in self._raw if head_start <= event_time < t_ms]
-        heads: dict[int, dict[str, list[Any]]] = {
-            finest: {name: [p[name] for p in raw] for name in self._kept_at[finest]}}
-        for finer, hop in zip(self._hops, self._hops[1:], strict=False):
-            tiles = self._added[finer]
-            inside = [tiles[s] for s in range(tile_start(t_ms, hop), tile_start(t_ms, finer),
-                                              finer) if s in tiles]
-            heads[hop] = {name: [tile[name] for tile in inside] + heads[finer][name]
-                          for name in self._kept_at[hop]}
-        return heads
-
     def features_before(self, t_ms: int) -> dict[str, FeatureValue]:
         """Every feature of the entity just before ``t_ms`` (keys in
         ``group.feature_names()`` order): exact as the module docstring
         says; ``QueryOutOfRange`` for a ``t_ms`` it cannot answer exactly."""
-        self._check_query(t_ms)
-        heads = self._heads(t_ms)
-        out: dict[str, FeatureValue] = {}
-        for aggregate, window, feature in self._windows:
-            name, hop, monoid = aggregate.name, window.hop_ms, self._monoids[aggregate.name]
-            head = tile_start(t_ms, hop)
-            start, _ = window_range(t_ms, window)
-            settled = self._settled.get(feature)
-            if settled is None or settled[0] != start or settled[1] != head:
-                settled = self._settled[feature] = (
-                    start, head, self._settled_part(feature, name, hop, start, head))
-            parts = [settled[2], *heads[hop][name]]
-            out[feature] = monoid.present(_merge(monoid, parts))
-        return out
+        earliest = self._earliest
+        if (earliest is not None and t_ms < earliest) or (
+                self.horizon_ms is not None and t_ms >= self.horizon_ms):
+            self._check_query(t_ms)
+        if self._t_acc is not None and t_ms >= self._t_acc:
+            self._advance(t_ms)
+        else:
+            self._rebuild(t_ms)
+        return {acc.feature: acc.present() for acc in self._accs}
 
-    def _settled_part(self, feature: str, name: str, hop: int, start: int | None,
-                      head: int) -> Any:
-        """The merge of everything in a window at ``[start, head)`` but the
-        added events of its head tile: the batch entry, the collapsed
-        lifetime, the full tiles, and the seeded part of the head tile (all
-        seeded events are before any ``t`` answered)."""
+    def _advance(self, t_ms: int) -> None:
+        """Move every running partial from ``_t_acc`` on to ``t_ms``: the raw
+        events in ``[_t_acc, t)`` enter, then the tiles before each window's
+        new start leave (an event entering and leaving at once is in one of
+        those tiles, which holds every event that entered with it)."""
+        times, raw, since = self._raw_times, self._raw, self._t_acc
+        assert since is not None
+        lo = bisect.bisect_left(times, since)
+        hi = bisect.bisect_left(times, t_ms, lo)
+        for acc in self._accs:
+            old, length = acc.start, acc.length
+            if lo < hi:
+                name = acc.name
+                for i in range(lo, hi):
+                    if old is None or times[i] >= old:
+                        acc.enter(times[i], raw[i][name])
+            if old is None or length is None:  # lifetime: nothing leaves
+                continue
+            hop = acc.hop
+            start = (t_ms - length) // hop * hop
+            if start == old:
+                continue
+            starts, added, images = self._starts[hop], self._added[hop], self._images[hop]
+            for s in starts[bisect.bisect_left(starts, old):bisect.bisect_left(starts, start)]:
+                tile = added.get(s)
+                if tile is not None:
+                    acc.leave_tile(tile, images.get(s))
+            acc.moved(start, self._static(acc.feature, acc.name, hop, start)
+                      if self._batch or self._seeded[hop] else acc.static)
+        self._t_acc = t_ms
+
+    def _rebuild(self, t_ms: int) -> None:
+        """Every running partial afresh at ``t_ms``: the window's added tiles
+        before its head, then the head composed down the hops -- the next
+        finer hop's tiles inside it, that hop's head, and so on, to the raw
+        events of the open finest tile before ``t`` (never one at or after
+        ``t``)."""
+        times, raw = self._raw_times, self._raw
+        for acc in self._accs:
+            name, hop = acc.name, acc.hop
+            if acc.length is None:
+                start = None
+                static = _merge(acc.monoid, [
+                    self._lifetime_static.get(acc.feature, acc.monoid.zero()),
+                    self._collapsed[name]])
+            else:
+                start = (t_ms - acc.length) // hop * hop
+                static = self._static(acc.feature, name, hop, start)
+            acc.clear(start, static)
+            # (hop, from, to): the window's own tiles before its head, then
+            # each finer hop's tiles inside the head left by the coarser one.
+            upto = t_ms // hop * hop
+            spans = [(hop, start, upto)]
+            for finer in reversed(self._finer[hop]):
+                spans.append((finer, upto, t_ms // finer * finer))
+                upto = spans[-1][2]
+            for tile_hop, first, end in spans:
+                starts, added = self._starts[tile_hop], self._added[tile_hop]
+                images = self._images[tile_hop]
+                lo = 0 if first is None else bisect.bisect_left(starts, first)
+                for s in starts[lo:bisect.bisect_left(starts, end)]:
+                    tile = added.get(s)
+                    if tile is not None:
+                        acc.enter_tile(s, tile, images.get(s))
+            for i in range(bisect.bisect_left(times, upto), bisect.bisect_left(times, t_ms)):
+                acc.enter(times[i], raw[i][name])
+        self._t_acc = t_ms
+
+    def _static(self, feature: str, name: str, hop: int, start: int | None) -> Any:
+        """What a window at ``[start, ...)`` holds that ``add`` never changes:
+        the batch entry for its start and the seeded tiles of its hop from
+        ``start`` on (all seeded events are before any ``t`` answered). A
+        lifetime window also holds its collapsed tiles (see _rebuild)."""
         monoid = self._monoids[name]
-        parts: list[Any] = []
         entries = self._batch.get(feature)
+        seeded = self._seeded[hop]
+        if not entries and not seeded:
+            return monoid.zero()
+        parts: list[Any] = []
         if entries:
             # The first entry at or after the window's start holds the batch
             # tiles in [start, cutoff); none: the window holds no batch tile.
@@ -561,15 +974,5 @@ class OnlineState:
                 (p for s, p in entries if s is not None and s >= start), _NONE)
             if chosen is not _NONE:
                 parts.append(chosen)
-        if start is None:
-            parts.append(self._collapsed[name])
-        added, seeded, starts = self._added[hop], self._seeded[hop], self._starts[hop]
-        first = 0 if start is None else bisect.bisect_left(starts, start)
-        for s in starts[first:bisect.bisect_left(starts, head)]:
-            if s in seeded:
-                parts.append(seeded[s][name])
-            if s in added:
-                parts.append(added[s][name])
-        if head in seeded:
-            parts.append(seeded[head][name])
+        parts += [tile[name] for s, tile in seeded.items() if start is None or s >= start]
         return _merge(monoid, parts)
