@@ -62,20 +62,37 @@ events of ``L`` plus one finest tile. Tiles changed and then evicted before
 a drain wait for it (``held()`` counts them): drain once per micro-batch.
 A far-future event time moves "newest" on and makes every event before it
 minus ``L`` late: the caller refuses implausible event times before ``add``.
+An approx_distinct part (of a tile or of a window's running partial) is
+its distinct lifted images with counts: at most one per distinct value in
+it. One-value images are shared through a module cache of at most 65,536
+values (cleared when full).
 
-Reading cost: each window's *settled* part (batch entry, collapsed
-lifetime, full tiles, seeded head) is cached until its start or head tile
-moves or a late event lands inside it; a query then merges that one
-partial with the head.
+Reading cost
+------------
+Each window keeps a running partial of the added events in ``[start, t)``
+for the last query time ``t``, beside its static part (the batch entry for
+its start, the seeded tiles from its start on, a lifetime window's
+collapsed tiles). A query at ``t' >= t`` moves it on, as the offline sweep
+(``lamina.schemas.pit``) does: the raw events in ``[t, t')`` enter, and
+when the start moves the tiles before the new start leave -- counts, sums,
+means and histograms are integers, subtracted exactly; min/max/last keep
+the sliding-window candidates no later event beats; approx_distinct keeps
+a count per lifted image (each tile keeps its images' counts to take them
+out) and is canonicalised and presented again only when the set changed.
+An event ``add`` applies before ``t`` enters the windows holding it at
+once. A query before ``t``, or after eviction took a tile or raw event a
+running partial still needed (no query for longer than the windows and
+the lateness allow), rebuilds the partials from the tiles and raw events
+-- exact either way, only slower.
 
 Storing
 -------
 ``drain_changed_tiles()`` returns the tiles ``add`` changed since the last
 drain (each once, however many events it took), with the aggregates stored
 at their hop, seeded and added parts merged: the storable form
-(``lamina.stores.codec.TileCodec.encode`` takes it). HLL partials are
-mutable DataSketches unions inside the state and canonical images only
-here and in ``features_before``.
+(``lamina.stores.codec.TileCodec.encode`` takes it). An added tile's
+approx_distinct part is its lifted images (with counts) inside the state,
+merged into a canonical image only here and when a window presents it.
 """
 
 from __future__ import annotations
@@ -203,28 +220,15 @@ def _check_cutoff(group: GroupBy, cutoff_ms: int) -> None:
                          f"{alignment} ms (its largest hop)")
 
 
-# --- merging, with HLL sketches kept mutable inside the state ---------------
+# --- merging ------------------------------------------------------------------
 
 
 def _is_hll(monoid: Aggregation[Any]) -> bool:
     return isinstance(monoid, ApproxDistinct)
 
 
-def _accumulate(monoid: Aggregation[Any], acc: Any, partial: Any) -> Any:
-    """``acc`` with ``partial`` merged in. For approx_distinct ``acc`` is a
-    mutable DataSketches union (None while empty), updated in place."""
-    if not _is_hll(monoid):
-        return monoid.merge(acc, partial)
-    if partial is None:
-        return acc
-    if acc is None:
-        acc = datasketches.hll_union(HLL_LG_K)
-    acc.update(datasketches.hll_sketch.deserialize(partial))
-    return acc
-
-
 def _merge(monoid: Aggregation[Any], items: Iterable[Any]) -> Any:
-    """The canonical partial of ``items`` (partials, or HLL unions)."""
+    """The canonical partial of ``items`` (partials; HLL images)."""
     if not _is_hll(monoid):
         return monoid.merge_all(items)
     union = None
@@ -233,10 +237,7 @@ def _merge(monoid: Aggregation[Any], items: Iterable[Any]) -> Any:
             continue
         if union is None:
             union = datasketches.hll_union(HLL_LG_K)
-        if isinstance(item, bytes):
-            union.update(datasketches.hll_sketch.deserialize(item))
-        else:
-            union.update(item.get_result(_HLL_8))
+        union.update(datasketches.hll_sketch.deserialize(item))
     if union is None:
         return None
     # from_storage canonicalises any image: a function of the value set only.
@@ -291,10 +292,11 @@ class _WindowAcc:
 class _SumAcc(_WindowAcc):
     """``count`` and ``sum``: integers, added and subtracted exactly."""
 
-    __slots__ = ("total",)
+    __slots__ = ("divisor", "total")
 
     def clear(self, start: int | None, static: Any) -> None:
         self.start, self.static, self.total = start, static, 0
+        self.divisor = 10**self.monoid.scale if isinstance(self.monoid, Sum) else None
 
     def enter(self, time: int, partial: int) -> None:
         self.total += partial
@@ -304,16 +306,19 @@ class _SumAcc(_WindowAcc):
         self.total -= tile[self.name]
 
     def present(self) -> FeatureValue:
-        return self.monoid.present(self.static + self.total)
+        units = self.static + self.total
+        # Sum.present (units / 10**scale, correctly rounded); a count as is.
+        return units if self.divisor is None else units / self.divisor
 
 
 class _MeanAcc(_WindowAcc):
     """``mean``: its integer (units, count), added and subtracted."""
 
-    __slots__ = ("count", "total")
+    __slots__ = ("count", "power", "total")
 
     def clear(self, start: int | None, static: Any) -> None:
         self.start, self.static, self.total, self.count = start, static, 0, 0
+        self.power = 10**self.monoid.scale
 
     def enter(self, time: int, partial: MeanPartial) -> None:
         self.total += partial.sum
@@ -326,8 +331,11 @@ class _MeanAcc(_WindowAcc):
         self.count -= partial.count
 
     def present(self) -> FeatureValue:
-        return self.monoid.present(MeanPartial(self.static.sum + self.total,
-                                               self.static.count + self.count))
+        # Mean.present: the float nearest sum / (count * 10**scale), or None.
+        count = self.static.count + self.count
+        if not count:
+            return None
+        return (self.static.sum + self.total) / (count * self.power)
 
 
 class _HistogramAcc(_WindowAcc):
@@ -497,6 +505,50 @@ _ACCS: Final[Mapping[type, type[_WindowAcc]]] = {
 }
 
 
+# --- lifting one event, fast -----------------------------------------------
+
+#: Lifted approx_distinct images by (type, value): a one-value image depends
+#: on the value only. Bounded: cleared when full.
+_IMAGES: dict[tuple[type, Any], bytes | None] = {}
+_IMAGES_MAX: Final = 1 << 16
+
+
+def _lifter(monoid: Aggregation[Any]) -> Any:
+    """``monoid.lift``, or a function giving the same partial faster: a
+    histogram's one-hot tuple by bisection over its bounds (the first
+    bound above the value, as ``Histogram.bucket``), an HLL image from
+    ``_IMAGES``."""
+    if isinstance(monoid, Histogram):
+        bounds = monoid.bounds
+        one_hot = [tuple(int(i == b) for i in range(len(bounds) + 1))
+                   for b in range(len(bounds) + 1)]
+        zero = monoid.zero()
+
+        def lift_histogram(value: Any, event_time_ms: int, event_id: str) -> tuple[int, ...]:
+            if value is None:
+                return zero
+            return one_hot[bisect.bisect_right(bounds, float(value))]
+
+        return lift_histogram
+    if isinstance(monoid, ApproxDistinct):
+        lift = monoid.lift
+
+        def lift_distinct(value: Any, event_time_ms: int, event_id: str) -> bytes | None:
+            key = (type(value), value)
+            image = _IMAGES.get(key, _NONE)
+            if image is _NONE:
+                image = lift(value, event_time_ms, event_id)  # raises for a bad value
+                if len(_IMAGES) >= _IMAGES_MAX:
+                    _IMAGES.clear()
+                _IMAGES[key] = image
+            return image  # type: ignore[return-value]
+
+        return lift_distinct
+    if isinstance(monoid, Count):
+        return None  # always 1 (the value is ignored)
+    return monoid.lift
+
+
 # --- the state ---------------------------------------------------------------
 
 
@@ -569,6 +621,19 @@ class OnlineState:
             _ACCS[type(a.aggregation)](feature, a.name, w, self._monoids[a.name])
             for a, w, feature in self._windows]
         self._t_acc: int | None = None
+        # The running partials by window (one start each), for _advance.
+        groups: dict[tuple[int, int | None], list[_WindowAcc]] = {}
+        for acc in self._accs:
+            groups.setdefault((acc.hop, acc.length), []).append(acc)
+        self._groups = [
+            (hop, length, accs, [a for a in accs if isinstance(a, _SumAcc)],
+             [a for a in accs if type(a) is not _SumAcc])
+            for (hop, length), accs in groups.items()]
+        self._empty_tiles: dict[int, tuple[dict[str, Any], tuple[tuple[str, int], ...]]] = {
+            h: ({n: self._monoids[n].zero() for n in names},
+                tuple((n, len(self._monoids[n].zero())) for n in names
+                      if isinstance(self._monoids[n], Histogram)))
+            for h, names in self._kept_at.items()}
         # Per hop, what add does to its tile: (hop, (name, merge) of the plain
         # merges, approx_distinct names, histogram names).
         self._plan = [
@@ -579,13 +644,16 @@ class OnlineState:
              self._distinct_at[h],
              tuple(n for n in names if isinstance(self._monoids[n], Histogram)))
             for h, names in self._kept_at.items()]
-        self._lifts = [(a.name, a, a.field, self._monoids[a.name]) for a in group.aggregates]
+        self._lifts = [(a.name, a, a.field, _lifter(self._monoids[a.name]),
+                        self._monoids[a.name].zero()) for a in group.aggregates]
+        self._histograms = tuple(n for n, m in self._monoids.items() if isinstance(m, Histogram))
         self._earliest: int | None = None
         self._lowest: int | None = None
         self._dirty: set[tuple[int, int]] = set()
-        # Evicted before a drain: (added tile, seeded tile), made storable there.
-        self._evicted_dirty: dict[tuple[int, int], tuple[dict[str, Any],
-                                                         dict[str, Any] | None]] = {}
+        # Evicted before a drain: (added tile, seeded tile, image counts), made
+        # storable there.
+        self._evicted_dirty: dict[tuple[int, int], tuple[
+            dict[str, Any], dict[str, Any] | None, dict[str, dict[bytes, int]] | None]] = {}
         self._newest: int | None = None
         self.cutoff_ms: int | None = None
         self.horizon_ms: int | None = None
@@ -698,6 +766,8 @@ class OnlineState:
         if lowest is not None and event_time < lowest:
             return False
         lifted = self._lift(event, event_time)
+        bumps = {name: [(b, n) for b, n in enumerate(lifted[name]) if n]
+                 for name in self._histograms}
         dirty = self._dirty
         for hop, merged, distinct, histograms in self._plan:
             start = event_time // hop * hop
@@ -707,18 +777,15 @@ class OnlineState:
                 tile = added[start] = self._new_tile(hop, start)
             for name, merge in merged:
                 tile[name] = merge(tile[name], lifted[name])
-            if histograms:
-                for name in histograms:
-                    counts = tile[name]
-                    for bucket, n in enumerate(lifted[name]):
-                        if n:
-                            counts[bucket] += n
+            for name in histograms:
+                counts = tile[name]
+                for bucket, n in bumps[name]:
+                    counts[bucket] += n
             if distinct:
                 images = self._images[hop][start]
                 for name in distinct:
                     image = lifted[name]
                     if image is not None:
-                        tile[name] = _accumulate(self._monoids[name], tile[name], image)
                         by_image = images[name]
                         by_image[image] = by_image.get(image, 0) + 1
             dirty.add((hop, start))
@@ -742,19 +809,24 @@ class OnlineState:
         """``lift_event(group, event)``, with the monoids built once."""
         event_id = str(event["event_id"])
         lifted: Partials = {}
-        for name, aggregate, field_name, monoid in self._lifts:
+        for name, aggregate, field_name, lift, zero in self._lifts:
             if not aggregate.filters or aggregate.accepts(event):
+                if lift is None:  # a count
+                    lifted[name] = 1
+                    continue
                 value = None if field_name is None else field_value(event, field_name)
-                lifted[name] = monoid.lift(value, event_time, event_id)
+                lifted[name] = lift(value, event_time, event_id)
             else:
-                lifted[name] = monoid.zero()
+                lifted[name] = zero
         return lifted
 
     def _new_tile(self, hop: int, start: int) -> dict[str, Any]:
-        """An empty added tile (histograms as mutable lists of counts, HLL
-        unions made at the first value) and its image counts."""
-        tile = {n: list(m.zero()) if isinstance(m, Histogram) else m.zero()
-                for n in self._kept_at[hop] for m in (self._monoids[n],)}
+        """An empty added tile (histograms as mutable lists of counts; an
+        approx_distinct part is its image counts, kept beside it)."""
+        empty, histograms = self._empty_tiles[hop]
+        tile = dict(empty)
+        for name, buckets in histograms:
+            tile[name] = [0] * buckets
         if self._distinct_at[hop]:
             self._images[hop][start] = {n: {} for n in self._distinct_at[hop]}
         if start not in self._seeded[hop]:
@@ -765,22 +837,29 @@ class OnlineState:
         """The tiles changed since the last drain, each once, sorted by
         (hop, start), in storable form (see the module docstring); the
         state forgets that they changed."""
-        out = {key: self._storable(key[0], key[1], tile, stored)
-               for key, (tile, stored) in self._evicted_dirty.items()}
+        out = {key: self._storable(key[0], tile, stored, images)
+               for key, (tile, stored, images) in self._evicted_dirty.items()}
         for hop, start in self._dirty:
             if start in self._added[hop]:
-                out[(hop, start)] = self._storable(hop, start, self._added[hop][start],
-                                                   self._seeded[hop].get(start))
+                out[(hop, start)] = self._storable(hop, self._added[hop][start],
+                                                   self._seeded[hop].get(start),
+                                                   self._images[hop].get(start))
         self._dirty.clear()
         self._evicted_dirty.clear()
         return [ChangedTile(h, s, out[(h, s)]) for h, s in sorted(out)]
 
-    def _storable(self, hop: int, start: int, added: Mapping[str, Any],
-                  seeded: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _storable(self, hop: int, added: Mapping[str, Any], seeded: Mapping[str, Any] | None,
+                  images: Mapping[str, Mapping[bytes, int]] | None) -> dict[str, Any]:
+        """One tile's stored aggregates, the seeded and added parts merged
+        (an added approx_distinct part is its tile's set of images)."""
         out = {}
         for name in self._stored_at[hop]:
             monoid = self._monoids[name]
-            parts = [added[name]] if seeded is None else [seeded[name], added[name]]
+            parts = [] if seeded is None else [seeded[name]]
+            if images is not None and name in images:
+                parts += images[name]
+            else:
+                parts.append(added[name])
             out[name] = _merge(monoid, parts)
         return out
 
@@ -789,14 +868,15 @@ class OnlineState:
     def _keep_from(self, hop: int, earliest: int, lowest: int | None) -> int:
         """The first tile start of ``hop`` a query at or after ``earliest``
         or an event at or after ``lowest`` can touch."""
-        keep = tile_start(earliest, hop)
-        if lowest is not None:
-            keep = min(keep, tile_start(lowest, hop))
-        if hop in self._longest:
-            keep = min(keep, tile_start(earliest - self._longest[hop], hop))
+        keep = earliest // hop * hop
+        if lowest is not None and lowest < earliest:
+            keep = min(keep, lowest // hop * hop)
+        longest = self._longest.get(hop)
+        if longest is not None:
+            keep = min(keep, (earliest - longest) // hop * hop)
         coarser = self._coarser[hop]
         if coarser is not None:
-            keep = min(keep, tile_start(earliest, coarser))
+            keep = min(keep, earliest // coarser * coarser)
         return keep
 
     def _evict(self) -> None:
@@ -806,36 +886,44 @@ class OnlineState:
             return
         lowest = self._lowest
         for hop in self._hops:
-            keep = self._keep_from(hop, earliest, lowest)
-            added, seeded, starts = self._added[hop], self._seeded[hop], self._starts[hop]
-            cut = bisect.bisect_left(starts, keep)
-            if not cut:
+            starts = self._starts[hop]
+            if not starts:
                 continue
+            keep = self._keep_from(hop, earliest, lowest)
+            if starts[0] >= keep:
+                continue
+            added, seeded = self._added[hop], self._seeded[hop]
+            cut = bisect.bisect_left(starts, keep)
             evicted = starts[:cut]
             del starts[:cut]
             if self._t_acc is not None and any(
-                    acc.hop == hop and acc.start is not None and acc.start <= evicted[-1]
-                    for acc in self._accs):
+                    accs[0].start is not None and accs[0].start <= evicted[-1]
+                    for group_hop, _, accs, _, _ in self._groups if group_hop == hop):
                 self._t_acc = None  # a running partial holds a tile it could not take out
             images = self._images[hop]
             for start in evicted:
                 tile, stored = added.pop(start, None), seeded.pop(start, None)
-                images.pop(start, None)
+                tile_images = images.pop(start, None)
                 if tile is not None and (hop, start) in self._dirty:
                     self._dirty.discard((hop, start))
-                    self._evicted_dirty[(hop, start)] = (tile, stored)
+                    self._evicted_dirty[(hop, start)] = (tile, stored, tile_images)
                 if tile is None:
                     continue
                 for name, lifetime_hop in self._lifetime.items():
                     if lifetime_hop == hop:
-                        self._collapsed[name] = _merge(self._monoids[name],
-                                                       [self._collapsed[name], tile[name]])
+                        parts = [self._collapsed[name]]
+                        if tile_images is not None and name in tile_images:
+                            parts += tile_images[name]
+                        else:
+                            parts.append(tile[name])
+                        self._collapsed[name] = _merge(self._monoids[name], parts)
         raw_from = tile_start(earliest, self._hops[0])
         if self._t_acc is not None and self._t_acc < raw_from:
             self._t_acc = None  # events not yet entered would go
-        cut = bisect.bisect_left(self._raw_times, raw_from)
-        if cut:
-            del self._raw_times[:cut], self._raw[:cut]
+        times = self._raw_times
+        if times and times[0] < raw_from:
+            cut = bisect.bisect_left(times, raw_from)
+            del times[:cut], self._raw[:cut]
 
     def held(self) -> dict[str, int]:
         """How much the state holds: tiles (added and seeded, all hops), raw
@@ -897,26 +985,43 @@ class OnlineState:
         assert since is not None
         lo = bisect.bisect_left(times, since)
         hi = bisect.bisect_left(times, t_ms, lo)
-        for acc in self._accs:
-            old, length = acc.start, acc.length
+        for hop, length, accs, sums, others in self._groups:
+            old = accs[0].start
             if lo < hi:
-                name = acc.name
-                for i in range(lo, hi):
-                    if old is None or times[i] >= old:
-                        acc.enter(times[i], raw[i][name])
+                entering = [(times[i], raw[i]) for i in range(lo, hi)
+                            if old is None or times[i] >= old]
+                for summed in sums:  # _SumAcc.enter, inlined: the most common kind
+                    name = summed.name
+                    for _, lifted in entering:
+                        summed.total += lifted[name]
+                for acc in others:
+                    name, enter = acc.name, acc.enter
+                    for time, lifted in entering:
+                        enter(time, lifted[name])
             if old is None or length is None:  # lifetime: nothing leaves
                 continue
-            hop = acc.hop
             start = (t_ms - length) // hop * hop
             if start == old:
                 continue
             starts, added, images = self._starts[hop], self._added[hop], self._images[hop]
-            for s in starts[bisect.bisect_left(starts, old):bisect.bisect_left(starts, start)]:
-                tile = added.get(s)
-                if tile is not None:
-                    acc.leave_tile(tile, images.get(s))
-            acc.moved(start, self._static(acc.feature, acc.name, hop, start)
-                      if self._batch or self._seeded[hop] else acc.static)
+            leaving = [(added[s], images.get(s))
+                       for s in starts[bisect.bisect_left(starts, old):
+                                       bisect.bisect_left(starts, start)] if s in added]
+            if self._batch or self._seeded[hop]:
+                for acc in accs:
+                    for tile, tile_images in leaving:
+                        acc.leave_tile(tile, tile_images)
+                    acc.moved(start, self._static(acc.feature, acc.name, hop, start))
+                continue
+            for summed in sums:  # _SumAcc.leave_tile and moved, inlined
+                name = summed.name
+                for tile, _ in leaving:
+                    summed.total -= tile[name]
+                summed.start = start
+            for acc in others:
+                for tile, tile_images in leaving:
+                    acc.leave_tile(tile, tile_images)
+                acc.moved(start, acc.static)
         self._t_acc = t_ms
 
     def _rebuild(self, t_ms: int) -> None:
