@@ -4,6 +4,7 @@ per event -- next to the offline sweep computing the same features.
 
     .venv/bin/python -m benchmarks.run --only online-state
     .venv/bin/python -m benchmarks.online_state --transactions 20000   # a quick print
+    .venv/bin/python -m benchmarks.online_state --transactions 50000 --before f6c625a
 
 The data (built once per run, not a figure)
 -------------------------------------------
@@ -32,6 +33,10 @@ Check (fails the run): for every 7th event that no late arrival explains
 (no earlier-in-time event of its card arrived after it: invariant 6's
 exception), the online features equal the sweep's, value for value
 (`repr`, and `0.0 == -0.0` for a min/max).
+
+`--before COMMIT` (the standalone command only) also runs that commit's
+`schemas/online.py` (read with `git show`) on the same events, after the
+current one in each round: before/after in one process.
 """
 
 from __future__ import annotations
@@ -112,11 +117,15 @@ def sampled(data: OnlineData) -> set[str]:
             if i % SAMPLE_EVERY == 0 and e["event_id"] not in explained}
 
 
-def run_online(data: OnlineData, keep: set[str]
+def run_online(data: OnlineData, keep: set[str], module: Any = None
                ) -> tuple[Timed, Timed, dict[str, dict[str, Any]]]:
-    """The per-event figure and the drains' (see the module docstring)."""
+    """The per-event figure and the drains' (see the module docstring);
+    ``module``: another version of ``lamina.schemas.online`` to run."""
     from lamina.schemas.card_views import CARD_VIEWS
     from lamina.schemas.online import OnlineState
+
+    if module is not None:
+        OnlineState = module.OnlineState  # noqa: N806
 
     states: dict[str, OnlineState] = {}
     kept: dict[str, dict[str, Any]] = {}
@@ -148,6 +157,28 @@ def run_online(data: OnlineData, keep: set[str]
     seconds = time.perf_counter() - started - drain_s
     return (Timed(len(data.arrivals), seconds, time.thread_time() - cpu - drain_cpu),
             Timed(drained, drain_s, drain_cpu), kept)
+
+
+def load_state_module(commit: str) -> Any:
+    """``schemas/online.py`` as of ``commit``, loaded as a module of its own."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(["git", "show", f"{commit}:schemas/online.py"], cwd=repo,
+                                check=True, capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError as exc:
+        raise BenchmarkError(f"cannot read schemas/online.py at {commit!r}: "
+                             f"{exc.stderr.strip()}") from None
+    name = f"lamina.schemas.online_at_{commit}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{commit}:schemas/online.py", "exec"), module.__dict__)
+    return module
 
 
 def run_sweep(data: OnlineData, keep: set[str]) -> tuple[Timed, dict[str, dict[str, Any]]]:
@@ -201,12 +232,16 @@ class OnlineStateResults:
     drains: list[Timed] = field(default_factory=list)
     sweep: list[Timed] = field(default_factory=list)
     compared: int = 0
+    before: list[Timed] = field(default_factory=list)
+    before_commit: str | None = None
 
 
 def measure_online_state(transactions: int, rounds: int,
-                         say: Callable[[str], None] = say_nothing) -> OnlineStateResults:
+                         say: Callable[[str], None] = say_nothing,
+                         before: str | None = None) -> OnlineStateResults:
     """Rounds of the sweep and the online state, alternating; the sample
-    checked on every round."""
+    checked on every round. ``before``: a commit whose state also runs."""
+    old = None if before is None else load_state_module(before)
     say(f"online state: generating {transactions:,} transactions")
     data = prepare_data(transactions)
     say(f"online state: {data.describe()}")
@@ -221,6 +256,12 @@ def measure_online_state(transactions: int, rounds: int,
         results.drains.append(drains)
         say(f"round {round_no}: OnlineState {fmt_rate(online.rate)}")
         results.compared = check_equal(got, offline, keep)
+        if old is not None:
+            timed, _, got = run_online(data, keep, old)
+            results.before.append(timed)
+            results.before_commit = before
+            say(f"round {round_no}: OnlineState at {before} {fmt_rate(timed.rate)}")
+            check_equal(got, offline, keep)
     return results
 
 
@@ -251,7 +292,13 @@ def online_state_rows(results: OnlineStateResults) -> list[Row]:
             f"drain_changed_tiles of the states each micro-batch touched, apart from the "
             f"figure above; {drains.events:,} tiles in {drains.seconds:.1f} s "
             f"(the best online run's)"),
-    ]
+    ] + ([] if not results.before else [
+        Row(f"online state at {results.before_commit}, features_before + add per event",
+            fmt_rate(best_of(results.before, lambda t: t.rate).rate),
+            f"FeatureSweep {fmt_rate(ref.rate)}",
+            fmt_ratio(best_of(results.before, lambda t: t.rate).rate / ref.rate), "—",
+            f"the same loop with that commit's schemas/online.py; "
+            f"{_us(best_of(results.before, lambda t: t.rate))}; {_runs(results.before)}")])
 
 
 def online_state_notes(results: OnlineStateResults) -> list[str]:
@@ -271,12 +318,15 @@ def main(argv: list[str] | None = None) -> int:
                                      "(prints; benchmarks.run --only online-state appends).")
     parser.add_argument("--transactions", type=int, default=QUICK_TRANSACTIONS)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--before", default=None, metavar="COMMIT",
+                        help="also run schemas/online.py as of this commit (before/after)")
     args = parser.parse_args(argv)
     if args.transactions < 100 or args.rounds < 1:
         parser.error("--transactions must be at least 100 and --rounds at least 1")
     try:
         results = measure_online_state(args.transactions, args.rounds,
-                                       lambda m: print(f"[bench] {m}", file=sys.stderr))
+                                       lambda m: print(f"[bench] {m}", file=sys.stderr),
+                                       args.before)
     except BenchmarkError as exc:
         print(f"[bench] benchmark failed: {exc}", file=sys.stderr)
         return 1
