@@ -8,6 +8,7 @@ How to run
     .venv/bin/python -m benchmarks.run --quick --no-append   # print only
     .venv/bin/python -m benchmarks.run --only views          # batch views, 10M
     .venv/bin/python -m benchmarks.run --only training-set   # point-in-time builder
+    .venv/bin/python -m benchmarks.run --only online-state   # speed-layer state per event
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -85,6 +86,12 @@ Figures (events/s are records of the topic per second of wall time)
   publish and write rates next to raw writes of the same rows, and the
   snapshot and features lookup p50/p99 next to a raw read of the same
   records. Starts its own redis-server; needs no broker (`--only stores`).
+* online-state -- the speed layer's per-event state work
+  (`benchmarks/online_state.py`): per transaction in arrival order,
+  `OnlineState.features_before(event_time)` then `add`, next to the offline
+  `FeatureSweep` computing the same features for the same events (the
+  reference); 200k generated transactions (20k with --quick), identical
+  features checked on a sample. Needs no broker.
 """
 
 from __future__ import annotations
@@ -130,6 +137,14 @@ from benchmarks.machine import (
     load_average,
     pin_pid_threads,
     pin_self,
+)
+from benchmarks.online_state import DEFAULT_TRANSACTIONS as ONLINE_TRANSACTIONS
+from benchmarks.online_state import QUICK_TRANSACTIONS as ONLINE_QUICK_TRANSACTIONS
+from benchmarks.online_state import (
+    OnlineStateResults,
+    measure_online_state,
+    online_state_notes,
+    online_state_rows,
 )
 from benchmarks.report import Row, append_section, render_section
 from benchmarks.tile_store import DEFAULT_TRANSACTIONS as STORE_TRANSACTIONS
@@ -179,7 +194,8 @@ REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
-SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores")
+SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
+          "online-state")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -395,7 +411,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
                training: TrainingResults | None = None,
                views: ViewsResults | None = None,
                stores: TileStoreResults | None = None,
-               training_set: TrainingSetResults | None = None) -> list[Row]:
+               training_set: TrainingSetResults | None = None,
+               online_state: OnlineStateResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
@@ -405,6 +422,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
         rows += training_rows(training)
     if stores is not None:
         rows += tile_store_rows(stores)
+    if online_state is not None:
+        rows += online_state_rows(online_state)
     return rows
 
 
@@ -551,6 +570,7 @@ class Measured:
     views: ViewsResults | None = None
     stores: TileStoreResults | None = None
     training_set: TrainingSetResults | None = None
+    online_state: OnlineStateResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -578,6 +598,9 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
                 TRAINING_SET_TRANSACTIONS, set(ctx.cores), args.rounds, say, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+    if "online-state" in args.suites:
+        measured.online_state = measure_online_state(
+            ONLINE_QUICK_TRANSACTIONS if args.quick else ONLINE_TRANSACTIONS, args.rounds, say)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
@@ -622,6 +645,8 @@ def report_notes(measured: Measured) -> list[str]:
         notes += training_notes(measured.training)
     if measured.stores is not None:
         notes += tile_store_notes(measured.stores)
+    if measured.online_state is not None:
+        notes += online_state_notes(measured.online_state)
     return notes
 
 
@@ -673,12 +698,15 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"tile stores over {measured.stores.data.transactions:,} transactions")
     if measured.training_set is not None and measured.training_set.lamina:
         sizes.append(f"training set of {measured.training_set.lamina[0].rows:,} rows")
+    if measured.online_state is not None:
+        sizes.append(f"online state over {measured.online_state.data.transactions:,} "
+                     "transactions")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
                                      measured.views, measured.stores,
-                                     measured.training_set),
+                                     measured.training_set, measured.online_state),
                           report_notes(measured))
 
 

@@ -62,20 +62,37 @@ events of ``L`` plus one finest tile. Tiles changed and then evicted before
 a drain wait for it (``held()`` counts them): drain once per micro-batch.
 A far-future event time moves "newest" on and makes every event before it
 minus ``L`` late: the caller refuses implausible event times before ``add``.
+An approx_distinct part (of a tile or of a window's running partial) is
+its distinct lifted images with counts: at most one per distinct value in
+it. One-value images are shared through a module cache of at most 65,536
+values (cleared when full).
 
-Reading cost: each window's *settled* part (batch entry, collapsed
-lifetime, full tiles, seeded head) is cached until its start or head tile
-moves or a late event lands inside it; a query then merges that one
-partial with the head.
+Reading cost
+------------
+Each window keeps a running partial of the added events in ``[start, t)``
+for the last query time ``t``, beside its static part (the batch entry for
+its start, the seeded tiles from its start on, a lifetime window's
+collapsed tiles). A query at ``t' >= t`` moves it on, as the offline sweep
+(``lamina.schemas.pit``) does: the raw events in ``[t, t')`` enter, and
+when the start moves the tiles before the new start leave -- counts, sums,
+means and histograms are integers, subtracted exactly; min/max/last keep
+the sliding-window candidates no later event beats; approx_distinct keeps
+a count per lifted image (each tile keeps its images' counts to take them
+out) and is canonicalised and presented again only when the set changed.
+An event ``add`` applies before ``t`` enters the windows holding it at
+once. A query before ``t``, or after eviction took a tile or raw event a
+running partial still needed (no query for longer than the windows and
+the lateness allow), rebuilds the partials from the tiles and raw events
+-- exact either way, only slower.
 
 Storing
 -------
 ``drain_changed_tiles()`` returns the tiles ``add`` changed since the last
 drain (each once, however many events it took), with the aggregates stored
 at their hop, seeded and added parts merged: the storable form
-(``lamina.stores.codec.TileCodec.encode`` takes it). HLL partials are
-mutable DataSketches unions inside the state and canonical images only
-here and in ``features_before``.
+(``lamina.stores.codec.TileCodec.encode`` takes it). An added tile's
+approx_distinct part is its lifted images (with counts) inside the state,
+merged into a canonical image only here and when a window presents it.
 """
 
 from __future__ import annotations
@@ -88,15 +105,27 @@ from typing import Any, Final, NamedTuple
 import datasketches
 
 from lamina.errors import LaminaError
-from lamina.schemas.aggregations import HLL_LG_K, Aggregation, ApproxDistinct, FeatureValue
+from lamina.schemas.aggregations import (
+    HLL_LG_K,
+    Aggregation,
+    ApproxDistinct,
+    Count,
+    FeatureValue,
+    Histogram,
+    Last,
+    Max,
+    Mean,
+    MeanPartial,
+    Min,
+    Sum,
+)
 from lamina.schemas.view_definitions import (
     Aggregate,
     GroupBy,
     Partials,
     Window,
-    lift_event,
+    field_value,
     tile_start,
-    window_range,
 )
 
 _HLL_8: Final = datasketches.tgt_hll_type.HLL_8
@@ -191,28 +220,15 @@ def _check_cutoff(group: GroupBy, cutoff_ms: int) -> None:
                          f"{alignment} ms (its largest hop)")
 
 
-# --- merging, with HLL sketches kept mutable inside the state ---------------
+# --- merging ------------------------------------------------------------------
 
 
 def _is_hll(monoid: Aggregation[Any]) -> bool:
     return isinstance(monoid, ApproxDistinct)
 
 
-def _accumulate(monoid: Aggregation[Any], acc: Any, partial: Any) -> Any:
-    """``acc`` with ``partial`` merged in. For approx_distinct ``acc`` is a
-    mutable DataSketches union (None while empty), updated in place."""
-    if not _is_hll(monoid):
-        return monoid.merge(acc, partial)
-    if partial is None:
-        return acc
-    if acc is None:
-        acc = datasketches.hll_union(HLL_LG_K)
-    acc.update(datasketches.hll_sketch.deserialize(partial))
-    return acc
-
-
 def _merge(monoid: Aggregation[Any], items: Iterable[Any]) -> Any:
-    """The canonical partial of ``items`` (partials, or HLL unions)."""
+    """The canonical partial of ``items`` (partials; HLL images)."""
     if not _is_hll(monoid):
         return monoid.merge_all(items)
     union = None
@@ -221,14 +237,316 @@ def _merge(monoid: Aggregation[Any], items: Iterable[Any]) -> Any:
             continue
         if union is None:
             union = datasketches.hll_union(HLL_LG_K)
-        if isinstance(item, bytes):
-            union.update(datasketches.hll_sketch.deserialize(item))
-        else:
-            union.update(item.get_result(_HLL_8))
+        union.update(datasketches.hll_sketch.deserialize(item))
     if union is None:
         return None
     # from_storage canonicalises any image: a function of the value set only.
     return monoid.from_storage(bytes(union.get_result(_HLL_8).serialize_compact()))
+
+
+# --- per-window running partials ------------------------------------------
+
+
+class _WindowAcc:
+    """One window's running partial of the *added* events in ``[start, t)``
+    for the last query time ``t`` (the state's ``_t_acc``), plus ``static``:
+    the merge of what the window holds that ``add`` never changes (the batch
+    entry, the seeded tiles, a lifetime window's collapsed tiles).
+
+    Events enter one by one (``enter``, also tiles' partials when rebuilt);
+    when the start moves, the tiles before it leave (``leave_tile``, then
+    ``moved``). Every event that enters is in a tile the window still holds,
+    so each tile that leaves takes out exactly what entered with its events.
+    """
+
+    __slots__ = ("feature", "hop", "length", "monoid", "name", "start", "static")
+
+    def __init__(self, feature: str, name: str, window: Window,
+                 monoid: Aggregation[Any]) -> None:
+        self.feature, self.name, self.monoid = feature, name, monoid
+        self.hop, self.length = window.hop_ms, window.length_ms
+        self.start: int | None = None
+        self.static: Any = monoid.zero()
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static = start, static
+
+    def enter(self, time: int, partial: Any) -> None:
+        raise NotImplementedError
+
+    def enter_tile(self, time: int, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        self.enter(time, tile[self.name])
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        raise NotImplementedError
+
+    def moved(self, start: int, static: Any) -> None:
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        raise NotImplementedError
+
+
+class _SumAcc(_WindowAcc):
+    """``count`` and ``sum``: integers, added and subtracted exactly."""
+
+    __slots__ = ("divisor", "total")
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static, self.total = start, static, 0
+        self.divisor = 10**self.monoid.scale if isinstance(self.monoid, Sum) else None
+
+    def enter(self, time: int, partial: int) -> None:
+        self.total += partial
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        self.total -= tile[self.name]
+
+    def present(self) -> FeatureValue:
+        units = self.static + self.total
+        # Sum.present (units / 10**scale, correctly rounded); a count as is.
+        return units if self.divisor is None else units / self.divisor
+
+
+class _MeanAcc(_WindowAcc):
+    """``mean``: its integer (units, count), added and subtracted."""
+
+    __slots__ = ("count", "power", "total")
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static, self.total, self.count = start, static, 0, 0
+        self.power = 10**self.monoid.scale
+
+    def enter(self, time: int, partial: MeanPartial) -> None:
+        self.total += partial.sum
+        self.count += partial.count
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        partial = tile[self.name]
+        self.total -= partial.sum
+        self.count -= partial.count
+
+    def present(self) -> FeatureValue:
+        # Mean.present: the float nearest sum / (count * 10**scale), or None.
+        count = self.static.count + self.count
+        if not count:
+            return None
+        return (self.static.sum + self.total) / (count * self.power)
+
+
+class _HistogramAcc(_WindowAcc):
+    """``histogram``: integer counts per bucket, added and subtracted."""
+
+    __slots__ = ("counts",)
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static, self.counts = start, static, list(static)
+
+    def enter(self, time: int, partial: tuple[int, ...]) -> None:
+        counts = self.counts
+        for bucket, n in enumerate(partial):
+            if n:
+                counts[bucket] += n
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        counts = self.counts
+        for bucket, n in enumerate(tile[self.name]):
+            if n:
+                counts[bucket] -= n
+
+    def moved(self, start: int, static: Any) -> None:
+        # The counts hold the static part too: swap the old one for the new.
+        if static != self.static:
+            counts = self.counts
+            for bucket, (old, new) in enumerate(zip(self.static, static, strict=True)):
+                counts[bucket] += new - old
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        return tuple(self.counts)
+
+
+class _ExtremumAcc(_WindowAcc):
+    """``min``, ``max``, ``last``: the sliding-window extremum. ``times`` and
+    ``values`` are the candidates in time order that no later candidate
+    beats (strictly), so the first is the window's extremum; a candidate
+    leaves when the start passes its time. A late event is inserted at its
+    time: dropped if a later candidate beats it, else it drops the earlier
+    ones it beats (contiguous just before it)."""
+
+    __slots__ = ("smallest_wins", "times", "values")
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static = start, static
+        self.times: list[int] = []
+        self.values: list[Any] = []
+        self.smallest_wins = isinstance(self.monoid, Min)
+
+    def enter(self, time: int, partial: Any) -> None:
+        if partial is None:  # zero: no value
+            return
+        times, values = self.times, self.values
+        at = len(times) if not times or time >= times[-1] else bisect.bisect_right(times, time)
+        if self.smallest_wins:
+            if at < len(values) and values[at] < partial:
+                return
+            first = at
+            while first and partial < values[first - 1]:
+                first -= 1
+        else:
+            if at < len(values) and values[at] > partial:
+                return
+            first = at
+            while first and partial > values[first - 1]:
+                first -= 1
+        times[first:at] = (time,)
+        values[first:at] = (partial,)
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        pass
+
+    def moved(self, start: int, static: Any) -> None:
+        times = self.times
+        gone = bisect.bisect_left(times, start)
+        if gone:
+            del times[:gone], self.values[:gone]
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        monoid = self.monoid
+        best = self.values[0] if self.values else None
+        return monoid.present(monoid.merge(self.static, best))
+
+
+class _DistinctAcc(_WindowAcc):
+    """``approx_distinct``: the canonical partial is a function of the set
+    of values, so keep a count per lifted image (a tile keeps its images'
+    counts too, to take them out when it leaves) and a mutable union: new
+    images are merged in; one leaving marks it stale (rebuilt from the set
+    when presented). Presented again only after the set changed."""
+
+    __slots__ = ("changed", "counts", "fresh", "stale", "union", "value")
+
+    def clear(self, start: int | None, static: Any) -> None:
+        self.start, self.static = start, static
+        self.counts: dict[bytes, int] = {}
+        self.fresh: list[bytes] = []
+        self.union: Any = None
+        self.stale = self.changed = True
+        self.value: FeatureValue = 0
+
+    def enter(self, time: int, partial: bytes | None) -> None:
+        if partial is None:
+            return
+        counts = self.counts
+        seen = counts.get(partial, 0)
+        counts[partial] = seen + 1
+        if not seen:
+            self.changed = True
+            if not self.stale:
+                self.fresh.append(partial)
+
+    def enter_tile(self, time: int, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        assert images is not None
+        counts = self.counts
+        for image, n in images[self.name].items():
+            counts[image] = counts.get(image, 0) + n
+        self.stale = self.changed = True
+
+    def leave_tile(self, tile: Mapping[str, Any],
+                   images: Mapping[str, dict[bytes, int]] | None) -> None:
+        assert images is not None
+        counts = self.counts
+        for image, n in images[self.name].items():
+            left = counts[image] - n
+            if left:
+                counts[image] = left
+            else:
+                del counts[image]
+                self.stale = self.changed = True
+
+    def moved(self, start: int, static: Any) -> None:
+        if static != self.static:
+            self.stale = self.changed = True
+        self.start, self.static = start, static
+
+    def present(self) -> FeatureValue:
+        if not self.changed:
+            return self.value
+        if self.stale:
+            self.union = None
+            self.fresh = list(self.counts)
+            if self.static is not None:
+                self.fresh.append(self.static)
+            self.stale = False
+        if self.fresh:
+            if self.union is None:
+                self.union = datasketches.hll_union(HLL_LG_K)
+            for image in self.fresh:
+                self.union.update(datasketches.hll_sketch.deserialize(image))
+            self.fresh = []
+        partial = None if self.union is None else self.monoid.from_storage(
+            bytes(self.union.get_result(_HLL_8).serialize_compact()))
+        self.value = self.monoid.present(partial)
+        self.changed = False
+        return self.value
+
+
+_ACCS: Final[Mapping[type, type[_WindowAcc]]] = {
+    Count: _SumAcc, Sum: _SumAcc, Mean: _MeanAcc, Histogram: _HistogramAcc,
+    Min: _ExtremumAcc, Max: _ExtremumAcc, Last: _ExtremumAcc, ApproxDistinct: _DistinctAcc,
+}
+
+
+# --- lifting one event, fast -----------------------------------------------
+
+#: Lifted approx_distinct images by (type, value): a one-value image depends
+#: on the value only. Bounded: cleared when full.
+_IMAGES: dict[tuple[type, Any], bytes | None] = {}
+_IMAGES_MAX: Final = 1 << 16
+
+
+def _lifter(monoid: Aggregation[Any]) -> Any:
+    """``monoid.lift``, or a function giving the same partial faster: a
+    histogram's one-hot tuple by bisection over its bounds (the first
+    bound above the value, as ``Histogram.bucket``), an HLL image from
+    ``_IMAGES``."""
+    if isinstance(monoid, Histogram):
+        bounds = monoid.bounds
+        one_hot = [tuple(int(i == b) for i in range(len(bounds) + 1))
+                   for b in range(len(bounds) + 1)]
+        zero = monoid.zero()
+
+        def lift_histogram(value: Any, event_time_ms: int, event_id: str) -> tuple[int, ...]:
+            if value is None:
+                return zero
+            return one_hot[bisect.bisect_right(bounds, float(value))]
+
+        return lift_histogram
+    if isinstance(monoid, ApproxDistinct):
+        lift = monoid.lift
+
+        def lift_distinct(value: Any, event_time_ms: int, event_id: str) -> bytes | None:
+            key = (type(value), value)
+            image = _IMAGES.get(key, _NONE)
+            if image is _NONE:
+                image = lift(value, event_time_ms, event_id)  # raises for a bad value
+                if len(_IMAGES) >= _IMAGES_MAX:
+                    _IMAGES.clear()
+                _IMAGES[key] = image
+            return image  # type: ignore[return-value]
+
+        return lift_distinct
+    if isinstance(monoid, Count):
+        return None  # always 1 (the value is ignored)
+    return monoid.lift
 
 
 # --- the state ---------------------------------------------------------------
@@ -277,17 +595,65 @@ class OnlineState:
         self._seeded: dict[int, dict[int, dict[str, Any]]] = {h: {} for h in self._hops}
         # Per hop, the starts of the tiles held (added or seeded), ascending.
         self._starts: dict[int, list[int]] = {h: [] for h in self._hops}
-        # Per feature, the part of its window no event can change any more
-        # except a late one: (start, head start, partial) -- the batch entry,
-        # the collapsed lifetime, the full tiles and the seeded head tile.
-        self._settled: dict[str, tuple[int | None, int, Any]] = {}
-        self._features_at: dict[int, tuple[str, ...]] = {
-            h: tuple(f for _, w, f in self._windows if w.hop_ms == h) for h in self._hops}
+        # Per added tile, for each approx_distinct aggregate kept at its hop,
+        # the count of each lifted image (a window takes them out when the
+        # tile leaves it).
+        self._distinct_at: dict[int, tuple[str, ...]] = {
+            h: tuple(n for n in names if _is_hll(self._monoids[n]))
+            for h, names in self._kept_at.items()}
+        self._images: dict[int, dict[int, dict[str, dict[bytes, int]]]] = {
+            h: {} for h in self._hops}
+        self._finer: dict[int, tuple[int, ...]] = {
+            h: tuple(f for f in self._hops if f < h) for h in self._hops}
+        self._coarser: dict[int, int | None] = {
+            h: next((c for c in self._hops if c > h), None) for h in self._hops}
+        # The evicted added tiles of each lifetime window, merged (the seeded
+        # ones are in _lifetime_static).
         self._collapsed: dict[str, Any] = {
             name: self._monoids[name].zero() for name in self._lifetime}
-        self._raw: list[tuple[int, Partials]] = []  # (event time, lifted), arrival order
+        self._lifetime_static: dict[str, Any] = {}
+        # The raw events kept (see _evict), sorted by event time.
+        self._raw_times: list[int] = []
+        self._raw: list[Partials] = []
+        # The running partial of every window as of the query time _t_acc
+        # (None: rebuild at the next query).
+        self._accs: list[_WindowAcc] = [
+            _ACCS[type(a.aggregation)](feature, a.name, w, self._monoids[a.name])
+            for a, w, feature in self._windows]
+        self._t_acc: int | None = None
+        # The running partials by window (one start each), for _advance.
+        groups: dict[tuple[int, int | None], list[_WindowAcc]] = {}
+        for acc in self._accs:
+            groups.setdefault((acc.hop, acc.length), []).append(acc)
+        self._groups = [
+            (hop, length, accs, [a for a in accs if isinstance(a, _SumAcc)],
+             [a for a in accs if type(a) is not _SumAcc])
+            for (hop, length), accs in groups.items()]
+        self._empty_tiles: dict[int, tuple[dict[str, Any], tuple[tuple[str, int], ...]]] = {
+            h: ({n: self._monoids[n].zero() for n in names},
+                tuple((n, len(self._monoids[n].zero())) for n in names
+                      if isinstance(self._monoids[n], Histogram)))
+            for h, names in self._kept_at.items()}
+        # Per hop, what add does to its tile: (hop, (name, merge) of the plain
+        # merges, approx_distinct names, histogram names).
+        self._plan = [
+            (h,
+             tuple((n, self._monoids[n].merge) for n in names
+                   if not _is_hll(self._monoids[n])
+                   and not isinstance(self._monoids[n], Histogram)),
+             self._distinct_at[h],
+             tuple(n for n in names if isinstance(self._monoids[n], Histogram)))
+            for h, names in self._kept_at.items()]
+        self._lifts = [(a.name, a, a.field, _lifter(self._monoids[a.name]),
+                        self._monoids[a.name].zero()) for a in group.aggregates]
+        self._histograms = tuple(n for n, m in self._monoids.items() if isinstance(m, Histogram))
+        self._earliest: int | None = None
+        self._lowest: int | None = None
         self._dirty: set[tuple[int, int]] = set()
-        self._evicted_dirty: dict[tuple[int, int], dict[str, Any]] = {}
+        # Evicted before a drain: (added tile, seeded tile, image counts), made
+        # storable there.
+        self._evicted_dirty: dict[tuple[int, int], tuple[
+            dict[str, Any], dict[str, Any] | None, dict[str, dict[bytes, int]] | None]] = {}
         self._newest: int | None = None
         self.cutoff_ms: int | None = None
         self.horizon_ms: int | None = None
@@ -296,6 +662,7 @@ class OnlineState:
         self._batch: dict[str, list[tuple[int | None, Any]]] = {}
         if seed is not None:
             self._load(seed)
+        self._bounds()
 
     def _load(self, seed: OnlineSeed) -> None:
         group = self.group
@@ -335,6 +702,10 @@ class OnlineState:
         self.seeded_through_ms = through
         self._answers_from = seed.answers_from_ms
         self._newest = through
+        for aggregate, window, feature in self._windows:
+            if window.length_ms is None:
+                self._lifetime_static[feature] = self._static(feature, aggregate.name,
+                                                              window.hop_ms, None)
         self._evict()
 
     # --- time bounds ---------------------------------------------------
@@ -349,6 +720,14 @@ class OnlineState:
         any): the newest event time minus the allowed lateness, the cutoff,
         one millisecond after ``seeded_through_ms`` and the seed's
         ``answers_from_ms``, whichever is latest."""
+        return self._earliest
+
+    def _bounds(self) -> None:
+        """Recompute the cached time bounds (after the newest time moved)."""
+        self._earliest = self._earliest_query()
+        self._lowest = self._lowest_accepted()
+
+    def _earliest_query(self) -> int | None:
         bounds = [] if self._answers_from is None else [self._answers_from]
         if self._newest is not None:
             bounds.append(self._newest - self.allowed_lateness_ms)
@@ -383,52 +762,104 @@ class OnlineState:
             raise ValueError(f"this state is {group.entity_key}={self.entity!r}, the event "
                              f"has {event.get(group.entity_key)!r}")
         event_time = int(event["event_time"])
-        lowest = self._lowest_accepted()
+        lowest = self._lowest
         if lowest is not None and event_time < lowest:
             return False
-        lifted = lift_event(group, event)
-        for hop in self._hops:
-            start = tile_start(event_time, hop)
-            names = self._kept_at[hop]
-            tile = self._added[hop].get(start)
+        lifted = self._lift(event, event_time)
+        bumps = {name: [(b, n) for b, n in enumerate(lifted[name]) if n]
+                 for name in self._histograms}
+        dirty = self._dirty
+        for hop, merged, distinct, histograms in self._plan:
+            start = event_time // hop * hop
+            added = self._added[hop]
+            tile = added.get(start)
             if tile is None:
-                tile = self._added[hop][start] = {n: self._monoids[n].zero() for n in names}
-                if start not in self._seeded[hop]:
-                    bisect.insort(self._starts[hop], start)
-            for feature in self._features_at[hop]:
-                settled = self._settled.get(feature)
-                if settled is not None and settled[1] > start:  # a late event inside it
-                    del self._settled[feature]
-            for name in names:
-                tile[name] = _accumulate(self._monoids[name], tile[name], lifted[name])
-            self._dirty.add((hop, start))
-        earliest = self.earliest_query_ms()
+                tile = added[start] = self._new_tile(hop, start)
+            for name, merge in merged:
+                tile[name] = merge(tile[name], lifted[name])
+            for name in histograms:
+                counts = tile[name]
+                for bucket, n in bumps[name]:
+                    counts[bucket] += n
+            if distinct:
+                images = self._images[hop][start]
+                for name in distinct:
+                    image = lifted[name]
+                    if image is not None:
+                        by_image = images[name]
+                        by_image[image] = by_image.get(image, 0) + 1
+            dirty.add((hop, start))
+        if self._t_acc is not None and event_time < self._t_acc:
+            # Late for the running partials: it enters every window holding it
+            # now (the others get it when their query time passes it).
+            for acc in self._accs:
+                if acc.start is None or event_time >= acc.start:
+                    acc.enter(event_time, lifted[acc.name])
+        earliest = self._earliest
         if earliest is None or event_time >= tile_start(earliest, self._hops[0]):
-            self._raw.append((event_time, lifted))
+            at = bisect.bisect_right(self._raw_times, event_time)
+            self._raw_times.insert(at, event_time)
+            self._raw.insert(at, lifted)
         if self._newest is None or event_time > self._newest:
             self._newest = event_time
             self._evict()
         return True
 
+    def _lift(self, event: Mapping[str, Any], event_time: int) -> Partials:
+        """``lift_event(group, event)``, with the monoids built once."""
+        event_id = str(event["event_id"])
+        lifted: Partials = {}
+        for name, aggregate, field_name, lift, zero in self._lifts:
+            if not aggregate.filters or aggregate.accepts(event):
+                if lift is None:  # a count
+                    lifted[name] = 1
+                    continue
+                value = None if field_name is None else field_value(event, field_name)
+                lifted[name] = lift(value, event_time, event_id)
+            else:
+                lifted[name] = zero
+        return lifted
+
+    def _new_tile(self, hop: int, start: int) -> dict[str, Any]:
+        """An empty added tile (histograms as mutable lists of counts; an
+        approx_distinct part is its image counts, kept beside it)."""
+        empty, histograms = self._empty_tiles[hop]
+        tile = dict(empty)
+        for name, buckets in histograms:
+            tile[name] = [0] * buckets
+        if self._distinct_at[hop]:
+            self._images[hop][start] = {n: {} for n in self._distinct_at[hop]}
+        if start not in self._seeded[hop]:
+            bisect.insort(self._starts[hop], start)
+        return tile
+
     def drain_changed_tiles(self) -> list[ChangedTile]:
         """The tiles changed since the last drain, each once, sorted by
         (hop, start), in storable form (see the module docstring); the
         state forgets that they changed."""
-        out = dict(self._evicted_dirty)
+        out = {key: self._storable(key[0], tile, stored, images)
+               for key, (tile, stored, images) in self._evicted_dirty.items()}
         for hop, start in self._dirty:
             if start in self._added[hop]:
-                out[(hop, start)] = self._storable(hop, start, self._added[hop][start],
-                                                   self._seeded[hop].get(start))
+                out[(hop, start)] = self._storable(hop, self._added[hop][start],
+                                                   self._seeded[hop].get(start),
+                                                   self._images[hop].get(start))
         self._dirty.clear()
         self._evicted_dirty.clear()
         return [ChangedTile(h, s, out[(h, s)]) for h, s in sorted(out)]
 
-    def _storable(self, hop: int, start: int, added: Mapping[str, Any],
-                  seeded: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _storable(self, hop: int, added: Mapping[str, Any], seeded: Mapping[str, Any] | None,
+                  images: Mapping[str, Mapping[bytes, int]] | None) -> dict[str, Any]:
+        """One tile's stored aggregates, the seeded and added parts merged
+        (an added approx_distinct part is its tile's set of images)."""
         out = {}
         for name in self._stored_at[hop]:
             monoid = self._monoids[name]
-            parts = [added[name]] if seeded is None else [seeded[name], added[name]]
+            parts = [] if seeded is None else [seeded[name]]
+            if images is not None and name in images:
+                parts += images[name]
+            else:
+                parts.append(added[name])
             out[name] = _merge(monoid, parts)
         return out
 
@@ -437,40 +868,62 @@ class OnlineState:
     def _keep_from(self, hop: int, earliest: int, lowest: int | None) -> int:
         """The first tile start of ``hop`` a query at or after ``earliest``
         or an event at or after ``lowest`` can touch."""
-        keep = tile_start(earliest, hop)
-        if lowest is not None:
-            keep = min(keep, tile_start(lowest, hop))
-        if hop in self._longest:
-            keep = min(keep, tile_start(earliest - self._longest[hop], hop))
-        coarser = [h for h in self._hops if h > hop]
-        if coarser:
-            keep = min(keep, tile_start(earliest, coarser[0]))
+        keep = earliest // hop * hop
+        if lowest is not None and lowest < earliest:
+            keep = min(keep, lowest // hop * hop)
+        longest = self._longest.get(hop)
+        if longest is not None:
+            keep = min(keep, (earliest - longest) // hop * hop)
+        coarser = self._coarser[hop]
+        if coarser is not None:
+            keep = min(keep, earliest // coarser * coarser)
         return keep
 
     def _evict(self) -> None:
-        earliest = self.earliest_query_ms()
+        self._bounds()
+        earliest = self._earliest
         if earliest is None:
             return
-        lowest = self._lowest_accepted()
+        lowest = self._lowest
         for hop in self._hops:
+            starts = self._starts[hop]
+            if not starts:
+                continue
             keep = self._keep_from(hop, earliest, lowest)
-            added, seeded, starts = self._added[hop], self._seeded[hop], self._starts[hop]
-            evicted = starts[:bisect.bisect_left(starts, keep)]
-            del starts[:len(evicted)]
+            if starts[0] >= keep:
+                continue
+            added, seeded = self._added[hop], self._seeded[hop]
+            cut = bisect.bisect_left(starts, keep)
+            evicted = starts[:cut]
+            del starts[:cut]
+            if self._t_acc is not None and any(
+                    accs[0].start is not None and accs[0].start <= evicted[-1]
+                    for group_hop, _, accs, _, _ in self._groups if group_hop == hop):
+                self._t_acc = None  # a running partial holds a tile it could not take out
+            images = self._images[hop]
             for start in evicted:
                 tile, stored = added.pop(start, None), seeded.pop(start, None)
+                tile_images = images.pop(start, None)
                 if tile is not None and (hop, start) in self._dirty:
                     self._dirty.discard((hop, start))
-                    self._evicted_dirty[(hop, start)] = self._storable(hop, start, tile, stored)
+                    self._evicted_dirty[(hop, start)] = (tile, stored, tile_images)
+                if tile is None:
+                    continue
                 for name, lifetime_hop in self._lifetime.items():
-                    if lifetime_hop != hop:
-                        continue
-                    parts = [self._collapsed[name]]
-                    parts += [p[name] for p in (stored, tile) if p is not None]
-                    self._collapsed[name] = _merge(self._monoids[name], parts)
+                    if lifetime_hop == hop:
+                        parts = [self._collapsed[name]]
+                        if tile_images is not None and name in tile_images:
+                            parts += tile_images[name]
+                        else:
+                            parts.append(tile[name])
+                        self._collapsed[name] = _merge(self._monoids[name], parts)
         raw_from = tile_start(earliest, self._hops[0])
-        if self._raw and min(t for t, _ in self._raw) < raw_from:
-            self._raw = [item for item in self._raw if item[0] >= raw_from]
+        if self._t_acc is not None and self._t_acc < raw_from:
+            self._t_acc = None  # events not yet entered would go
+        times = self._raw_times
+        if times and times[0] < raw_from:
+            cut = bisect.bisect_left(times, raw_from)
+            del times[:cut], self._raw[:cut]
 
     def held(self) -> dict[str, int]:
         """How much the state holds: tiles (added and seeded, all hops), raw
@@ -509,51 +962,116 @@ class OnlineState:
                 f"after the horizon {self.horizon_ms} of the batch part (cutoff "
                 f"{self.cutoff_ms}); seed a new state from the newer published batch view")
 
-    def _heads(self, t_ms: int) -> dict[int, dict[str, list[Any]]]:
-        """Per hop and aggregate, the added partials of the head ``[floor(t
-        /h)*h, t)``: the next finer hop's full tiles inside it, then that
-        hop's head; the finest head is the raw events before ``t``."""
-        finest = self._hops[0]
-        head_start = tile_start(t_ms, finest)
-        raw = [lifted for event_time, lifted in self._raw if head_start <= event_time < t_ms]
-        heads: dict[int, dict[str, list[Any]]] = {
-            finest: {name: [p[name] for p in raw] for name in self._kept_at[finest]}}
-        for finer, hop in zip(self._hops, self._hops[1:], strict=False):
-            tiles = self._added[finer]
-            inside = [tiles[s] for s in range(tile_start(t_ms, hop), tile_start(t_ms, finer),
-                                              finer) if s in tiles]
-            heads[hop] = {name: [tile[name] for tile in inside] + heads[finer][name]
-                          for name in self._kept_at[hop]}
-        return heads
-
     def features_before(self, t_ms: int) -> dict[str, FeatureValue]:
         """Every feature of the entity just before ``t_ms`` (keys in
         ``group.feature_names()`` order): exact as the module docstring
         says; ``QueryOutOfRange`` for a ``t_ms`` it cannot answer exactly."""
-        self._check_query(t_ms)
-        heads = self._heads(t_ms)
-        out: dict[str, FeatureValue] = {}
-        for aggregate, window, feature in self._windows:
-            name, hop, monoid = aggregate.name, window.hop_ms, self._monoids[aggregate.name]
-            head = tile_start(t_ms, hop)
-            start, _ = window_range(t_ms, window)
-            settled = self._settled.get(feature)
-            if settled is None or settled[0] != start or settled[1] != head:
-                settled = self._settled[feature] = (
-                    start, head, self._settled_part(feature, name, hop, start, head))
-            parts = [settled[2], *heads[hop][name]]
-            out[feature] = monoid.present(_merge(monoid, parts))
-        return out
+        earliest = self._earliest
+        if (earliest is not None and t_ms < earliest) or (
+                self.horizon_ms is not None and t_ms >= self.horizon_ms):
+            self._check_query(t_ms)
+        if self._t_acc is not None and t_ms >= self._t_acc:
+            self._advance(t_ms)
+        else:
+            self._rebuild(t_ms)
+        return {acc.feature: acc.present() for acc in self._accs}
 
-    def _settled_part(self, feature: str, name: str, hop: int, start: int | None,
-                      head: int) -> Any:
-        """The merge of everything in a window at ``[start, head)`` but the
-        added events of its head tile: the batch entry, the collapsed
-        lifetime, the full tiles, and the seeded part of the head tile (all
-        seeded events are before any ``t`` answered)."""
+    def _advance(self, t_ms: int) -> None:
+        """Move every running partial from ``_t_acc`` on to ``t_ms``: the raw
+        events in ``[_t_acc, t)`` enter, then the tiles before each window's
+        new start leave (an event entering and leaving at once is in one of
+        those tiles, which holds every event that entered with it)."""
+        times, raw, since = self._raw_times, self._raw, self._t_acc
+        assert since is not None
+        lo = bisect.bisect_left(times, since)
+        hi = bisect.bisect_left(times, t_ms, lo)
+        for hop, length, accs, sums, others in self._groups:
+            old = accs[0].start
+            if lo < hi:
+                entering = [(times[i], raw[i]) for i in range(lo, hi)
+                            if old is None or times[i] >= old]
+                for summed in sums:  # _SumAcc.enter, inlined: the most common kind
+                    name = summed.name
+                    for _, lifted in entering:
+                        summed.total += lifted[name]
+                for acc in others:
+                    name, enter = acc.name, acc.enter
+                    for time, lifted in entering:
+                        enter(time, lifted[name])
+            if old is None or length is None:  # lifetime: nothing leaves
+                continue
+            start = (t_ms - length) // hop * hop
+            if start == old:
+                continue
+            starts, added, images = self._starts[hop], self._added[hop], self._images[hop]
+            leaving = [(added[s], images.get(s))
+                       for s in starts[bisect.bisect_left(starts, old):
+                                       bisect.bisect_left(starts, start)] if s in added]
+            if self._batch or self._seeded[hop]:
+                for acc in accs:
+                    for tile, tile_images in leaving:
+                        acc.leave_tile(tile, tile_images)
+                    acc.moved(start, self._static(acc.feature, acc.name, hop, start))
+                continue
+            for summed in sums:  # _SumAcc.leave_tile and moved, inlined
+                name = summed.name
+                for tile, _ in leaving:
+                    summed.total -= tile[name]
+                summed.start = start
+            for acc in others:
+                for tile, tile_images in leaving:
+                    acc.leave_tile(tile, tile_images)
+                acc.moved(start, acc.static)
+        self._t_acc = t_ms
+
+    def _rebuild(self, t_ms: int) -> None:
+        """Every running partial afresh at ``t_ms``: the window's added tiles
+        before its head, then the head composed down the hops -- the next
+        finer hop's tiles inside it, that hop's head, and so on, to the raw
+        events of the open finest tile before ``t`` (never one at or after
+        ``t``)."""
+        times, raw = self._raw_times, self._raw
+        for acc in self._accs:
+            name, hop = acc.name, acc.hop
+            if acc.length is None:
+                start = None
+                static = _merge(acc.monoid, [
+                    self._lifetime_static.get(acc.feature, acc.monoid.zero()),
+                    self._collapsed[name]])
+            else:
+                start = (t_ms - acc.length) // hop * hop
+                static = self._static(acc.feature, name, hop, start)
+            acc.clear(start, static)
+            # (hop, from, to): the window's own tiles before its head, then
+            # each finer hop's tiles inside the head left by the coarser one.
+            upto = t_ms // hop * hop
+            spans = [(hop, start, upto)]
+            for finer in reversed(self._finer[hop]):
+                spans.append((finer, upto, t_ms // finer * finer))
+                upto = spans[-1][2]
+            for tile_hop, first, end in spans:
+                starts, added = self._starts[tile_hop], self._added[tile_hop]
+                images = self._images[tile_hop]
+                lo = 0 if first is None else bisect.bisect_left(starts, first)
+                for s in starts[lo:bisect.bisect_left(starts, end)]:
+                    tile = added.get(s)
+                    if tile is not None:
+                        acc.enter_tile(s, tile, images.get(s))
+            for i in range(bisect.bisect_left(times, upto), bisect.bisect_left(times, t_ms)):
+                acc.enter(times[i], raw[i][name])
+        self._t_acc = t_ms
+
+    def _static(self, feature: str, name: str, hop: int, start: int | None) -> Any:
+        """What a window at ``[start, ...)`` holds that ``add`` never changes:
+        the batch entry for its start and the seeded tiles of its hop from
+        ``start`` on (all seeded events are before any ``t`` answered). A
+        lifetime window also holds its collapsed tiles (see _rebuild)."""
         monoid = self._monoids[name]
-        parts: list[Any] = []
         entries = self._batch.get(feature)
+        seeded = self._seeded[hop]
+        if not entries and not seeded:
+            return monoid.zero()
+        parts: list[Any] = []
         if entries:
             # The first entry at or after the window's start holds the batch
             # tiles in [start, cutoff); none: the window holds no batch tile.
@@ -561,15 +1079,5 @@ class OnlineState:
                 (p for s, p in entries if s is not None and s >= start), _NONE)
             if chosen is not _NONE:
                 parts.append(chosen)
-        if start is None:
-            parts.append(self._collapsed[name])
-        added, seeded, starts = self._added[hop], self._seeded[hop], self._starts[hop]
-        first = 0 if start is None else bisect.bisect_left(starts, start)
-        for s in starts[first:bisect.bisect_left(starts, head)]:
-            if s in seeded:
-                parts.append(seeded[s][name])
-            if s in added:
-                parts.append(added[s][name])
-        if head in seeded:
-            parts.append(seeded[head][name])
+        parts += [tile[name] for s, tile in seeded.items() if start is None or s >= start]
         return _merge(monoid, parts)

@@ -456,3 +456,92 @@ def test_a_state_round_trips_through_a_real_sqlite_store(tmp_path: Any) -> None:
             expected = features_from_events(CARD_VIEWS, before + after, "c1", t)
             assert _same(second.features_before(t), expected)
             assert _same(first.features_before(t), expected)
+
+
+def _check_now(group: GroupBy, state: OnlineState, history: list[dict[str, Any]],
+               t: int) -> None:
+    got = state.features_before(t)
+    expected = features_from_events(group, history, "c1", t)
+    assert _same(got, expected), (t, _diff(got, expected))
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_a_late_event_enters_running_partials_built_incrementally(group: GroupBy) -> None:
+    # Queries at increasing times build each window's partial incrementally;
+    # then events arrive later than newer ones, inside windows whose partial
+    # already covers their time: a larger amount before smaller later ones
+    # (it must displace them as the max, and lose to them as the min), a
+    # smaller one (dominated), a repeated and a new merchant, another hour.
+    # Every window must take them in, then subtract them when their tiles
+    # leave.
+    state = OnlineState(group, "c1", allowed_lateness_ms=2 * DAY_MS)
+    history: list[dict[str, Any]] = []
+    t = T0
+    for i in range(30):
+        t += (7 + i % 5) * MINUTE_MS + i % 3
+        event = txn(f"in-{i:02d}", t, amount=float(10 + i % 7), merchant=f"m{i % 4}",
+                    channel="online" if i % 3 else "pos")
+        _check_now(group, state, history, t)
+        assert state.add(event)
+        history.append(event)
+    newest = t
+    late = [txn("late-big", newest - 50 * MINUTE_MS, amount=900.0, merchant="m-new"),
+            txn("late-small", newest - 20 * MINUTE_MS, amount=0.5, merchant="m1",
+                channel="online"),
+            txn("late-hour", newest - 5 * HOUR_MS - 1, amount=3.0, merchant="m2",
+                country="US")]
+    for event in late:
+        assert state.add(event)
+        history.append(event)
+        _check_now(group, state, history, newest + 1)
+    # Onwards: the late events' tiles leave the short windows, then the day.
+    for step in (10 * MINUTE_MS, 40 * MINUTE_MS, 2 * HOUR_MS, 6 * HOUR_MS, DAY_MS + HOUR_MS):
+        t = newest + step
+        _check_now(group, state, history, t)
+        event = txn(f"next-{step}", t, amount=1.0, merchant="m3")
+        assert state.add(event)
+        history.append(event)
+        _check_now(group, state, history, t + 1)
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_running_partials_are_rebuilt_when_eviction_takes_tiles_they_hold(
+        group: GroupBy) -> None:
+    # A query, then many events without queries: the state evicts tiles the
+    # running partials still hold (they can no longer be subtracted), so the
+    # next query rebuilds them; queries going back in time rebuild too.
+    state = OnlineState(group, "c1", allowed_lateness_ms=HOUR_MS)
+    history: list[dict[str, Any]] = []
+    for i in range(12):
+        event = txn(f"a{i}", T0 + i * 20 * MINUTE_MS, amount=float(i + 1), merchant=f"m{i % 3}")
+        assert state.add(event)
+        history.append(event)
+    _check_now(group, state, history, T0 + 4 * HOUR_MS)
+    t = T0 + 4 * HOUR_MS
+    for i in range(40):  # 40 days on, one event every 23 h
+        t += 23 * HOUR_MS
+        event = txn(f"b{i}", t, amount=float(i % 9), merchant=f"m{i % 5}")
+        assert state.add(event)
+        history.append(event)
+    assert state._t_acc is None  # the partials held evicted tiles: rebuilt next
+    _check_now(group, state, history, t + 1)
+    _check_now(group, state, history, t)  # back in time: rebuilt
+    _check_now(group, state, history, t + 31 * DAY_MS)
+
+
+def test_the_fast_lifters_give_the_aggregations_own_partials() -> None:
+    from lamina.schemas.aggregations import aggregation_for
+    from lamina.schemas.online import _lifter
+
+    histogram = aggregation_for("histogram", (1.0, 5.0, 50.0))
+    fast = _lifter(histogram)
+    for value in (None, -3, 0.0, 0.999, 1, 1.0, 4.99, 5.0, 49.0, 50, 50.0, 1e9):
+        assert fast(value, 0, "e") == histogram.lift(value, 0, "e"), value
+    distinct = aggregation_for("approx_distinct")
+    fast = _lifter(distinct)
+    for value in ("m1", "m1", 7, "", None, "é"):
+        assert fast(value, 0, "e") == distinct.lift(value, 0, "e"), value
+    with pytest.raises(TypeError):  # True is not the cached 1
+        fast(True, 0, "e")
+    with pytest.raises(TypeError):
+        fast(1.5, 0, "e")
