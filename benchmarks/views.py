@@ -763,6 +763,12 @@ def views_rows(results: ViewsResults) -> list[Row]:
         for name, seconds in steps.items():
             how = ("the best full run minus the steps above" if name == last
                    else "its own run, into Spark's noop sink")
+            if seconds < 0:  # the steps' own runs took longer than the full run
+                rows.append(Row(f"{who} views time: {name}", "n/a",
+                                f"{who} job {run.seconds:.1f} s", "—", "—",
+                                f"{how}: {seconds:.1f} s, below zero -- the load changed "
+                                "between the runs, so this step cannot be separated here"))
+                continue
             rows.append(Row(f"{who} views time: {name}", f"{seconds:.1f} s",
                             f"{who} job {run.seconds:.1f} s", f"{seconds / run.seconds:.0%}",
                             "—", how))
