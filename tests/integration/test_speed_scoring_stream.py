@@ -148,3 +148,88 @@ def test_every_applied_transaction_gets_one_score_with_the_offline_features_bit_
     # Bit for bit: the same doubles, not merely equal ones (0.0 vs -0.0).
     assert all(orjson.dumps(s.features) == orjson.dumps(reference[s.event_id])
                for _, s in scored)
+
+
+def offline_reference(batch_events: list[dict[str, Any]], applied: list[dict[str, Any]]
+                      ) -> dict[str, dict[str, float]]:
+    """event_id -> the contract's vector from the raw events before it."""
+    before: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in batch_events:
+        before[e["card_id"]].append(e)
+    out: dict[str, dict[str, float]] = {}
+    for e in applied:
+        card = e["card_id"]
+        if e["event_type"] == "transaction":
+            out[e["event_id"]] = CARD_FRAUD.vector(
+                e, features_from_events(CARD_VIEWS, before[card], card, e["event_time"]))
+        before[card].append(e)
+    return out
+
+
+@pytest.mark.slow
+def test_lamina_speed_run_killed_9_times_scores_every_transaction_at_least_once(
+        kafka, tmp_path: Path, model_path: Path) -> None:
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.test_speed_realtime import speed_env, stored_position
+
+    bootstrap = kafka.bootstrap_servers
+    records = records_of(seed=41, cards=80, transactions=6000, days=2.0)
+    start = GeneratorConfig().start
+    cutoff = start + DAY_MS
+    events = {r: orjson.loads(r.value) for r in records if r.kind != "malformed"}
+    batch_events = [e for r, e in events.items() if r.kind == "valid" and e["event_time"] < cutoff]
+    stream = [r for r in records if r not in events or events[r]["event_time"] >= cutoff]
+    home = tmp_path / "home"
+    home.mkdir()
+    with SqliteTileStore(home / "tiles.db") as store:  # the settings' default store
+        publish(store, batch_events, cutoff, 3)
+    registry = ModelRegistry.local(home)  # the settings' default registry
+    version = register(registry, model_path)
+    registry.promote(version, "first champion")
+
+    raw = new_topic(bootstrap)
+    scores_topic = f"scores-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, [TopicSpec(scores_topic, 3, 86_400_000)])
+    produce_all(bootstrap, raw, [(r.key, r.value) for r in stream])
+    env = {**speed_env(bootstrap, raw, home), "LAMINA_KAFKA_SCORES_TOPIC": scores_topic}
+    consumer = env["LAMINA_SPEED_GROUP"]
+    command = [sys.executable, "-m", "lamina.cli", "speed", "run", "--quiet"]
+    log = (tmp_path / "speed.log").open("ab")
+    rng = random.Random(20261202)
+    for _ in range(3):
+        before = stored_position(home / "tiles.db", consumer)
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        target = before + rng.randint(300, 1500)
+        deadline = time.monotonic() + 180  # TensorFlow and MLflow load first
+        try:
+            while stored_position(home / "tiles.db", consumer) < target \
+                    and time.monotonic() < deadline:
+                assert proc.poll() is None, f"speed layer exited early, see {tmp_path}/speed.log"
+                time.sleep(0.02)
+            assert stored_position(home / "tiles.db", consumer) > before, \
+                f"no progress, see {tmp_path}/speed.log"
+            time.sleep(rng.uniform(0.0, 0.2))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    final = subprocess.run([*command, "--idle-exit", "4"], env=env, stdout=subprocess.PIPE,
+                           stderr=log, timeout=600)
+    assert final.returncode == 0, f"see {tmp_path / 'speed.log'}"
+    assert orjson.loads(final.stdout)["model_version"] == version
+
+    applied = [events[r] for r in stream if r.kind == "valid"]
+    reference = offline_reference(batch_events, applied)
+    scored = read_scores(bootstrap, scores_topic, len(reference))
+    # At-least-once: every applied transaction is there; a replayed batch
+    # may repeat some, and a reader keeps one per event_id.
+    assert {s.event_id for _, s in scored} == set(reference)
+    assert {s.model_version for _, s in scored} == {version}
+    kept = {s.event_id: s for _, s in scored}
+    assert [i for i, s in kept.items() if s.features != reference[i]] == []
+    # A repeat is the same score from the same features (same model, same state).
+    for _, s in scored:
+        assert (s.score, s.features) == (kept[s.event_id].score, kept[s.event_id].features)
