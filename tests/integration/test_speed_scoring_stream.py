@@ -177,7 +177,11 @@ def test_lamina_speed_run_killed_9_times_scores_every_transaction_at_least_once(
     from tests.integration.test_speed_realtime import speed_env, stored_position
 
     bootstrap = kafka.bootstrap_servers
-    records = records_of(seed=41, cards=80, transactions=6000, days=2.0)
+    # In event-time order per card: an allowed-late event older than what a
+    # restarted state was seeded through cannot be answered exactly and is
+    # counted (unscored_out_of_range), which would make the expected set
+    # depend on where the kills land.
+    records = records_of(seed=41, cards=80, transactions=6000, days=2.0, late_fraction=0.0)
     start = GeneratorConfig().start
     cutoff = start + DAY_MS
     events = {r: orjson.loads(r.value) for r in records if r.kind != "malformed"}

@@ -136,3 +136,17 @@ def test_scores_that_cannot_be_sent_leave_the_batch_unstored(store: TileStore) -
     feed(tiles, [txn("a", T0 + 1000)])  # read again from the store's offsets
     assert [r.event_id for r in sink.records] == ["a"]
     assert store.read_offsets("lamina-speed") == {(TOPIC, 0): 1}
+
+
+def test_an_allowed_late_event_older_than_a_restarted_state_is_counted_not_scored_wrongly(
+        store: TileStore) -> None:
+    publish(store, [], T0, 1)
+    sink = ListSink()
+    current = champion(2, CountingScorer(len(CARD_FRAUD.features)))
+    end = feed(scoring_tiles(store, sink, current), [txn("a", T0 + 2 * HOUR_MS),
+                                                     txn("b", T0 + 3 * HOUR_MS)])
+    restarted = scoring_tiles(store, sink, current)  # seeded through b, from stored tiles
+    feed(restarted, [txn("c", T0 + 3 * HOUR_MS - 60_000), txn("d", T0 + 4 * HOUR_MS)],
+         first=end)
+    assert (restarted.stats.applied, restarted.stats.unscored_out_of_range) == (2, 1)
+    assert [r.event_id for r in sink.records] == ["a", "b", "d"]
