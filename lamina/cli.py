@@ -431,11 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_land)
 
-    p = sub.add_parser("speed", help="run the speed layer: Kafka -> realtime tiles, "
-                                     "exactly-once")
+    p = sub.add_parser("speed", help="run the speed layer: Kafka -> realtime tiles "
+                                     "(exactly-once) and scores (at-least-once)")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = actions.add_parser("run", help="keep the card views' realtime tiles up to date",
-                           description="Consume the raw topic in its own group, validate, and "
+    p = actions.add_parser("run", help="keep the card views' realtime tiles up to date and "
+                                       "score each transaction",
+                           description="Consume the raw topic in its own group, validate, "
+                                       "score each applied transaction with the registry's "
+                                       "champion to the scores topic ([speed] score), and "
                                        "write the tiles each micro-batch changed together "
                                        "with the offsets, in one tile-store transaction.")
     p.add_argument("--idle-exit", type=_positive_float, metavar="SECONDS",

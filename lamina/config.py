@@ -46,6 +46,8 @@ class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
     raw_topic: str = "events.raw"
     dlq_topic: str = "events.dlq"
+    # Where the speed layer writes score records (schemas/records/scores/v1.json).
+    scores_topic: str = "scores.v1"
     raw_partitions: int = field(default=3, metadata=_at_least(1))
 
 
@@ -97,6 +99,12 @@ class SpeedSettings:
     # Entity states kept in memory; the least recently touched beyond this
     # are dropped after a write and seeded again from the store when needed.
     max_entities: int = field(default=200_000, metadata=_at_least(1))
+    # Score each applied transaction with the registry's champion and write
+    # the scores to kafka.scores_topic; false keeps the realtime tiles only.
+    score: bool = True
+    # How often the registry's champion alias is read (a move is loaded in
+    # the background and swapped in between micro-batches).
+    champion_poll_s: float = field(default=5.0, metadata=_at_least(0))
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ def run_demo(settings: Settings, config: Any, *, batch: bool = True, rate: float
             demo.kafka, bootstrap_servers=started.bootstrap_servers))
         kafka = demo.kafka
         started.create_topics(
-            default_topics(kafka.raw_topic, kafka.dlq_topic, kafka.raw_partitions))
+            default_topics(kafka.raw_topic, kafka.dlq_topic, kafka.raw_partitions,
+                           kafka.scores_topic))
         step("produce", f"producing {config.transactions:,} transactions (+ labels, late, "
              f"duplicate and malformed events) to {kafka.raw_topic} at {kafka.bootstrap_servers}")
         counts = generator.produce(config, kafka.bootstrap_servers, kafka.raw_topic,

@@ -103,7 +103,8 @@ def infra_up(settings: Settings, mode: Mode = "single", *, heap: str = "512m") -
     if not already_running:
         cluster.start()  # starts only the nodes that are not running
     kafka = settings.kafka
-    specs = default_topics(kafka.raw_topic, kafka.dlq_topic, kafka.raw_partitions)
+    specs = default_topics(kafka.raw_topic, kafka.dlq_topic, kafka.raw_partitions,
+                           kafka.scores_topic)
     topics = cluster.create_topics(specs)
     log.info("kafka up", mode=mode, bootstrap=cluster.bootstrap_servers,
              already_running=already_running)

@@ -73,13 +73,15 @@ def run_lander(settings: Settings, *, idle_exit_s: float | None = None,
 
 def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
               max_events: int | None = None, progress: bool = True) -> Any:
-    """Start the speed layer's realtime tiles with the settings (the card
-    views, the configured tile store); returns its SpeedStats."""
+    """Start the speed layer with the settings: the card views' realtime
+    tiles in the configured tile store and, with ``[speed] score``, each
+    applied transaction scored by the registry's champion to
+    ``kafka.scores_topic``; returns its SpeedStats."""
     from tqdm import tqdm
 
     from lamina import kafkaio
     from lamina.schemas.card_views import CARD_VIEWS
-    from lamina.speed.realtime import RealtimeTiles, SpeedLayer, check_lateness
+    from lamina.speed.realtime import RealtimeTiles, SpeedLayer, StreamScoring, check_lateness
     from lamina.stores import open_store
 
     speed = settings.speed
@@ -87,12 +89,27 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
     if settings.tile_store.kind == "sqlite" and not settings.tile_store.options.get("path"):
         settings.home.mkdir(parents=True, exist_ok=True)  # the default store lives there
     store = open_store(settings.tile_store.kind, **settings.tile_store_options())
+    closers: list[Any] = []
     try:
+        scoring = None
+        if speed.score:
+            from lamina.schemas.card_views import CARD_FRAUD
+            from lamina.speed.models import ChampionHolder
+            from lamina.speed.sink import KafkaScoreSink
+
+            holder = ChampionHolder.from_settings(settings, CARD_FRAUD,
+                                                  poll_seconds=speed.champion_poll_s)
+            closers.append(holder.close)
+            holder.load_now()  # score from the first batch when a champion exists
+            producer = kafkaio.make_producer(settings.kafka.bootstrap_servers)
+            closers.append(producer.close)
+            scoring = StreamScoring(CARD_FRAUD, holder,
+                                    KafkaScoreSink(producer, settings.kafka.scores_topic))
         tiles = RealtimeTiles(store, CARD_VIEWS, consumer=speed.group,
                               validator=event_validator(settings),
                               allowed_lateness_ms=speed.allowed_lateness_ms,
                               max_future_ms=speed.max_future_ms,
-                              max_entities=speed.max_entities)
+                              max_entities=speed.max_entities, scoring=scoring)
         consumer = kafkaio.make_consumer(
             settings.kafka.bootstrap_servers,
             group_id=speed.group,
@@ -107,8 +124,9 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
 
         def show(stats: Any) -> None:
             bar.n = stats.consumed
-            bar.set_postfix(applied=stats.applied, late=stats.late, dup=stats.duplicates,
-                            invalid=stats.invalid)
+            bar.set_postfix(applied=stats.applied, scored=stats.scored, late=stats.late,
+                            dup=stats.duplicates, invalid=stats.invalid,
+                            model=stats.model_version)
 
         try:
             stats = layer.run(idle_exit_s=idle_exit_s, max_events=max_events, on_commit=show)
@@ -116,6 +134,8 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
         finally:
             bar.close()
     finally:
+        for close in reversed(closers):
+            close()
         store.close()
     return stats
 

@@ -18,11 +18,16 @@ class TopicSpec:
 
 
 def default_topics(raw_topic: str = "events.raw", dlq_topic: str = "events.dlq",
-                   raw_partitions: int = 3) -> list[TopicSpec]:
+                   raw_partitions: int = 3,
+                   scores_topic: str = "scores.v1") -> list[TopicSpec]:
     """events.raw holds 7 days: the master dataset keeps them forever, so the
     log only needs to cover a lander outage. Dead letters are kept 30 days so
-    someone can look at them and replay them after a fix."""
+    someone can look at them and replay them after a fix. The speed layer's
+    scores (keyed by entity, as many partitions as the raw topic) are kept 7
+    days: long enough for the daily online/offline consistency job to read
+    a day again after an outage."""
     return [
         TopicSpec(raw_topic, raw_partitions, 7 * DAY_MS),
         TopicSpec(dlq_topic, 1, 30 * DAY_MS),
+        TopicSpec(scores_topic, raw_partitions, 7 * DAY_MS),
     ]

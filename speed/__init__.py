@@ -11,7 +11,10 @@ other layers only in lamina.schemas, the stores, lamina.models and the core.
   against the feature contract, swapped between micro-batches
   (``Champion``: one loaded, verified version);
 - ``scoring`` -- ``score_batch``: one micro-batch of (event, view features)
-  to one matrix, one scorer call, ``scores.v1`` records naming the version.
+  to one matrix, one scorer call, ``scores.v1`` records naming the version;
+- ``sink`` -- ``KafkaScoreSink``: a micro-batch's score records to
+  ``scores.v1``, flushed before the store transaction (at-least-once).
 
-Scoring is not wired into the consumer loop yet.
+``RealtimeTiles`` with a ``StreamScoring`` scores each applied transaction
+in the micro-batch that applies it.
 """

@@ -24,6 +24,7 @@ class MicroBatch:
     max_wait_s: float
     started_at: float = 0.0
     records: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
     _last: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -31,15 +32,16 @@ class MicroBatch:
 
     def add(self, topic: str, partition: int, records: Sequence[Any], now: float) -> None:
         """Append one partition's polled records (kafka-python records with
-        ``offset`` and ``value``; offsets ascending)."""
+        ``offset``, ``value`` and ``timestamp``; offsets ascending)."""
         if not records:
             return
         if not self.records:
             self.started_at = now
-        out = self.records
+        out, times = self.records, self.timestamps
         for record in records:
             value = record.value
             out.append((topic, partition, record.offset, b"" if value is None else value))
+            times.append(int(getattr(record, "timestamp", None) or 0))
         self._last[(topic, partition)] = records[-1].offset
 
     def due(self, now: float) -> bool:
@@ -57,12 +59,21 @@ class MicroBatch:
         gone = set(partitions)
         if not gone & set(self._last):
             return
-        self.records = [r for r in self.records if (r[0], r[1]) not in gone]
+        kept = [i for i, r in enumerate(self.records) if (r[0], r[1]) not in gone]
+        self.records = [self.records[i] for i in kept]
+        self.timestamps = [self.timestamps[i] for i in kept]
         for tp in gone:
             self._last.pop(tp, None)
 
     def take(self) -> tuple[list[tuple[str, int, int, bytes]], dict[tuple[str, int], int]]:
         """The records and positions, leaving the batch empty."""
-        records, positions = self.records, self.positions()
-        self.records, self._last, self.started_at = [], {}, 0.0
+        records, _, positions = self.take_timed()
         return records, positions
+
+    def take_timed(self) -> tuple[list[tuple[str, int, int, bytes]], list[int],
+                                  dict[tuple[str, int], int]]:
+        """The records, their Kafka timestamps and the positions, leaving the
+        batch empty."""
+        records, times, positions = self.records, self.timestamps, self.positions()
+        self.records, self.timestamps, self._last, self.started_at = [], [], {}, 0.0
+        return records, times, positions

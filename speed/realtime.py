@@ -19,6 +19,21 @@ One micro-batch, in the order it happens (``RealtimeTiles.process``):
    cutoff (before_cutoff), an id the entity already took (duplicate), or
    more than the allowed lateness older than the entity's newest event time
    (late: ``OnlineState.add`` says so). The rest update the state.
+   With scoring (``StreamScoring``), each applied query event (the
+   contract's query event type) is given its features *before* it is
+   added -- ``features_before(event_time)``, strictly before, so neither
+   the event nor others at the same millisecond are in them -- and after
+   the loop the batch's (event, features) are scored in one ``score_batch``
+   call with the champion ``ChampionHolder.check()`` gave at the start of
+   the batch, and the score records are produced to ``scores.v1`` and
+   flushed (``lamina.speed.sink``). Not scored, counted: no champion yet
+   (``unscored_no_champion``); a state without a batch part -- no view
+   published, or the event at or past its horizon -- whose features would
+   be partial (``unscored_no_batch_view``); a time the state cannot answer
+   exactly, e.g. an allowed-late event older than what a restarted state
+   was seeded through (``unscored_out_of_range``); refused by the scorer
+   (``unscored_refused``). Late, before-cutoff, duplicate and invalid
+   events are not scored.
 5. Write the tiles the batch changed (each once, however many events it
    took: ``OnlineState.drain_changed_tiles``), the touched entities' ids
    rows and the batch's consumer offsets in one ``write_tiles``
@@ -33,6 +48,13 @@ loses at most the batch not yet written, which is read again from the
 store's offsets onto states seeded from the same store: the same events,
 the same decisions (the ids row restores the newest event time, so late
 stays late), the same tiles. A failed write resets the same way.
+
+Scores are produced *before* the store transaction, so they are
+at-least-once: a crash after the produce and before the write replays the
+batch and scores its events again (same features, same model unless the
+champion moved meanwhile); readers keep one record per ``event_id`` (and
+model version). A batch whose offsets are stored always has its scores on
+the topic.
 """
 
 from __future__ import annotations
@@ -41,16 +63,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from lamina.consumer import ConsumerLoop, consumer_gc
 from lamina.errors import ConfigError
 from lamina.logs import get_logger
-from lamina.schemas.online import OnlineSeed, OnlineState
+from lamina.schemas.aggregations import FeatureValue
+from lamina.schemas.contract import FeatureContract
+from lamina.schemas.online import OnlineSeed, OnlineState, QueryOutOfRange
 from lamina.schemas.validation import EventValidator, ValidEvent
 from lamina.schemas.view_definitions import GroupBy, tile_start
 from lamina.speed.microbatch import MicroBatch
+from lamina.speed.models import Champion
+from lamina.speed.scoring import score_batch
 from lamina.speed.seen import SEEN_SLOT, SeenIds, seen_group
+from lamina.speed.sink import ScoreSink
 from lamina.stores.base import OffsetsWentBackwards, PublishedView, StoreError, TileStore, now_ms
 from lamina.stores.codec import TileCodec
 from lamina.stores.lookup import realtime_spans
@@ -73,6 +100,13 @@ class SpeedStats:
     invalid: int = 0
     future: int = 0
     other_types: int = 0
+    # Scoring (applied query events end in exactly one of these).
+    scored: int = 0
+    unscored_no_champion: int = 0
+    unscored_no_batch_view: int = 0
+    unscored_out_of_range: int = 0
+    unscored_refused: int = 0
+    model_version: int | None = None  # of the last scored batch
     commits: int = 0
     tiles_written: int = 0
     seeds: int = 0
@@ -86,6 +120,7 @@ class SpeedStats:
     poll_s: float = 0.0
     apply_s: float = 0.0
     write_s: float = 0.0
+    score_s: float = 0.0  # score_batch + producing the records
 
 
 def check_lateness(group: GroupBy, allowed_lateness_ms: int) -> None:
@@ -104,10 +139,29 @@ def check_lateness(group: GroupBy, allowed_lateness_ms: int) -> None:
             "counted by the next batch run)")
 
 
+class ChampionSource(Protocol):
+    def check(self) -> Champion | None:
+        """The champion to score the next micro-batch with (never blocks)."""
+
+
+@dataclass
+class StreamScoring:
+    """What scoring needs: the feature ``contract`` (its only view must be
+    the tiles' view), where the champion comes from (a ``ChampionHolder``)
+    and where the score records go."""
+
+    contract: FeatureContract
+    champions: ChampionSource
+    sink: ScoreSink
+
+
 @dataclass
 class _Entity:
     state: OnlineState
     seen: SeenIds
+    # False when seeded for tiles only (no published view, or one whose
+    # horizon had passed): its features would lack the batch part.
+    batch_part: bool = True
 
 
 class RealtimeTiles:
@@ -120,8 +174,15 @@ class RealtimeTiles:
     def __init__(self, store: TileStore, group: GroupBy, *, consumer: str,
                  validator: EventValidator, allowed_lateness_ms: int,
                  max_future_ms: int = 86_400_000, max_entities: int = 200_000,
+                 scoring: StreamScoring | None = None,
                  wall_ms: Callable[[], int] = now_ms) -> None:
         check_lateness(group, allowed_lateness_ms)
+        if scoring is not None and tuple(scoring.contract.groups) != (group,):
+            raise ConfigError(
+                f"contract {scoring.contract.name!r} reads views "
+                f"{[g.name for g in scoring.contract.groups]}, the speed layer keeps only "
+                f"{group.name!r}; score with a contract over this one view")
+        self.scoring = scoring
         self.store = store
         self.group = group
         self.consumer = consumer
@@ -184,17 +245,20 @@ class RealtimeTiles:
         newest = seen.newest_ms
         view = self.view
         seed: OnlineSeed | None = None
+        batch_part = False
         if view is not None:
             as_of = view.cutoff_ms if newest is None else max(newest + 1, view.cutoff_ms)
             if as_of < view.horizon_ms:
                 snapshot = self.store.read_entity(group.name, entity, as_of, self.spans)
                 seed = online_seed(group, snapshot, seeded_through_ms=newest, codec=self.codec)
+                batch_part = True
             else:  # the batch view is too old to answer: its tiles, no batch part
                 seed = self._tiles_seed(entity, view.cutoff_ms, view.horizon_ms, newest)
         elif newest is not None:
             seed = self._tiles_seed(entity, 0, None, newest)
         self.stats.seeds += 1
-        return _Entity(OnlineState(group, entity, allowed_lateness_ms=lateness, seed=seed), seen)
+        return _Entity(OnlineState(group, entity, allowed_lateness_ms=lateness, seed=seed), seen,
+                       batch_part)
 
     def _tiles_seed(self, entity: str, cutoff_ms: int, horizon_ms: int | None,
                     newest: int) -> OnlineSeed:
@@ -213,29 +277,44 @@ class RealtimeTiles:
 
     # --- one micro-batch -------------------------------------------------------
     def process(self, records: Sequence[tuple[str, int, int, bytes]],
-                positions: dict[tuple[str, int], int]) -> int:
+                positions: dict[tuple[str, int], int],
+                produced_at_ms: Sequence[int] | None = None) -> int:
         """Apply ``records`` (``(topic, partition, offset, value)``, arrival
-        order) and write the changed tiles with ``positions`` in one
-        transaction; returns the number of tile rows written. On any
+        order), score the applied query events (with scoring; their scores
+        are produced before the store write) and write the changed tiles
+        with ``positions`` in one transaction; returns the number of tile
+        rows written. ``produced_at_ms[i]``: record i's Kafka timestamp
+        (None: the wall clock now, i.e. no latency measured). On any
         exception the entity states are forgotten (``reset``) before it
         propagates, so nothing half-applied survives."""
+        if produced_at_ms is not None and len(produced_at_ms) != len(records):
+            raise ValueError(f"{len(records)} records but {len(produced_at_ms)} timestamps")
         try:
-            return self._process(records, positions)
+            return self._process(records, positions, produced_at_ms)
         except BaseException:
             self.reset()
             self.stats.resets += 1
             raise
 
     def _process(self, records: Sequence[tuple[str, int, int, bytes]],
-                 positions: dict[tuple[str, int], int]) -> int:
+                 positions: dict[tuple[str, int], int],
+                 produced_at_ms: Sequence[int] | None) -> int:
         began = time.perf_counter()
-        stats, group = self.stats, self.group
+        stats, group, scoring = self.stats, self.group, self.scoring
         self.refresh_view()
+        view = self.view
+        champion = None if scoring is None else scoring.champions.check()
+        query_type = None if scoring is None else scoring.contract.query_event_type
+        if produced_at_ms is None:
+            produced_at_ms = [self.wall_ms()] * len(records)
         validate = self.validator.validate
-        events: list[ValidEvent] = []
+        events: list[tuple[ValidEvent, int]] = []
+        items: list[tuple[ValidEvent, dict[str, FeatureValue]]] = []
+        items_produced: list[int] = []
         reasons: Counter[str] = Counter()  # invalid records by reason code
         counts: Counter[str] = Counter()  # SpeedStats field -> records
-        for _topic, _partition, _offset, value in records:
+        for (_topic, _partition, _offset, value), produced in zip(records, produced_at_ms,
+                                                                   strict=True):
             result = validate(value)
             if type(result) is not ValidEvent:
                 reasons[getattr(result, "code", "invalid")] += 1
@@ -243,11 +322,11 @@ class RealtimeTiles:
             if result.event_type != group.event_type:
                 counts["other_types"] += 1
                 continue
-            events.append(result)
+            events.append((result, produced))
         entities = self._entities
         future_limit = self.wall_ms() + self.max_future_ms
         touched: set[str] = set()
-        for event in events:
+        for event, produced in events:
             key, event_time = event.entity_key, event.event_time_ms
             if event_time > future_limit:
                 counts["future"] += 1
@@ -266,6 +345,20 @@ class RealtimeTiles:
             payload = event.payload
             if payload.get("event_time") != event_time:
                 payload = {**payload, "event_time": event_time}
+            # Read before adding: features strictly before the event, so
+            # neither it nor another event at the same millisecond is in them.
+            features: dict[str, FeatureValue] | None = None
+            unscored = ""
+            if query_type is not None and event.event_type == query_type:
+                if champion is None:
+                    unscored = "unscored_no_champion"
+                elif view is None or not entity.batch_part or event_time >= view.horizon_ms:
+                    unscored = "unscored_no_batch_view"
+                else:
+                    try:
+                        features = entity.state.features_before(event_time)
+                    except QueryOutOfRange:  # counted below if the event is applied
+                        unscored = "unscored_out_of_range"
             try:
                 applied = entity.state.add(payload)
             except ValueError as exc:  # a value the aggregation refuses: never stall
@@ -279,6 +372,14 @@ class RealtimeTiles:
             entity.seen.add(event.event_id, event_time)
             touched.add(key)
             counts["applied"] += 1
+            if features is not None:
+                items.append((event, features))
+                items_produced.append(produced)
+            elif unscored:
+                counts[unscored] += 1
+                if unscored == "unscored_out_of_range":
+                    log.debug("event not scored: its features cannot be answered exactly",
+                              event_id=event.event_id, entity=key, event_time=event_time)
         rows = []
         for key in sorted(touched):
             entity = entities[key]
@@ -288,6 +389,20 @@ class RealtimeTiles:
             entity.seen.changed = False
         applied_at = time.perf_counter()
         stats.apply_s += applied_at - began
+        scored_version: int | None = None
+        if items and scoring is not None and champion is not None and view is not None:
+            scored = score_batch(items, contract=scoring.contract, champion=champion,
+                                 produced_at_ms=items_produced,
+                                 batch_version=view.batch_version, batch_cutoff=view.cutoff_ms)
+            # Before the store write: a stored batch always has its scores
+            # on the topic (at-least-once; module docstring).
+            scoring.sink.send(scored.records)
+            counts["scored"] += len(scored.records)
+            counts["unscored_refused"] += len(scored.refused)
+            scored_version = scored.model_version
+            scored_at = time.perf_counter()
+            stats.score_s += scored_at - applied_at
+            applied_at = scored_at
         written = self.store.write_tiles(rows, consumer=self.consumer, offsets=positions)
         stats.write_s += time.perf_counter() - applied_at
         # Counted once the batch is durable: a reset batch is read again.
@@ -301,12 +416,15 @@ class RealtimeTiles:
         stats.invalid += sum(reasons.values())
         for code, n in reasons.items():
             stats.invalid_reasons[code] = stats.invalid_reasons.get(code, 0) + n
+        if scored_version is not None:
+            stats.model_version = scored_version
         stats.commits += 1
         stats.tiles_written += written - len(touched)
         log.info("micro-batch written", group=group.name, records=len(records),
                  applied=counts["applied"], late=counts["late"],
                  before_cutoff=counts["before_cutoff"], duplicates=counts["duplicates"],
-                 invalid=sum(reasons.values()), rows=written,
+                 invalid=sum(reasons.values()), rows=written, scored=counts["scored"],
+                 model_version=scored_version,
                  offsets=",".join(f"{p}:{o}" for (_, p), o in sorted(positions.items())))
         return written
 
@@ -401,9 +519,9 @@ class SpeedLayer:
         return stats
 
     def _write(self) -> None:
-        records, positions = self._batch.take()
+        records, produced_at_ms, positions = self._batch.take_timed()
         try:
-            self.tiles.process(records, positions)
+            self.tiles.process(records, positions, produced_at_ms)
         except OffsetsWentBackwards as exc:
             # Another member wrote these partitions further: this one is a
             # zombie of an old assignment. Start again from the store.
