@@ -209,7 +209,8 @@ def settings_with_own_home(home: Path, port: int) -> Settings:
 def test_infra_up_status_down_manage_a_daemonised_broker(tmp_path: Path) -> None:
     settings = settings_with_own_home(tmp_path / "home", free_port())
     kafka = settings.kafka
-    expected_topics = {kafka.raw_topic: kafka.raw_partitions, kafka.dlq_topic: 1}
+    expected_topics = {kafka.raw_topic: kafka.raw_partitions, kafka.dlq_topic: 1,
+                       kafka.scores_topic: kafka.raw_partitions}
     try:
         up = infra_up(settings)
         assert not up.already_running
