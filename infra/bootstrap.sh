@@ -4,8 +4,9 @@
 #      and requirements.lock are unchanged since the last install);
 #   2. Apache Kafka's jars under .lamina/kafka/libs, copied by Maven from
 #      infra/kafka/pom.xml (skipped when the pom is unchanged);
-#   3. Debian's redis-server, which the tile-store tests start as a user
-#      process (installed with apt when missing and running as root).
+#   3. Debian's redis-server (the tile-store tests start it as a user
+#      process) and chromium (the browser tests drive it), installed with
+#      apt when missing and running as root.
 # Caches outside the clone (pip's, Maven's ~/.m2) make reruns fast.
 # Quiet on success: a step's output is kept in .lamina/bootstrap.log and
 # shown only if the step fails.
@@ -55,7 +56,7 @@ if [ "$(cat "$stamp_dir/python" 2>/dev/null)" != "$py_hash" ]; then
   # tells every editable install with a package-dir mapping that a folder
   # named like the package could shadow it): kept in the log.
   quietly "$log" .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    -c requirements.lock -e '.[dev,batch]'
+    -c requirements.lock -e '.[dev,batch,serving,airflow]'
   quietly "$log" .venv/bin/python -m pip check
   echo "$py_hash" > "$stamp_dir/python"
 fi
@@ -70,17 +71,26 @@ if [ "$(cat "$stamp_dir/kafka" 2>/dev/null)" != "$kafka_hash" ] || [ ! -d .lamin
   echo "$kafka_hash" > "$stamp_dir/kafka"
 fi
 
-# --- redis-server (the Redis tile store's tests) ----------------------------------
-if ! command -v redis-server >/dev/null; then
+# --- Debian packages the tests start as user processes ---------------------------
+# apt_tool COMMAND PACKAGES WHAT: install PACKAGES with apt-get when COMMAND is
+# missing and we are root; otherwise say which tests will fail and how to fix it.
+apt_tool() {
+  local cmd=$1 packages=$2 what=$3
+  command -v "$cmd" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "bootstrap: installing redis-server with apt-get"
-    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+    echo "bootstrap: installing $packages with apt-get"
+    # shellcheck disable=SC2086 # PACKAGES is a word list
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages; }
     } >/dev/null 2>&1 ||
-      echo "bootstrap: apt-get could not install redis-server; the Redis tile-store tests" \
-        "will fail until it is installed (apt-get install -y redis-server)" >&2
+      echo "bootstrap: apt-get could not install $packages; $what will fail until it is" \
+        "installed (apt-get install -y $packages)" >&2
   else
-    echo "bootstrap: redis-server is missing; the Redis tile-store tests will fail until it" \
-      "is installed (as root: apt-get install -y redis-server)" >&2
+    echo "bootstrap: $cmd is missing; $what will fail until it is installed" \
+      "(as root: apt-get install -y $packages)" >&2
   fi
-fi
+}
+apt_tool redis-server redis-server "the Redis tile-store tests"
+# Headless browser tests (the Airflow UI, the demo's report) drive Debian's
+# chromium through Playwright; no browser is downloaded.
+apt_tool chromium "chromium" "the browser tests"
