@@ -12,7 +12,7 @@ demo: bootstrap
 
 lint: bootstrap
 	$(VENV)/ruff check .
-	$(VENV)/mypy lamina schemas master batch stores models speed serving benchmarks
+	$(VENV)/mypy lamina schemas master batch stores models speed serving orchestration benchmarks
 
 test: bootstrap lint
 	$(VENV)/python -m pytest

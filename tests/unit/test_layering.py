@@ -26,6 +26,7 @@ PACKAGES = {
     "serving": "lamina.serving",
     "stores": "lamina.stores",
     "models": "lamina.models",
+    "orchestration": "lamina.orchestration",
 }
 LAYERS = ("lamina.master", "lamina.batch", "lamina.speed", "lamina.serving")
 
@@ -41,9 +42,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # The core (everything in lamina/ but the roots) serves every layer.
     "lamina": LAYERS,
 }
-#: Modules that wire the layers together (the CLI, the demo, and the
-#: settings -> objects wiring they share).
-ROOTS = ("lamina.cli", "lamina.demo", "lamina.runners")
+#: Modules that wire the layers together (the CLI, the demo, the settings ->
+#: objects wiring they share, and the orchestration package Airflow runs).
+ROOTS = ("lamina.cli", "lamina.demo", "lamina.runners", "lamina.orchestration")
 
 
 def module_name(path: Path) -> str:
@@ -77,7 +78,7 @@ def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple
 
 
 def violations(module: str, imports: list[tuple[int, str]]) -> list[str]:
-    if module in ROOTS:
+    if any(module == root or module.startswith(root + ".") for root in ROOTS):
         return []
     owner = max((p for p in FORBIDDEN if module == p or module.startswith(p + ".")),
                 key=len, default=None)
@@ -104,6 +105,33 @@ def test_layers_meet_only_in_schemas_stores_models_and_the_core():
         found = imports_of(path.read_text(), module, is_package=path.name == "__init__.py")
         problems += violations(module, found)
     assert problems == [], "\n".join(problems)
+
+
+def dag_violations(name: str, source: str) -> list[str]:
+    """The imports of a DAG file that reach Lamina outside lamina.orchestration."""
+    return [f"dags/{name}:{line} imports {target}"
+            for line, target in imports_of(source, f"dags.{name}")
+            if (target == "lamina" or target.startswith("lamina."))
+            and target != "lamina.orchestration"
+            and not target.startswith("lamina.orchestration.")]
+
+
+def test_dag_files_import_only_the_orchestration_package():
+    """DAG files stay thin: the only Lamina code they reach is the library
+    functions in lamina.orchestration."""
+    problems = [problem for path in sorted((REPO / "dags").glob("*.py"))
+                for problem in dag_violations(path.name, path.read_text())]
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("source", [
+    "from lamina.batch.views import build_views\n",
+    "def f():\n    import lamina.speed.realtime\n",
+    "from lamina import cli\n",
+])
+def test_the_dag_check_catches_a_layer_import(source):
+    assert dag_violations("x.py", source) != []
+    assert dag_violations("x.py", "from lamina.orchestration import tasks\n") == []
 
 
 def test_every_source_folder_is_checked():
