@@ -1,7 +1,7 @@
 """Test-suite wiring: the fixture plugins, and the tier rule.
 
 Tiers: `integration` marks every test that starts a JVM (Kafka, Spark),
-TensorFlow, a broker or Redis; `make test-fast` runs the rest (pure
+TensorFlow, a broker, Redis or a browser; `make test-fast` runs the rest (pure
 functions, Delta tables on local disk) for the inner loop. A test that uses
 one of the component fixtures without the marker fails collection, so the
 fast tier never starts a component by accident.
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.kafka_fixtures", "tests.spark_fixtures", "tests.redis_fixtures"]
+pytest_plugins = ["tests.kafka_fixtures", "tests.spark_fixtures", "tests.redis_fixtures",
+                  "tests.browser_fixtures"]
 
 #: Fixtures that start a real component.
 COMPONENT_FIXTURES = frozenset({"kafka", "kafka_cluster3", "fresh_topics", "spark", "redis_server",
-                                "redis_url"})
+                                "redis_url", "browser"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
