@@ -357,3 +357,54 @@ def test_queries_during_a_publish_never_see_an_event_twice_or_miss_one(
     assert wrong == []
     assert seen[0] == (1, T0 - DAY_MS) and seen[-1] == (2, T0)
     assert set(seen) <= {(1, T0 - DAY_MS), (2, T0)}
+
+
+# --- the client and the CLI -------------------------------------------------------------
+
+
+def test_the_client_returns_typed_results_and_raises_with_the_servers_detail(
+        client: TestClient) -> None:
+    from lamina.serving.client import ServingClient, ServingError
+
+    api = ServingClient(token=TOKEN, http=client)
+    found = api.features(GROUP, "c1")
+    assert found.features == reference(history(), "c1", NOW)
+    assert (found.batch.batch_version, found.batch.cutoff_ms) == (7, T0)
+    batch = api.features_batch(GROUP, ["c0", "nobody"])
+    assert batch.snapshot == "one_view" and batch.results["nobody"] is None
+    with pytest.raises(ServingError) as refused:
+        api.features(GROUP, "nobody")
+    assert refused.value.status == 404 and "unknown" in str(refused.value.detail)
+    with pytest.raises(ServingError) as unauthorised:
+        ServingClient(token="wrong", http=client).ready()
+    assert unauthorised.value.status == 401
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["serve", "--port", "70000"], {}, "is not a TCP port"),
+    (["serve"], {"LAMINA_SERVING_PORT": "0"}, "LAMINA_SERVING_PORT must be at least 1"),
+    (["serve"], {}, "[serving] token is empty"),
+])
+def test_lamina_serve_refuses_bad_settings_in_one_line_with_exit_2(
+        argv: list[str], env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lamina.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LAMINA_SERVING_TOKEN", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) if "--port" in argv else _no_exit():
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    # One line naming the problem (argparse puts its usage lines before it).
+    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]]
+
+
+class _no_exit:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -163,7 +163,7 @@ def test_the_latest_scores_of_each_card_are_stored_with_the_tiles_for_serving(
     for card in ("c1", "c2"):
         sent = sorted((r for r in sink.records if r.entity == card),
                       key=lambda r: r.event_time, reverse=True)
-        assert store.latest_scores(card) == sent[:store.scores_per_entity]  # type: ignore[attr-defined]
+        assert store.latest_scores(card) == sent[:store.scores_per_entity]
     # A batch that is not stored leaves its scores out of the store as well.
     sink.fail = True
     with pytest.raises(ScoreSinkError):
