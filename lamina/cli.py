@@ -55,6 +55,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
+    return value
+
+
+def _store_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as store options (whole numbers as ints);
+    ConfigError for an item that is not ``KEY=VALUE``."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"store option {pair!r} is not KEY=VALUE (e.g. "
+                              "--store-option path=/var/lib/lamina/tiles.db)")
+        options[key.strip()] = int(value) if value.isdigit() else value
+    return options
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -168,6 +188,33 @@ def cmd_speed(args: argparse.Namespace, settings: Settings) -> int:
     stats = run_speed(settings, idle_exit_s=args.idle_exit, max_events=args.max_events,
                       progress=not args.quiet)
     print(json.dumps(vars(stats), indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve features, scores and ad-hoc scoring over HTTP ([serving])."""
+    serving = settings.serving
+    if args.host:
+        serving = dataclasses.replace(serving, host=args.host)
+    if args.port is not None:
+        serving = dataclasses.replace(serving, port=args.port)
+    tile_store = settings.tile_store
+    if args.store:
+        tile_store = dataclasses.replace(tile_store, kind=args.store)
+    if args.store_option:
+        tile_store = dataclasses.replace(
+            tile_store, options={**tile_store.options, **_store_options(args.store_option)})
+    settings = dataclasses.replace(settings, serving=serving, tile_store=tile_store)
+    from lamina.serving.app import create_app
+
+    app = create_app(settings)  # ConfigError (no token, bad store) -> one line, exit 2
+
+    import uvicorn
+
+    # access_log off: the default access line is fine, but the app logs its
+    # own (without headers, so never the token).
+    uvicorn.run(app, host=serving.host, port=serving.port, access_log=False,
+                log_config=None)
     return 0
 
 
@@ -447,6 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=_positive_int, help="stop after consuming this many")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_speed)
+
+    p = sub.add_parser("serve", help="serve features, scores and ad-hoc scoring over HTTP",
+                       description="The serving API (FastAPI on uvicorn) over the tile store: "
+                                   "every route but /health needs the bearer token "
+                                   "[serving] token (or LAMINA_SERVING_TOKEN).")
+    p.add_argument("--host", help="address to listen on (default: [serving] host, 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="port (default: [serving] port, 8000)")
+    p.add_argument("--store", choices=["sqlite", "redis"],
+                   help="tile store kind (default: [tile_store] kind in the settings)")
+    p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a store option over [tile_store] options, repeatable")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("import", help="backfill JSON-lines files through the same validation",
                        description="Each line is one event. Re-importing a file is a no-op; "

@@ -41,6 +41,11 @@ def _at_least(minimum: float) -> dict[str, Any]:
     return {"minimum": minimum}
 
 
+#: What an environment variable may say for a true/false setting.
+_BOOLEANS: dict[str, bool] = {"true": True, "1": True, "yes": True, "on": True,
+                              "false": False, "0": False, "no": False, "off": False}
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -108,6 +113,26 @@ class SpeedSettings:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    # Where `lamina serve` listens (loopback by default: put a proxy with TLS
+    # in front before exposing it).
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata={"minimum": 1, "maximum": 65535})
+    # The bearer token every route but /health requires (also
+    # LAMINA_SERVING_TOKEN). Empty: `lamina serve` refuses to start.
+    token: str = field(default="", repr=False)
+    # POST /v1/score: score ad-hoc events with the registry's champion
+    # (false: the route answers 503 and /ready does not wait for a model).
+    score: bool = True
+    champion_poll_s: float = field(default=5.0, metadata=_at_least(0))
+    # Entities per batch lookup (POST /v1/features/{group}:batch).
+    max_batch_entities: int = field(default=1000, metadata=_at_least(1))
+    # Attempts at reading every entity of a batch lookup under one batch view
+    # when a publish switches views mid-request.
+    batch_snapshot_attempts: int = field(default=3, metadata=_at_least(1))
+
+
+@dataclass(frozen=True)
 class LocationSettings:
     # A local path or an object-store URI. Empty: under <home>.
     uri: str = ""
@@ -148,6 +173,7 @@ class Settings:
     master: MasterSettings = field(default_factory=MasterSettings)
     lander: LanderSettings = field(default_factory=LanderSettings)
     speed: SpeedSettings = field(default_factory=SpeedSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
     views: LocationSettings = field(default_factory=LocationSettings)
     training_sets: LocationSettings = field(default_factory=LocationSettings)
     models: LocationSettings = field(default_factory=LocationSettings)
@@ -255,6 +281,12 @@ def _coerce(where: str, spec: dataclasses.Field[Any], value: Any, *, from_env: b
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table (JSON object), got {value!r}")
         return dict(value)
+    if kind == "bool":
+        if from_env and isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
     target = {"int": int, "float": float, "str": str, "Path": Path}.get(kind)
     if target is None:
         raise ConfigError(f"{where} has an unsupported type {spec.type!r}")
@@ -269,6 +301,9 @@ def _coerce(where: str, spec: dataclasses.Field[Any], value: Any, *, from_env: b
     minimum = spec.metadata.get("minimum")
     if minimum is not None and coerced < minimum:
         raise ConfigError(f"{where} must be at least {minimum}, got {value!r}")
+    maximum = spec.metadata.get("maximum")
+    if maximum is not None and coerced > maximum:
+        raise ConfigError(f"{where} must be at most {maximum}, got {value!r}")
     return coerced
 
 

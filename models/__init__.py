@@ -18,6 +18,10 @@ can load and score the champion without the batch layer.
   lineage, the ``champion`` alias, promote / reject / rollback, the audit
   trail, download, ``load_champion``), ``Lineage``, ``AuditEntry``,
   ``RegistryError``.
+- ``champion`` -- ``ChampionHolder``: the verified champion of a
+  long-running process (speed layer, serving), swapped in the background
+  when the registry's alias moves; ``build_champion`` loads and verifies
+  one version against a feature contract.
 - ``errors`` -- ``ModelError``, what this package raises.
 
 Training (``TrainParams``, ``build_model``, ``train_local``, barrier

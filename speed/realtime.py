@@ -403,7 +403,9 @@ class RealtimeTiles:
             scored_at = time.perf_counter()
             stats.score_s += scored_at - applied_at
             applied_at = scored_at
-        written = self.store.write_tiles(rows, consumer=self.consumer, offsets=positions)
+        written = self.store.write_tiles(rows, consumer=self.consumer, offsets=positions,
+                                         scores=scored.records if scored_version is not None
+                                         else None)  # serving's latest scores per entity
         stats.write_s += time.perf_counter() - applied_at
         # Counted once the batch is durable: a reset batch is read again.
         for name, n in counts.items():

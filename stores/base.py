@@ -17,6 +17,12 @@ store keeps, per view (a ``GroupBy``, by name):
   records, or the new view and its records, never a mix.
 * **Consumer offsets** -- per consumer name and (topic, partition): the
   position the writer stored with its last tiles (``read_offsets``).
+* **Latest scores** -- per entity, the newest ``scores_per_entity`` score
+  records (``lamina.schemas.scores.ScoreRecord``, newest event time
+  first) the speed layer wrote with its tiles (``write_tiles(...,
+  scores=...)``), for serving's ``latest_scores``. A record is keyed by
+  (entity, event_id, model_version): a replayed batch rewrites the same
+  keys, so an event scored again by the same version is kept once.
 
 Units and shapes: every time is epoch milliseconds UTC (an ``int``); hops
 and tile starts follow ``lamina.schemas.view_definitions`` (a tile of hop ``h`` covers
@@ -38,6 +44,7 @@ test_tile_store_contract.py`` holds both to them):
    that view's cutoff, all read at one instant. Realtime tiles before the
    cutoff stop counting the moment a view with that cutoff is published;
    ``drop_realtime_before`` removes them later.
+   The scores given to ``write_tiles`` are part of its transaction too.
 4. A published cutoff never goes backwards (``CutoffWentBackwards``): the
    realtime tiles before it may already be gone.
 5. The store is shared: processes (and threads) that open the same store
@@ -54,7 +61,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import ClassVar, Final
 
-from lamina.errors import LaminaError
+from lamina.errors import ConfigError, LaminaError
+from lamina.schemas.scores import ScoreRecord, encode_score
 
 #: ``(topic, partition) -> position``: what a consumer stores with its tiles.
 Offsets = Mapping[tuple[str, int], int]
@@ -64,6 +72,9 @@ Offsets = Mapping[tuple[str, int], int]
 RealtimeSpans = Mapping[int, int | None]
 #: A realtime tile of one entity and view: ``(hop_ms, tile_start_ms)``.
 TileSlot = tuple[int, int]
+
+#: Score records kept per entity by default (``scores_per_entity``).
+DEFAULT_SCORES_PER_ENTITY: Final = 5
 
 _GROUP: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 _CONSUMER: Final = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
@@ -269,6 +280,39 @@ def check_offsets(consumer: str | None, offsets: Offsets | None) -> dict[tuple[s
     return checked
 
 
+@dataclass(frozen=True, slots=True)
+class ScoreRow:
+    """A score record as a store keeps it: its key, its order and its
+    ``scores.v1`` bytes (``lamina.schemas.scores.encode_score``)."""
+
+    entity: str
+    event_time_ms: int
+    event_id: str
+    model_version: int
+    record: bytes
+
+
+def score_rows(scores: Iterable[ScoreRecord] | None) -> list[ScoreRow]:
+    """The records as ``ScoreRow``s (encoded once, here), or ValueError
+    for something that is not a ``ScoreRecord`` (``ScoreRecordError`` for
+    one that cannot be encoded)."""
+    rows = []
+    for record in scores or ():
+        if not isinstance(record, ScoreRecord):
+            raise ValueError(f"scores must be ScoreRecord values, got {record!r}")
+        rows.append(ScoreRow(record.entity, record.event_time, record.event_id,
+                             record.model_version, encode_score(record)))
+    return rows
+
+
+def check_scores_per_entity(store: str, value: object) -> int:
+    """``value`` if it is a whole number >= 1, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{store} store: scores_per_entity must be an integer >= 1, "
+                          f"got {value!r}")
+    return value
+
+
 def backwards_message(consumer: str, topic: str, partition: int, stored: int, given: int) -> str:
     return (f"consumer {consumer!r}: offset {given} for {topic}[{partition}] is behind the "
             f"stored {stored}; nothing was written (another instance has moved on: this one "
@@ -288,10 +332,14 @@ class TileStore(ABC):
 
     @abstractmethod
     def write_tiles(self, rows: Iterable[TileRow], *, consumer: str | None = None,
-                    offsets: Offsets | None = None) -> int:
+                    offsets: Offsets | None = None,
+                    scores: Iterable[ScoreRecord] | None = None) -> int:
         """Write ``rows`` (each replaces the stored tile of its key; a key
-        twice in ``rows``: the last wins) and store ``offsets`` for
-        ``consumer``, in one transaction. Returns the number of rows.
+        twice in ``rows``: the last wins), store ``offsets`` for
+        ``consumer`` and add ``scores`` to their entities' latest scores
+        (each replaces a stored record of the same entity, event_id and
+        model version; beyond ``scores_per_entity`` per entity the oldest by
+        event time go), in one transaction. Returns the number of rows.
 
         Raises ``OffsetsWentBackwards`` (writing nothing) if a position is
         below the stored one; any exception leaves the store as it was.
@@ -302,6 +350,12 @@ class TileStore(ABC):
     def read_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         """The stored ``(topic, partition) -> position`` of ``consumer``
         (empty if it never wrote)."""
+
+    @abstractmethod
+    def latest_scores(self, entity: str) -> list[ScoreRecord]:
+        """The stored score records of ``entity``, newest first (by event
+        time, then event_id and model version, descending); at most
+        ``scores_per_entity``; empty for an entity never scored."""
 
     @abstractmethod
     def read_tiles(self, group: str, entity: str, slots: Iterable[TileSlot]

@@ -13,6 +13,9 @@ Options (``open_store("redis", url=..., ...)``)
     sight) and fields per ``HDEL`` when dropping tiles.
 ``socket_timeout_s`` (5.0)
     How long a command may wait for the server before ``StoreUnavailable``.
+``scores_per_entity`` (5)
+    Score records kept per entity (``latest_scores``); the write that adds
+    newer ones removes the oldest.
 
 Keys (all under the prefix; ``g`` a view name)
 ---------------------------------------------
@@ -20,7 +23,10 @@ Keys (all under the prefix; ``g`` a view name)
 ``gen:g`` (the generation counter), ``gens:g`` (set of generations with
 records), ``batch:g:<generation>`` (hash: entity -> batch record),
 ``rt:g`` (hash: ``<hop>:<tile_start>:<entity>`` -> tile partials),
-``offsets:<consumer>`` (hash: ``<topic>:<partition>`` -> position).
+``offsets:<consumer>`` (hash: ``<topic>:<partition>`` -> position),
+``scores:<entity>`` (hash: ``<event_id>\\0<model_version, 12 digits>`` ->
+score record) with ``scoreidx:<entity>`` (sorted set of the same members
+by event time: the order, ties by member, as the SQLite store orders).
 
 How the guarantees are kept
 ---------------------------
@@ -61,7 +67,9 @@ from typing import Any, Final
 
 from lamina.errors import ConfigError
 from lamina.logs import get_logger
+from lamina.schemas.scores import ScoreRecord, decode_score
 from lamina.stores.base import (
+    DEFAULT_SCORES_PER_ENTITY,
     BatchRecord,
     BatchView,
     EntitySnapshot,
@@ -80,9 +88,11 @@ from lamina.stores.base import (
     check_drop,
     check_group,
     check_offsets,
+    check_scores_per_entity,
     check_switch,
     now_ms,
     published_view,
+    score_rows,
 )
 
 try:
@@ -98,8 +108,11 @@ _LUA_VIEW_FIELDS: Final = ", ".join(f"'{f}'" for f in _VIEW_FIELDS)
 _LUA_MAX_UNPACK: Final = 500  # fields per HSET inside a script (Lua's unpack limit is ~8000)
 _SCAN_COUNT: Final = 1000  # fields per HSCAN step when dropping tiles
 
-# KEYS[1] offsets hash, KEYS[2..] realtime hashes. ARGV[1] = n offsets, then
-# n (field, position) pairs, then per realtime hash: m, then m (field, value).
+# KEYS[1] offsets hash, KEYS[2..1+g] realtime hashes, then per scored entity
+# its scores hash and index. ARGV[1] = n offsets, then n (field, position)
+# pairs, then g, then per realtime hash: m, then m (field, value); then the
+# scores kept per entity, then per scored entity: m, then m (member, event
+# time, record).
 _WRITE: Final = """#!lua
 local n = tonumber(ARGV[1])
 for i = 0, n - 1 do
@@ -110,7 +123,9 @@ for i = 0, n - 1 do
   end
 end
 local a = 2 + 2 * n
-for k = 2, #KEYS do
+local g = tonumber(ARGV[a])
+a = a + 1
+for k = 2, 1 + g do
   local m = tonumber(ARGV[a])
   a = a + 1
   local i = 0
@@ -125,6 +140,24 @@ for k = 2, #KEYS do
     i = j
   end
   a = a + 2 * m
+end
+local keep = tonumber(ARGV[a])
+a = a + 1
+for k = 2 + g, #KEYS, 2 do
+  local m = tonumber(ARGV[a])
+  a = a + 1
+  for x = 0, m - 1 do
+    local member = ARGV[a + 3 * x]
+    redis.call('HSET', KEYS[k], member, ARGV[a + 3 * x + 2])
+    redis.call('ZADD', KEYS[k + 1], ARGV[a + 3 * x + 1], member)
+  end
+  a = a + 3 * m
+  local extra = redis.call('ZCARD', KEYS[k + 1]) - keep
+  if extra > 0 then
+    local old = redis.call('ZRANGE', KEYS[k + 1], 0, extra - 1)
+    redis.call('HDEL', KEYS[k], unpack(old))
+    redis.call('ZREMRANGEBYRANK', KEYS[k + 1], 0, extra - 1)
+  end
 end
 if n > 0 then
   local args = {}
@@ -181,6 +214,20 @@ return {'OK', cur}
     "__PAIRS__", ", ".join(f"'{f}', ARGV[{i}]" for i, f in enumerate(_VIEW_FIELDS, 1)))
 
 
+# KEYS[1] scores hash, KEYS[2] its index; ARGV[1] how many. Newest first.
+_LATEST_SCORES: Final = """#!lua flags=no-writes
+local members = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+if #members == 0 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(members))
+"""
+
+
+def _score_member(event_id: str, model_version: int) -> str:
+    # NUL sorts first and the version has a fixed width, so members of one
+    # event time sort as (event_id, model_version) do in the SQLite store.
+    return f"{event_id}\0{model_version:012d}"
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -191,7 +238,8 @@ class RedisTileStore(TileStore):
     name = "redis"
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "lamina",
-                 publish_chunk: int = 1000, socket_timeout_s: float = 5.0) -> None:
+                 publish_chunk: int = 1000, socket_timeout_s: float = 5.0,
+                 scores_per_entity: int = DEFAULT_SCORES_PER_ENTITY) -> None:
         if not isinstance(url, str) or not url:
             raise ConfigError(f"redis store: url must be a redis:// URL, got {url!r}")
         if not isinstance(prefix, str) or not prefix or any(c.isspace() for c in prefix):
@@ -208,6 +256,7 @@ class RedisTileStore(TileStore):
         self.url = url
         self.prefix = prefix
         self.publish_chunk = publish_chunk
+        self.scores_per_entity = check_scores_per_entity("redis", scores_per_entity)
         try:
             self._redis = redis_client.Redis.from_url(
                 url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
@@ -216,6 +265,7 @@ class RedisTileStore(TileStore):
         self._write_script = self._redis.register_script(_WRITE)
         self._read_script = self._redis.register_script(_READ)
         self._switch_script = self._redis.register_script(_SWITCH)
+        self._latest_scores_script = self._redis.register_script(_LATEST_SCORES)
         self._views: dict[str, tuple[tuple[Any, ...], PublishedView]] = {}
         self._call(self._redis.ping)
 
@@ -238,8 +288,10 @@ class RedisTileStore(TileStore):
     # -- realtime tiles and offsets --------------------------------------------
 
     def write_tiles(self, rows: Iterable[TileRow], *, consumer: str | None = None,
-                    offsets: Offsets | None = None) -> int:
+                    offsets: Offsets | None = None,
+                    scores: Iterable[ScoreRecord] | None = None) -> int:
         checked = check_offsets(consumer, offsets)
+        scored = score_rows(scores)
         by_group: dict[str, list[bytes | str]] = {}
         count = 0
         for row in rows:  # consumed before anything is sent: an error here writes nothing
@@ -249,16 +301,27 @@ class RedisTileStore(TileStore):
             fields.append(f"{row.hop_ms}:{row.tile_start_ms}:{row.entity}")
             fields.append(row.partials)
             count += 1
-        if not by_group and not checked:
+        if not by_group and not checked and not scored:
             return 0
         keys = [self._key("offsets", consumer if checked else "-")]
         args: list[Any] = [len(checked)]
         for (topic, partition), position in checked.items():
             args += (f"{topic}:{partition}", position)
+        args.append(len(by_group))
         for group, fields in by_group.items():
             keys.append(self._key("rt", group))
             args.append(len(fields) // 2)
             args += fields
+        args.append(self.scores_per_entity)
+        by_entity: dict[str, list[Any]] = {}
+        for score in scored:
+            by_entity.setdefault(score.entity, []).extend(
+                (_score_member(score.event_id, score.model_version), score.event_time_ms,
+                 score.record))
+        for entity, triples in by_entity.items():
+            keys += (self._key("scores", entity), self._key("scoreidx", entity))
+            args.append(len(triples) // 3)
+            args += triples
         try:
             self._call(self._write_script, keys=keys, args=args)
         except redis_client.ResponseError as error:
@@ -270,6 +333,12 @@ class RedisTileStore(TileStore):
             raise OffsetsWentBackwards(backwards_message(
                 str(consumer), topic, int(partition), int(stored), int(given))) from None
         return count
+
+    def latest_scores(self, entity: str) -> list[ScoreRecord]:
+        records = self._call(self._latest_scores_script,
+                             keys=[self._key("scores", entity), self._key("scoreidx", entity)],
+                             args=[self.scores_per_entity])
+        return [decode_score(record) for record in records if record is not None]
 
     def read_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         stored = self._call(self._redis.hgetall, self._key("offsets", consumer))

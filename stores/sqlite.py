@@ -23,14 +23,19 @@ Options (``open_store("sqlite", path=..., ...)``)
     Batch records per transaction while publishing, and rows per
     transaction when removing old records or dropping tiles: a publish of
     a million records never blocks the speed layer's writes for long.
+``scores_per_entity`` (5)
+    Score records kept per entity (``latest_scores``); older ones are
+    deleted in the write that adds newer ones.
 
 Tables: ``realtime_tiles`` (group, entity, hop_ms, tile_start) -> partials;
 ``consumer_offsets`` (consumer, topic, partition) -> position;
 ``batch_records`` (group, generation, entity) -> payload;
 ``batch_views`` (group) -> the published view, whose ``generation`` says
-which records are current. A publish writes its records under a new
-generation (invisible: no view points at it), then updates the one
-``batch_views`` row in one transaction. A lookup reads the view row, the
+which records are current; ``latest_scores`` (entity, event_id,
+model_version) -> the score record (with its event time, for the order).
+A publish writes its records under a new generation (invisible: no view
+points at it), then updates the one ``batch_views`` row in one
+transaction. A lookup reads the view row, the
 record and the tiles in one read transaction, which in WAL mode is one
 snapshot of the database: it sees the switch entirely or not at all.
 """
@@ -47,7 +52,9 @@ from typing import Any, Final
 
 from lamina.errors import ConfigError
 from lamina.logs import get_logger
+from lamina.schemas.scores import ScoreRecord, decode_score
 from lamina.stores.base import (
+    DEFAULT_SCORES_PER_ENTITY,
     BatchRecord,
     BatchView,
     EntitySnapshot,
@@ -66,10 +73,12 @@ from lamina.stores.base import (
     check_drop,
     check_group,
     check_offsets,
+    check_scores_per_entity,
     check_switch,
     now_ms,
     published_view,
     realtime_ranges,
+    score_rows,
 )
 
 log = get_logger(__name__)
@@ -100,7 +109,19 @@ CREATE TABLE IF NOT EXISTS batch_views (
   horizon_ms INTEGER NOT NULL, batch_version INTEGER NOT NULL,
   definition TEXT NOT NULL, lineage TEXT NOT NULL,
   published_at_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest_scores (
+  entity TEXT NOT NULL, event_id TEXT NOT NULL, model_version INTEGER NOT NULL,
+  event_time INTEGER NOT NULL, record BLOB NOT NULL,
+  PRIMARY KEY (entity, event_id, model_version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS latest_scores_by_time
+  ON latest_scores (entity, event_time, event_id, model_version);
 """
+_SCORES_ORDER: Final = "ORDER BY event_time DESC, event_id DESC, model_version DESC"
+# Keep the newest scores_per_entity of one entity, delete the rest.
+_TRIM_SCORES: Final = (
+    "DELETE FROM latest_scores WHERE entity = ?1 AND (event_time, event_id, model_version) "
+    "NOT IN (SELECT event_time, event_id, model_version FROM latest_scores WHERE entity = ?1 "
+    f"{_SCORES_ORDER} LIMIT ?2)")
 _VIEW_COLUMNS: Final = ("generation, cutoff_ms, horizon_ms, batch_version, definition, lineage, "
                         "published_at_ms")
 _TILE_RANGE: Final = ("SELECT hop_ms, tile_start, partials FROM realtime_tiles "
@@ -121,7 +142,8 @@ class SqliteTileStore(TileStore):
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000,
                  synchronous: str = "NORMAL", wal_autocheckpoint: int = 1000,
-                 publish_chunk: int = 5000) -> None:
+                 publish_chunk: int = 5000,
+                 scores_per_entity: int = DEFAULT_SCORES_PER_ENTITY) -> None:
         if not isinstance(path, str | Path) or str(path) in ("", ":memory:"):
             raise ConfigError(f"sqlite store: path must be a database file, got {path!r} "
                               "(an in-memory database cannot be shared)")
@@ -133,6 +155,7 @@ class SqliteTileStore(TileStore):
         self.synchronous = synchronous.upper()
         self.wal_autocheckpoint = _positive("wal_autocheckpoint", wal_autocheckpoint)
         self.publish_chunk = _positive("publish_chunk", publish_chunk)
+        self.scores_per_entity = check_scores_per_entity("sqlite", scores_per_entity)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -213,8 +236,10 @@ class SqliteTileStore(TileStore):
     # -- realtime tiles and offsets --------------------------------------------
 
     def write_tiles(self, rows: Iterable[TileRow], *, consumer: str | None = None,
-                    offsets: Offsets | None = None) -> int:
+                    offsets: Offsets | None = None,
+                    scores: Iterable[ScoreRecord] | None = None) -> int:
         checked = check_offsets(consumer, offsets)
+        scored = score_rows(scores)
         conn = self._conn()
         count = 0
 
@@ -244,7 +269,21 @@ class SqliteTileStore(TileStore):
                     "SET position = excluded.position",
                     [(consumer, topic, partition, position)
                      for (topic, partition), position in checked.items()])
+            if scored:
+                conn.executemany(
+                    "INSERT INTO latest_scores VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                    "SET event_time = excluded.event_time, record = excluded.record",
+                    [(r.entity, r.event_id, r.model_version, r.event_time_ms, r.record)
+                     for r in scored])
+                conn.executemany(_TRIM_SCORES, [(entity, self.scores_per_entity)
+                                                for entity in sorted({r.entity for r in scored})])
         return count
+
+    def latest_scores(self, entity: str) -> list[ScoreRecord]:
+        rows = self._conn().execute(
+            f"SELECT record FROM latest_scores WHERE entity = ? {_SCORES_ORDER} LIMIT ?",
+            (entity, self.scores_per_entity)).fetchall()
+        return [decode_score(record) for (record,) in rows]
 
     def read_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         rows = self._conn().execute(

@@ -35,8 +35,8 @@ class KillAfterWrite(SqliteTileStore):
         self.writes = 0
 
     def write_tiles(self, rows: Any, *, consumer: str | None = None,
-                    offsets: Any = None) -> int:
-        written = super().write_tiles(rows, consumer=consumer, offsets=offsets)
+                    offsets: Any = None, scores: Any = None) -> int:
+        written = super().write_tiles(rows, consumer=consumer, offsets=offsets, scores=scores)
         self.writes += 1
         if self.writes == self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)

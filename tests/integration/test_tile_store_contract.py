@@ -27,8 +27,10 @@ from typing import Any
 import orjson
 import pytest
 
+from lamina.errors import ConfigError
 from lamina.generator import KIND_VALID, GeneratorConfig, generate
 from lamina.schemas.card_views import CARD_VIEWS
+from lamina.schemas.scores import ScoreRecord
 from lamina.schemas.view_definitions import (
     DAY_MS,
     HOUR_MS,
@@ -198,6 +200,65 @@ def test_an_offset_behind_the_stored_one_refuses_the_whole_write(store: TileStor
     assert store.read_offsets("other") == {("events.raw", 0): 3}
     with pytest.raises(ValueError, match="consumer name"):
         store.write_tiles([], offsets={("events.raw", 0): 1})
+
+
+
+# --- latest scores ---------------------------------------------------------------
+
+
+def score(entity: str, event_id: str, event_time: int, *, version: int = 1,
+          value: float = 0.5) -> ScoreRecord:
+    return ScoreRecord(event_id=event_id, entity_key="card_id", entity=entity,
+                       event_time=event_time, score=value, model_version=version,
+                       batch_version=3, batch_cutoff=C0, scored_at=event_time + 7,
+                       produce_to_score_ms=7, features={"amount": 1.5, "txn_count_1h": 2.0})
+
+
+def test_scores_are_kept_per_entity_newest_first_up_to_the_configured_number(
+        target: Target) -> None:
+    with target.open(scores_per_entity=3) as store:
+        assert store.latest_scores("a") == []
+        first = [score("a", f"t{i}", C0 + i * 1000) for i in range(4)] + [score("b", "u", C0)]
+        store.write_tiles([tile("a", C0, b"1")], consumer="speed",
+                          offsets={("events.raw", 0): 5}, scores=first)
+        assert [r.event_id for r in store.latest_scores("a")] == ["t3", "t2", "t1"]
+        assert store.latest_scores("b") == [first[-1]]  # decoded back field for field
+        # A replayed batch (at-least-once scoring) rewrites the same keys: one
+        # record per (event, model version); another version is another record.
+        store.write_tiles([], consumer="speed", offsets={("events.raw", 0): 5},
+                          scores=[score("a", "t3", C0 + 3000, value=0.5),
+                                  score("a", "t3", C0 + 3000, version=2, value=0.9)])
+        latest = store.latest_scores("a")
+        assert [(r.event_id, r.model_version) for r in latest] == [
+            ("t3", 2), ("t3", 1), ("t2", 1)]
+        # An older score than every kept one goes straight out.
+        store.write_tiles([], scores=[score("a", "old", C0 - DAY_MS)])
+        assert store.latest_scores("a") == latest
+    with target.open() as store:  # what another process with the default sees
+        assert len(store.latest_scores("a")) == 3
+    with pytest.raises(ConfigError, match="scores_per_entity must be an integer >= 1"):
+        target.open(scores_per_entity=0)
+
+
+def test_a_refused_write_stores_none_of_its_scores(store: TileStore) -> None:
+    store.write_tiles([tile("a", C0, b"1")], consumer="speed", offsets={("events.raw", 0): 10},
+                      scores=[score("a", "kept", C0)])
+    with pytest.raises(OffsetsWentBackwards):
+        store.write_tiles([tile("a", C0, b"zombie")], consumer="speed",
+                          offsets={("events.raw", 0): 9}, scores=[score("a", "zombie", C0 + 1)])
+
+    def failing_rows() -> Iterator[TileRow]:
+        yield tile("a", C0, b"2")
+        raise RuntimeError("the speed layer failed between two tiles")
+
+    with pytest.raises(RuntimeError, match="between two tiles"):
+        store.write_tiles(failing_rows(), consumer="speed", offsets={("events.raw", 0): 11},
+                          scores=[score("a", "failed", C0 + 2)])
+    with pytest.raises(ValueError, match="ScoreRecord"):
+        not_a_score: Any = {"event_id": "x"}
+        store.write_tiles([], scores=[score("a", "x", C0 + 3), not_a_score])
+    assert [r.event_id for r in store.latest_scores("a")] == ["kept"]
+    assert store.read_tiles("g", "a", [(DAY_MS, C0)]) == {(DAY_MS, C0): b"1"}
 
 
 def test_kill_9_of_a_writer_mid_transaction_leaves_neither_its_tiles_nor_its_offsets(

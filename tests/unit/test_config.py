@@ -105,3 +105,26 @@ def test_relocated_settings_derive_every_location_from_the_new_home():
     assert demo.master_uri == "/tmp/demo/master" and demo.views_uri == "/tmp/demo/views"
     assert demo.kafka.raw_topic == "raw"
     assert isinstance(demo, Settings)
+
+
+def test_a_true_false_setting_is_read_from_the_file_and_the_environment(tmp_path):
+    config = tmp_path / "lamina.toml"
+    config.write_text("[speed]\nscore = false\n[serving]\nscore = false\n")
+    assert load_settings(config, env={}).speed.score is False
+    loaded = load_settings(config, env={"LAMINA_SERVING_SCORE": "true"})
+    assert (loaded.speed.score, loaded.serving.score) == (False, True)
+    assert load_settings(env={"LAMINA_SPEED_SCORE": "0"}).speed.score is False
+    with pytest.raises(ConfigError, match="LAMINA_SPEED_SCORE must be true or false"):
+        load_settings(env={"LAMINA_SPEED_SCORE": "maybe"})
+    config.write_text('[speed]\nscore = "false"\n')
+    with pytest.raises(ConfigError, match=r"\[speed\] score must be true or false"):
+        load_settings(config, env={})
+
+
+def test_serving_settings_are_checked_and_the_token_is_not_in_their_repr():
+    settings = load_settings(env={"LAMINA_SERVING_TOKEN": "s3cret-token",
+                                  "LAMINA_SERVING_PORT": "8123"})
+    assert (settings.serving.token, settings.serving.port) == ("s3cret-token", 8123)
+    assert "s3cret-token" not in repr(settings)
+    with pytest.raises(ConfigError, match="LAMINA_SERVING_PORT must be at most 65535"):
+        load_settings(env={"LAMINA_SERVING_PORT": "70000"})

@@ -150,3 +150,22 @@ def test_an_allowed_late_event_older_than_a_restarted_state_is_counted_not_score
          first=end)
     assert (restarted.stats.applied, restarted.stats.unscored_out_of_range) == (2, 1)
     assert [r.event_id for r in sink.records] == ["a", "b", "d"]
+
+
+def test_the_latest_scores_of_each_card_are_stored_with_the_tiles_for_serving(
+        store: TileStore) -> None:
+    publish(store, [], T0, 1)
+    sink = ListSink()
+    tiles = scoring_tiles(store, sink, champion(5, CountingScorer(len(CARD_FRAUD.features))))
+    stream = [txn(f"t{i}", T0 + i * 60_000, card="c1" if i % 3 else "c2") for i in range(12)]
+    end = feed(tiles, stream[:6])
+    feed(tiles, stream[6:], first=end)
+    for card in ("c1", "c2"):
+        sent = sorted((r for r in sink.records if r.entity == card),
+                      key=lambda r: r.event_time, reverse=True)
+        assert store.latest_scores(card) == sent[:store.scores_per_entity]
+    # A batch that is not stored leaves its scores out of the store as well.
+    sink.fail = True
+    with pytest.raises(ScoreSinkError):
+        feed(tiles, [txn("lost", T0 + HOUR_MS, card="c2")], first=12)
+    assert "lost" not in {r.event_id for r in store.latest_scores("c2")}
