@@ -63,6 +63,7 @@ from lamina.logs import get_logger
 from lamina.models.champion import Champion
 from lamina.schemas.card_views import CARD_FRAUD
 from lamina.schemas.contract import FeatureContract
+from lamina.schemas.event_schemas import default_registry
 from lamina.schemas.online import OnlineState, QueryOutOfRange
 from lamina.schemas.validation import EventValidator, ValidEvent
 from lamina.schemas.view_definitions import GroupBy
@@ -395,7 +396,8 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                                                        store.read_offsets(speed_consumer)))
 
     @app.post("/v1/features/{group}:batch", tags=["features"], dependencies=auth,
-              response_model=BatchLookupResponse, responses=_ERRORS)
+              response_model=BatchLookupResponse,
+              responses={**_ERRORS, 404: {"model": ErrorBody, "description": "unknown group"}})
     def features_batch(group: Annotated[str, Path(min_length=1, max_length=64)],
                        request: BatchLookupRequest) -> BatchLookupResponse:
         """Many entities in one request, all under one batch view when the
@@ -447,6 +449,8 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
 
     @app.post("/v1/score", tags=["scores"], dependencies=auth,
               response_model=AdHocScoreResponse,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": query_event_schema(contract)}}}},
               responses={**_ERRORS, 422: {"description": "the event is not a valid query "
                                                          "event; the body names the field"}})
     def score_event(event: Annotated[dict[str, Any], _EVENT_BODY]) -> AdHocScoreResponse:
@@ -495,6 +499,22 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                                   batch=_view_info(used), features=vector)
 
     return app
+
+
+#: Envelope fields an ad-hoc event may leave out (``_validate`` fills them).
+_ENVELOPE_DEFAULTS = ("event_id", "event_type", "schema_version", "event_time")
+
+
+def query_event_schema(contract: FeatureContract) -> dict[str, Any]:
+    """The OpenAPI schema of an ad-hoc event: the latest event schema of the
+    contract's query event type, the envelope fields optional. Requests are
+    validated against the schema file itself, so the two cannot drift."""
+    registry = default_registry()
+    event_type = contract.query_event_type
+    schema = dict(registry.get(event_type, registry.latest(event_type)))
+    schema.pop("$schema", None)
+    schema["required"] = [f for f in schema["required"] if f not in _ENVELOPE_DEFAULTS]
+    return schema
 
 
 def _validate(validator: EventValidator, contract: FeatureContract, event: Mapping[str, Any],
