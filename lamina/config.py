@@ -256,6 +256,10 @@ def _refuse_old(name: str, where: str) -> None:
             f"(environment: {env_name(section, new)})")
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
 def _coerce(where: str, spec: dataclasses.Field[Any], value: Any, *, from_env: bool) -> Any:
     kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
     kind = kind.split("[")[0]
@@ -268,6 +272,13 @@ def _coerce(where: str, spec: dataclasses.Field[Any], value: Any, *, from_env: b
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table (JSON object), got {value!r}")
         return dict(value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower() if from_env else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
     target = {"int": int, "float": float, "str": str, "Path": Path}.get(kind)
     if target is None:
         raise ConfigError(f"{where} has an unsupported type {spec.type!r}")

@@ -105,3 +105,16 @@ def test_relocated_settings_derive_every_location_from_the_new_home():
     assert demo.master_uri == "/tmp/demo/master" and demo.views_uri == "/tmp/demo/views"
     assert demo.kafka.raw_topic == "raw"
     assert isinstance(demo, Settings)
+
+
+def test_a_true_or_false_setting_is_read_from_the_file_and_the_environment(tmp_path):
+    path = tmp_path / "lamina.toml"
+    path.write_text("[speed]\nscore = false\n")
+    assert load_settings(path, env={}).speed.score is False
+    assert load_settings(path, env={"LAMINA_SPEED_SCORE": "true"}).speed.score is True
+    assert load_settings(None, env={"LAMINA_SPEED_SCORE": "0"}).speed.score is False
+    with pytest.raises(ConfigError, match="LAMINA_SPEED_SCORE must be true or false"):
+        load_settings(None, env={"LAMINA_SPEED_SCORE": "maybe"})
+    path.write_text("[speed]\nscore = 1\n")
+    with pytest.raises(ConfigError, match="must be true or false"):
+        load_settings(path, env={})
