@@ -218,6 +218,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_speed_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the speed layer's metrics file readably; exit 1 when no speed
+    layer has written one at the configured path yet."""
+    import time
+
+    from lamina.speed.metrics import status_lines
+
+    path = settings.speed_metrics_path
+    try:
+        text = path.read_text(encoding="utf-8")
+        age_s = max(0.0, time.time() - path.stat().st_mtime)
+    except FileNotFoundError:
+        print(f"no speed-layer metrics at {path}: no `lamina speed run` has written them "
+              "with these settings yet (start one, or set [speed] metrics_path to the file "
+              "it writes)")
+        return 1
+    if args.raw:
+        print(text, end="")
+        return 0
+    print(f"speed layer metrics  {path}")
+    try:
+        lines = status_lines(text, age_s=age_s)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a speed-layer metrics file: {exc}") from exc
+    for line in lines:
+        print(line)
+    return 0
+
+
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from lamina.master.importer import import_files
 
@@ -494,6 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=_positive_int, help="stop after consuming this many")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_speed)
+    p = actions.add_parser("status", help="print the speed layer's latest metrics",
+                           description="Read the Prometheus text file a running (or the last) "
+                                       "`lamina speed run` writes ([speed] metrics_path) and "
+                                       "print lag, rates, counts, latency and model version, "
+                                       "with how old the file is.")
+    p.add_argument("--raw", action="store_true", help="print the file as it is")
+    p.set_defaults(func=cmd_speed_status)
 
     p = sub.add_parser("serve", help="serve features, scores and ad-hoc scoring over HTTP",
                        description="The serving API (FastAPI on uvicorn) over the tile store: "

@@ -110,6 +110,13 @@ class SpeedSettings:
     # How often the registry's champion alias is read (a move is loaded in
     # the background and swapped in between micro-batches).
     champion_poll_s: float = field(default=5.0, metadata=_at_least(0))
+    # Prometheus metrics (lamina.speed.metrics): a text file rewritten every
+    # metrics_interval_s (empty path: <home>/speed/metrics.prom; one file
+    # per process, so give each process on a host its own), and /metrics on
+    # 127.0.0.1:metrics_port (0: no HTTP server).
+    metrics_path: str = ""
+    metrics_interval_s: float = field(default=5.0, metadata=_at_least(0.1))
+    metrics_port: int = field(default=0, metadata=_at_least(0))
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,12 @@ class Settings:
             registry=dataclasses.replace(self.registry, tracking_uri=""),
             tile_store=TileStoreSettings(kind="sqlite"))
 
+    @property
+    def speed_metrics_path(self) -> Path:
+        """Where the speed layer writes its Prometheus text file."""
+        return Path(self.speed.metrics_path) if self.speed.metrics_path \
+            else self.home / "speed" / "metrics.prom"
+
     def tile_store_options(self) -> dict[str, Any]:
         options = dict(self.tile_store.options)
         if self.tile_store.kind == "sqlite" and not options.get("path"):
@@ -267,6 +280,8 @@ def _refuse_old(name: str, where: str) -> None:
         raise ConfigError(
             f"{where}: setting '{name}' is now '{new}' in section [{section}] "
             f"(environment: {env_name(section, new)})")
+
+
 
 
 def _coerce(where: str, spec: dataclasses.Field[Any], value: Any, *, from_env: bool) -> Any:

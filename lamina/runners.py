@@ -80,12 +80,17 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
     from tqdm import tqdm
 
     from lamina import kafkaio
+    from lamina.errors import ConfigError
     from lamina.schemas.card_views import CARD_VIEWS
+    from lamina.speed.metrics import MeteredSink, SpeedMetrics
     from lamina.speed.realtime import RealtimeTiles, SpeedLayer, StreamScoring, check_lateness
     from lamina.stores import open_store
 
     speed = settings.speed
     check_lateness(CARD_VIEWS, speed.allowed_lateness_ms)  # before anything is opened
+    if speed.metrics_port > 65535:
+        raise ConfigError(f"[speed] metrics_port must be 0 (off) or a port up to 65535, "
+                          f"got {speed.metrics_port}")
     if settings.tile_store.kind == "sqlite" and not settings.tile_store.options.get("path"):
         settings.home.mkdir(parents=True, exist_ok=True)  # the default store lives there
     store = open_store(settings.tile_store.kind, **settings.tile_store_options())
@@ -110,6 +115,15 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
                               allowed_lateness_ms=speed.allowed_lateness_ms,
                               max_future_ms=speed.max_future_ms,
                               max_entities=speed.max_entities, scoring=scoring)
+        try:
+            metrics = SpeedMetrics(tiles.stats, path=settings.speed_metrics_path,
+                                   interval_s=speed.metrics_interval_s, port=speed.metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"[speed] metrics_port {speed.metrics_port}: cannot listen on "
+                              f"127.0.0.1 ({exc.strerror}); choose a free port or 0") from exc
+        closers.append(metrics.close)
+        if scoring is not None:
+            scoring.sink = MeteredSink(scoring.sink, metrics.latencies)
         consumer = kafkaio.make_consumer(
             settings.kafka.bootstrap_servers,
             group_id=speed.group,
@@ -118,7 +132,7 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
         )
         layer = SpeedLayer(consumer=consumer, topic=settings.kafka.raw_topic, tiles=tiles,
                            batch_max_events=speed.batch_max_events,
-                           batch_max_wait_s=speed.batch_max_wait_s)
+                           batch_max_wait_s=speed.batch_max_wait_s, metrics=metrics)
         layer.install_signal_handlers()
         bar = tqdm(unit=" events", desc="speed", disable=not progress)
 

@@ -73,6 +73,7 @@ from lamina.schemas.contract import FeatureContract
 from lamina.schemas.online import OnlineSeed, OnlineState, QueryOutOfRange
 from lamina.schemas.validation import EventValidator, ValidEvent
 from lamina.schemas.view_definitions import GroupBy, tile_start
+from lamina.speed.metrics import SpeedMetrics, consumer_lag
 from lamina.speed.microbatch import MicroBatch
 from lamina.speed.models import Champion
 from lamina.speed.scoring import score_batch
@@ -440,7 +441,7 @@ class SpeedLayer:
 
     def __init__(self, *, consumer: Any, topic: str, tiles: RealtimeTiles,
                  batch_max_events: int = 5_000, batch_max_wait_s: float = 0.2,
-                 rejoin_after_s: float = 15.0) -> None:
+                 rejoin_after_s: float = 15.0, metrics: SpeedMetrics | None = None) -> None:
         self.consumer = consumer
         self.topic = topic
         self.tiles = tiles
@@ -449,6 +450,9 @@ class SpeedLayer:
         self.loop = ConsumerLoop(consumer, topic, on_assigned=self.on_partitions_assigned,
                                  on_revoked=self.on_partitions_revoked,
                                  name=f"speed:{topic}", rejoin_after_s=rejoin_after_s)
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.lag_source = lambda: consumer_lag(consumer)
 
     # --- partition ownership -------------------------------------------------
     def _resume(self, partitions: Iterable[Any]) -> None:
@@ -511,12 +515,17 @@ class SpeedLayer:
                         on_commit(stats)
                 if max_events is not None and stats.consumed >= max_events:
                     break
+                if self.metrics is not None:
+                    self.metrics.tick()
                 if idle_exit_s is not None and loop.idle_and_caught_up(
                         last_record_at, idle_exit_s, now):
                     break
             if len(batch):
                 self._write()
         finally:
+            if self.metrics is not None:
+                self.metrics.tick(force=True)  # the last state, lag read while it can be
+                self.metrics.lag_source = None
             loop.close()
         return stats
 

@@ -119,6 +119,9 @@ def test_a_true_false_setting_is_read_from_the_file_and_the_environment(tmp_path
     config.write_text('[speed]\nscore = "false"\n')
     with pytest.raises(ConfigError, match=r"\[speed\] score must be true or false"):
         load_settings(config, env={})
+    config.write_text("[speed]\nscore = 1\n")
+    with pytest.raises(ConfigError, match=r"\[speed\] score must be true or false"):
+        load_settings(config, env={})
 
 
 def test_serving_settings_are_checked_and_the_token_is_not_in_their_repr():
