@@ -116,6 +116,36 @@ def cmd_infra(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- airflow ---------------------------------------------------------------
+
+
+def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.orchestration import airflow_runner as runner
+
+    if args.action == "up":
+        started = runner.airflow_up(settings)
+        state = started.state
+        print(json.dumps({"url": state.url, "already_running": started.already_running,
+                          "pid": state.pid, "password_file": state.password_file,
+                          "lamina_page": state.url + runner.LAMINA_PAGE,
+                          "log_file": state.log_file, "dags_folder": state.dags_folder,
+                          "healthy": started.health is not None}, indent=2))
+        if started.already_running:
+            print(f"Airflow is already running at {state.url} (pid {state.pid}); not starting "
+                  "another. Stop it with `lamina airflow down`", file=sys.stderr)
+        else:
+            print(f"Airflow is up at {state.url} (user admin, password in "
+                  f"{state.password_file}); the Lamina page is under Browse > Lamina. Stop it "
+                  "with `lamina airflow down`", file=sys.stderr)
+        return 0
+    if args.action == "down":
+        print(json.dumps(runner.airflow_down(settings)))
+        return 0
+    status = runner.airflow_status(settings)
+    print(json.dumps(status, indent=2, default=str))
+    return 0 if status.get("running") else 1
+
+
 # --- generate --------------------------------------------------------------
 
 
@@ -412,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["single", "cluster"], default="single",
                    help="one node (default) or three nodes with replication 3, min.insync 2")
     p.set_defaults(func=cmd_infra)
+
+    p = sub.add_parser("airflow", help="start, stop or inspect Airflow standalone with the "
+                                       "DAGs and the Lamina page",
+                       description="Airflow standalone on 127.0.0.1 under <home>/airflow "
+                                   "(SQLite metadata, [airflow] settings), detached; `up` "
+                                   "waits until it is healthy.")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_airflow)
 
     p = sub.add_parser("generate", help="generate card-transaction events to Kafka or files",
                        description="Synthetic card transactions with a planted, drifting "

@@ -41,6 +41,10 @@ def _at_least(minimum: float) -> dict[str, Any]:
     return {"minimum": minimum}
 
 
+def _between(minimum: float, maximum: float) -> dict[str, Any]:
+    return {"minimum": minimum, "maximum": maximum}
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -139,6 +143,24 @@ class TileStoreSettings:
 
 
 @dataclass(frozen=True)
+class AirflowSettings:
+    """`lamina airflow up`: Airflow standalone on this machine (SQLite
+    metadata, on 127.0.0.1), see lamina.orchestration.airflow_runner."""
+
+    # AIRFLOW_HOME. Empty: <home>/airflow.
+    home: str = ""
+    # The UI and API port on 127.0.0.1; 0 picks a free one at each `up`.
+    port: int = field(default=0, metadata=_between(0, 65535))
+    # The DAG files. Empty: the repository's dags/ next to the installed
+    # source (an editable install), else <airflow home>/dags.
+    dags_folder: str = ""
+    # AIRFLOW__CORE__PARALLELISM: task processes at once (the machine is small).
+    parallelism: int = field(default=4, metadata=_at_least(1))
+    # How long `up` waits for /api/v2/monitor/health to answer 200.
+    start_timeout_s: float = field(default=240.0, metadata=_at_least(1))
+
+
+@dataclass(frozen=True)
 class Settings:
     # Where Lamina keeps its state on this machine (Kafka jars and data, and
     # every location below that is left empty). Relative paths are resolved
@@ -154,11 +176,22 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     tile_store: TileStoreSettings = field(default_factory=TileStoreSettings)
+    airflow: AirflowSettings = field(default_factory=AirflowSettings)
 
     # --- derived locations ---------------------------------------------------
     @property
     def kafka_home(self) -> Path:
         return self.home / "kafka"
+
+    @property
+    def airflow_home(self) -> Path:
+        return Path(self.airflow.home) if self.airflow.home else self.home / "airflow"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where scheduled steps write the reports the Lamina page shows
+        (``drift.json``, ``consistency.json``, see lamina.orchestration.summary)."""
+        return self.home / "reports"
 
     @property
     def master_uri(self) -> str:
@@ -269,6 +302,9 @@ def _coerce(where: str, spec: dataclasses.Field[Any], value: Any, *, from_env: b
     minimum = spec.metadata.get("minimum")
     if minimum is not None and coerced < minimum:
         raise ConfigError(f"{where} must be at least {minimum}, got {value!r}")
+    maximum = spec.metadata.get("maximum")
+    if maximum is not None and coerced > maximum:
+        raise ConfigError(f"{where} must be at most {maximum}, got {value!r}")
     return coerced
 
 
