@@ -287,7 +287,7 @@ def _wait_gone(pgid: int, root: int, timeout_s: float) -> set[int]:
     return left
 
 
-def stop_group(state: AirflowState, *, grace_s: float = 20.0) -> list[int]:
+def stop_group(state: AirflowState, *, grace_s: float = 10.0) -> list[int]:
     """SIGINT the group, then SIGTERM, then SIGKILL what is left; returns
     the pids that were running when it started."""
     running = group_members(state.pgid, state.pid)
