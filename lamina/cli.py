@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -123,6 +124,12 @@ def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
     from lamina.orchestration import airflow_runner as runner
 
     if args.action == "up":
+        # The Lamina page runs inside Airflow, in another directory: hand it
+        # the settings file this command read, if any.
+        config = args.config or os.environ.get("LAMINA_CONFIG") or (
+            "lamina.toml" if Path("lamina.toml").exists() else None)
+        if config:
+            os.environ["LAMINA_CONFIG"] = str(Path(config).resolve())
         started = runner.airflow_up(settings)
         state = started.state
         print(json.dumps({"url": state.url, "already_running": started.already_running,
@@ -637,8 +644,6 @@ def _stdout_closed() -> bool:
 def _quiet_stdout() -> int:
     """Point stdout at /dev/null, so the interpreter's last flush of what is
     still buffered cannot fail again, and return EXIT_STDOUT_CLOSED."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
