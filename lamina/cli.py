@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -134,6 +135,42 @@ def cmd_infra(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(status, indent=2, default=str))
         return 0 if status.get("running") else 1
     return 0
+
+
+# --- airflow ---------------------------------------------------------------
+
+
+def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
+    from lamina.orchestration import airflow_runner as runner
+
+    if args.action == "up":
+        # The Lamina page runs inside Airflow, in another directory: hand it
+        # the settings file this command read, if any.
+        config = args.config or os.environ.get("LAMINA_CONFIG") or (
+            "lamina.toml" if Path("lamina.toml").exists() else None)
+        if config:
+            os.environ["LAMINA_CONFIG"] = str(Path(config).resolve())
+        started = runner.airflow_up(settings)
+        state = started.state
+        print(json.dumps({"url": state.url, "already_running": started.already_running,
+                          "pid": state.pid, "password_file": state.password_file,
+                          "lamina_page": state.url + runner.LAMINA_PAGE,
+                          "log_file": state.log_file, "dags_folder": state.dags_folder,
+                          "healthy": started.health is not None}, indent=2))
+        if started.already_running:
+            print(f"Airflow is already running at {state.url} (pid {state.pid}); not starting "
+                  "another. Stop it with `lamina airflow down`", file=sys.stderr)
+        else:
+            print(f"Airflow is up at {state.url} (user admin, password in "
+                  f"{state.password_file}); the Lamina page is under Browse > Lamina. Stop it "
+                  "with `lamina airflow down`", file=sys.stderr)
+        return 0
+    if args.action == "down":
+        print(json.dumps(runner.airflow_down(settings)))
+        return 0
+    status = runner.airflow_status(settings)
+    print(json.dumps(status, indent=2, default=str))
+    return 0 if status.get("running") else 1
 
 
 # --- generate --------------------------------------------------------------
@@ -489,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one node (default) or three nodes with replication 3, min.insync 2")
     p.set_defaults(func=cmd_infra)
 
+    p = sub.add_parser("airflow", help="start, stop or inspect Airflow standalone with the "
+                                       "DAGs and the Lamina page",
+                       description="Airflow standalone on 127.0.0.1 under <home>/airflow "
+                                   "(SQLite metadata, [airflow] settings), detached; `up` "
+                                   "waits until it is healthy.")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_airflow)
+
     p = sub.add_parser("generate", help="generate card-transaction events to Kafka or files",
                        description="Synthetic card transactions with a planted, drifting "
                                    "fraud signal; deterministic for a seed.")
@@ -694,8 +739,6 @@ def _stdout_closed() -> bool:
 def _quiet_stdout() -> int:
     """Point stdout at /dev/null, so the interpreter's last flush of what is
     still buffered cannot fail again, and return EXIT_STDOUT_CLOSED."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)

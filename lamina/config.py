@@ -46,6 +46,10 @@ _BOOLEANS: dict[str, bool] = {"true": True, "1": True, "yes": True, "on": True,
                               "false": False, "0": False, "no": False, "off": False}
 
 
+def _between(minimum: float, maximum: float) -> dict[str, Any]:
+    return {"minimum": minimum, "maximum": maximum}
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -124,7 +128,7 @@ class ServingSettings:
     # Where `lamina serve` listens (loopback by default: put a proxy with TLS
     # in front before exposing it).
     host: str = "127.0.0.1"
-    port: int = field(default=8000, metadata={"minimum": 1, "maximum": 65535})
+    port: int = field(default=8000, metadata=_between(1, 65535))
     # The bearer token every route but /health requires (also
     # LAMINA_SERVING_TOKEN). Empty: `lamina serve` refuses to start.
     token: str = field(default="", repr=False)
@@ -171,6 +175,24 @@ class TileStoreSettings:
 
 
 @dataclass(frozen=True)
+class AirflowSettings:
+    """`lamina airflow up`: Airflow standalone on this machine (SQLite
+    metadata, on 127.0.0.1), see lamina.orchestration.airflow_runner."""
+
+    # AIRFLOW_HOME. Empty: <home>/airflow.
+    home: str = ""
+    # The UI and API port on 127.0.0.1; 0 picks a free one at each `up`.
+    port: int = field(default=0, metadata=_between(0, 65535))
+    # The DAG files. Empty: the repository's dags/ next to the installed
+    # source (an editable install), else <airflow home>/dags.
+    dags_folder: str = ""
+    # AIRFLOW__CORE__PARALLELISM: task processes at once (the machine is small).
+    parallelism: int = field(default=4, metadata=_at_least(1))
+    # How long `up` waits for /api/v2/monitor/health to answer 200.
+    start_timeout_s: float = field(default=240.0, metadata=_at_least(1))
+
+
+@dataclass(frozen=True)
 class Settings:
     # Where Lamina keeps its state on this machine (Kafka jars and data, and
     # every location below that is left empty). Relative paths are resolved
@@ -187,11 +209,22 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     tile_store: TileStoreSettings = field(default_factory=TileStoreSettings)
+    airflow: AirflowSettings = field(default_factory=AirflowSettings)
 
     # --- derived locations ---------------------------------------------------
     @property
     def kafka_home(self) -> Path:
         return self.home / "kafka"
+
+    @property
+    def airflow_home(self) -> Path:
+        return Path(self.airflow.home) if self.airflow.home else self.home / "airflow"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where scheduled steps write the reports the Lamina page shows
+        (``drift.json``, ``consistency.json``, see lamina.orchestration.summary)."""
+        return self.home / "reports"
 
     @property
     def master_uri(self) -> str:
