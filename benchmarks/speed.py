@@ -42,7 +42,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import resource
 import shutil
 import sys
 import tempfile
@@ -252,6 +251,271 @@ def run_speed(bootstrap: str, topic: str, data: SpeedData, champion: Any, workdi
         raise BenchmarkError(f"the speed layer consumed {stats.consumed:,} of "
                              f"{len(data.stream):,} records and scored {stats.scored:,}")
     return SpeedRun(store_kind, timed, stats)
+
+
+# -- batched scoring ---------------------------------------------------------
+
+
+SCORING_BATCHES = (1, 64, 1000)
+SCORING_TARGET = 0.5  # at batch 1000
+
+
+def scoring_items(data: SpeedData, n: int = 1000) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``n`` (transaction, view features) pairs: the stream's first valid
+    transactions with their features from one unseeded online state per
+    card (real values; exactness is not what is measured here)."""
+    from lamina.schemas.card_views import CARD_VIEWS
+    from lamina.schemas.online import OnlineState
+
+    states: dict[str, OnlineState] = {}
+    items: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for _, value in data.stream:
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict) or event.get("event_type") != "transaction" \
+                or "card_id" not in event:
+            continue
+        card = str(event["card_id"])
+        state = states.setdefault(card, OnlineState(CARD_VIEWS, card,
+                                                    allowed_lateness_ms=LATENESS_MS))
+        try:
+            features = state.features_before(int(event["event_time"]))
+            state.add(event)
+        except Exception:  # noqa: BLE001 - a late or odd event is simply not used here
+            continue
+        items.append((event, features))
+        if len(items) >= n:
+            break
+    return items
+
+
+@dataclass
+class ScoringFigure:
+    batch: int
+    lamina: Timed  # score_batch: vectors, one scorer call, records
+    reference: Timed  # the bare forward pass of the same weights on the same matrix
+
+
+def _repeat(call: Callable[[], Any], rows: int, min_s: float) -> Timed:
+    began, began_cpu, count = time.perf_counter(), time.process_time(), 0
+    while True:
+        call()
+        count += rows
+        if time.perf_counter() - began >= min_s:
+            break
+    return Timed(count, time.perf_counter() - began, time.process_time() - began_cpu)
+
+
+def measure_scoring(champion: Any, items: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+                    rounds: int, *, min_s: float = 1.0) -> list[ScoringFigure]:
+    """Per batch size, the better of ``rounds`` interleaved rounds of
+    ``score_batch`` (the speed layer's call) and of the bare NumPy forward
+    pass over the same rows' float32 matrix."""
+    import numpy as np
+
+    from lamina.schemas.card_views import CARD_FRAUD
+    from lamina.speed.scoring import score_batch
+
+    out = []
+    for batch in SCORING_BATCHES:
+        chosen = [items[i % len(items)] for i in range(batch)]
+        produced = [0] * batch
+        matrix = score_batch(chosen, contract=CARD_FRAUD, champion=champion,
+                             produced_at_ms=produced).matrix
+        best_l: Timed | None = None
+        best_r: Timed | None = None
+
+        def lamina(c: list[Any] = chosen, p: list[int] = produced) -> Any:
+            return score_batch(c, contract=CARD_FRAUD, champion=champion, produced_at_ms=p)
+
+        def reference(m: Any = matrix) -> Any:
+            return champion.scorer(m)
+
+        with np.errstate(over="ignore"):
+            for _ in range(rounds):
+                lam = _repeat(lamina, batch, min_s)
+                ref = _repeat(reference, batch, min_s)
+                best_l = lam if best_l is None or lam.rate > best_l.rate else best_l
+                best_r = ref if best_r is None or ref.rate > best_r.rate else best_r
+        assert best_l is not None and best_r is not None
+        out.append(ScoringFigure(batch, best_l, best_r))
+    return out
+
+
+# -- the whole suite -----------------------------------------------------------
+
+
+@dataclass
+class SpeedResults:
+    data: SpeedData
+    raw: list[Timed] = field(default_factory=list)
+    runs: dict[str, list[SpeedRun]] = field(default_factory=dict)
+    scoring: list[ScoringFigure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def measure_speed(stream_records: int, rounds: int, say: Callable[[str], None], *,
+                  stores: Sequence[str] = ("sqlite", "redis"), pin: bool = True,
+                  repo: Path | None = None) -> SpeedResults:
+    """The speed suite (module docstring): its own broker and redis-server,
+    the rounds interleaved (raw consume, then each store's scored run)."""
+    from benchmarks.consume import kafka_python_raw
+    from benchmarks.machine import BENCH_CORE, BROKER_CORE, can_pin, pin_pid_threads, pin_self
+    from benchmarks.tile_store import redis_server
+    from lamina.broker import KafkaCluster, kafka_libs
+    from lamina.schemas.topics import TopicSpec
+    from lamina.topics import create_topics
+
+    repo = repo or Path(__file__).resolve().parents[1]
+    workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-speed-"))
+    try:
+        data = build_data(stream_records)
+        say(data.describe())
+        results = SpeedResults(data)
+        say("training the champion")
+        champion = train_champion(workdir)
+        results.scoring = measure_scoring(champion, scoring_items(data), rounds)
+        cluster = KafkaCluster(workdir / "kafka", kafka_libs(repo / ".lamina"), nodes=1)
+        cluster.start()
+        try:
+            with ExitStackish() as stack:
+                redis_url = None
+                redis_pid = None
+                if "redis" in stores:
+                    redis_url, redis_pid = stack.enter(redis_server(workdir))
+                if pin and can_pin():
+                    for pid in [p for p in cluster.pids if p is not None] + (
+                            [] if redis_pid is None else [redis_pid]):
+                        pin_pid_threads(pid, BROKER_CORE)
+                    pin_self(BENCH_CORE)
+                    results.notes.append(
+                        f"The broker's JVM and redis-server are pinned to core {BROKER_CORE}, "
+                        f"this process (speed layer, its client threads, the raw consume) to "
+                        f"core {BENCH_CORE}.")
+                else:
+                    results.notes.append("Nothing pinned: client, broker and Redis share the "
+                                         "cores.")
+                bootstrap = cluster.bootstrap_servers
+                topic = "bench.speed"
+                create_topics(bootstrap, [TopicSpec(topic, PARTITIONS, -1)])
+                produce_stream(bootstrap, topic, data)
+                for round_no in range(1, rounds + 1):
+                    raw = kafka_python_raw(bootstrap, topic, PARTITIONS, len(data.stream))
+                    results.raw.append(raw)
+                    say(f"round {round_no}: raw consume {raw.rate:,.0f} ev/s")
+                    for kind in stores:
+                        run = run_speed(bootstrap, topic, data, champion, workdir,
+                                        store_kind=kind, redis_url=redis_url)
+                        results.runs.setdefault(kind, []).append(run)
+                        say(f"round {round_no}: speed layer ({kind}) {run.timed.rate:,.0f} ev/s")
+        finally:
+            cluster.stop()
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class ExitStackish:
+    """``contextlib.ExitStack`` with a typed ``enter``."""
+
+    def __init__(self) -> None:
+        from contextlib import ExitStack
+
+        self._stack = ExitStack()
+
+    def __enter__(self) -> ExitStackish:
+        self._stack.__enter__()
+        return self
+
+    def enter(self, manager: Any) -> Any:
+        return self._stack.enter_context(manager)
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._stack.__exit__(*exc)
+
+
+# -- the table (pure: tests/unit/test_bench_speed.py) ------------------------------
+
+
+def _best(runs: Sequence[Timed]) -> Timed:
+    return max(runs, key=lambda t: t.rate)
+
+
+def _cpu_rate(timed: Timed) -> str:
+    rate = timed.cpu_rate
+    return "n/a" if rate is None else f"{rate:,.0f}"
+
+
+def speed_rows(results: SpeedResults) -> list[Row]:
+    """The rows of the speed suite: each figure next to its same-run
+    reference, best over best, with per-CPU-second rates in the note."""
+    rows: list[Row] = []
+    if results.raw:
+        raw = _best(results.raw)
+        rows.append(Row(
+            "speed: kafka-python raw consume (reference)", fmt_rate(raw.rate), "—",
+            fmt_ratio(1.0), "—",
+            f"make_consumer settings, {PARTITIONS} partitions assigned, from the beginning; "
+            f"{raw.events:,} records in {raw.seconds:.2f} s; per CPU second "
+            f"{_cpu_rate(raw)} ev/s; best of {len(results.raw)}: "
+            + ", ".join(f"{t.rate:,.0f}" for t in results.raw)))
+        for kind, runs in results.runs.items():
+            best = max(runs, key=lambda r: r.timed.rate)
+            t = best.timed
+            ratio = t.rate / raw.rate
+            met = ratio >= SPEED_TARGET
+            cpu_ratio = (t.cpu_rate / raw.cpu_rate
+                         if t.cpu_rate is not None and raw.cpu_rate else None)
+            rows.append(Row(
+                f"speed layer, scored events ({kind})", fmt_rate(t.rate),
+                f"kafka-python raw {fmt_rate(raw.rate)}", fmt_ratio(ratio),
+                f"≥ {SPEED_TARGET}×",
+                ("target met; " if met else "target NOT met; ")
+                + f"{t.events:,} records in {t.seconds:.2f} s, {best.stats.scored:,} scored; "
+                f"per CPU second {_cpu_rate(t)} ev/s vs raw {_cpu_rate(raw)} "
+                f"({'n/a' if cpu_ratio is None else fmt_ratio(cpu_ratio)}); "
+                f"{1e6 / t.rate:,.0f} µs/record vs raw {1e6 / raw.rate:,.0f}; best of "
+                f"{len(runs)}: " + ", ".join(f"{r.timed.rate:,.0f}" for r in runs)))
+            for step, seconds in best.split().items():
+                rows.append(Row(
+                    f"speed layer time ({kind}): {step}", f"{seconds:.2f} s",
+                    f"speed wall {t.seconds:.2f} s", f"{seconds / t.seconds:.0%}", "—",
+                    SPLIT_NOTES[step]))
+    for figure in results.scoring:
+        lam, ref = figure.lamina, figure.reference
+        ratio = lam.rate / ref.rate
+        target = f"≥ {SCORING_TARGET}×" if figure.batch == SCORING_BATCHES[-1] else "—"
+        verdict = "" if target == "—" else (
+            "target met; " if ratio >= SCORING_TARGET else "target NOT met; ")
+        rows.append(Row(
+            f"scoring, score_batch at batch {figure.batch:,}", f"{lam.rate:,.0f} rows/s",
+            f"NumPy forward pass {ref.rate:,.0f} rows/s", fmt_ratio(ratio), target,
+            verdict + f"speed/scoring.py's call (vectors from the contract, one scorer call, "
+            f"one ScoreRecord per row) vs the champion's NumPy forward pass of the same "
+            f"float32 matrix; per CPU second {_cpu_rate(lam)} vs {_cpu_rate(ref)} rows/s; "
+            f"{1e6 / lam.rate:,.1f} vs {1e6 / ref.rate:,.1f} µs/row"))
+    return rows
+
+
+SPLIT_NOTES = {
+    "poll": "SpeedStats.poll_s: Kafka poll (best run)",
+    "apply": "SpeedStats.apply_s: validation, seeding, the online state (features_before, "
+             "add), draining and encoding the changed tiles (best run)",
+    "score": "SpeedStats.score_s: score_batch (vectors, NumPy scorer, records) and "
+             "producing the score records with kafka-python, flushed (best run)",
+    "write": "SpeedStats.write_s: the store transaction (tiles, ids rows, offsets) (best run)",
+}
+
+
+def speed_notes(results: SpeedResults) -> list[str]:
+    return [f"Speed data: {results.data.describe()}.",
+            f"Speed layer: `SpeedLayer` batches of at most {BATCH_MAX_EVENTS:,} records or "
+            f"{BATCH_MAX_WAIT_S} s, allowed lateness {LATENESS_MS // MINUTE_MS} min, "
+            "one fresh store per run with the batch view published first (not timed), "
+            "the champion fixed (no swap); rounds interleaved: raw consume, then each "
+            "store.", *results.notes]
 
 
 def _main(argv: list[str] | None = None) -> int:
