@@ -9,6 +9,7 @@ How to run
     .venv/bin/python -m benchmarks.run --only views          # batch views, 10M
     .venv/bin/python -m benchmarks.run --only training-set   # point-in-time builder
     .venv/bin/python -m benchmarks.run --only online-state   # speed-layer state per event
+    .venv/bin/python -m benchmarks.run --only speed          # the speed layer, scored
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -92,6 +93,13 @@ Figures (events/s are records of the topic per second of wall time)
   `FeatureSweep` computing the same features for the same events (the
   reference); 200k generated transactions (20k with --quick), identical
   features checked on a sample. Needs no broker.
+* speed -- the speed layer end to end (`benchmarks/speed.py`, which says
+  exactly what runs): a generated stream on its own broker, scored by a
+  trained champion, into SQLite and into Redis, next to the raw
+  kafka-python consume of the same topic (target >= 0.3x), where its time
+  goes, and `score_batch` rows/s next to the bare NumPy forward pass at
+  batch 1, 64 and 1000 (target >= 0.5x at 1000). 100k stream records (20k
+  with --quick).
 """
 
 from __future__ import annotations
@@ -147,6 +155,9 @@ from benchmarks.online_state import (
     online_state_rows,
 )
 from benchmarks.report import Row, append_section, render_section
+from benchmarks.speed import DEFAULT_STREAM as SPEED_STREAM
+from benchmarks.speed import QUICK_STREAM as SPEED_QUICK_STREAM
+from benchmarks.speed import SpeedResults, measure_speed, speed_notes, speed_rows
 from benchmarks.tile_store import DEFAULT_TRANSACTIONS as STORE_TRANSACTIONS
 from benchmarks.tile_store import (
     LOOKUPS,
@@ -195,7 +206,7 @@ DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state")
+          "online-state", "speed")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -251,6 +262,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=ROUNDS,
                         help=f"runs of every figure, the best reported (default {ROUNDS}); "
                         "more on a machine shared with other work")
+    parser.add_argument("--speed-events", type=int, default=None,
+                        help=f"stream records of the speed suite (default {SPEED_STREAM:,}; "
+                        f"{SPEED_QUICK_STREAM:,} with --quick)")
+    parser.add_argument("--speed-stores", default="sqlite,redis",
+                        help="tile stores of the speed suite, of sqlite,redis (default both)")
     parser.add_argument("--no-append", action="store_true",
                         help="print the table only; do not append it to docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -262,6 +278,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.views_transactions = QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.speed_events is not None and args.speed_events < 1000:
+        parser.error("--speed-events must be at least 1000")
+    args.speed_stores = tuple(s.strip() for s in args.speed_stores.split(",") if s.strip())
+    if not args.speed_stores or set(args.speed_stores) - {"sqlite", "redis"}:
+        parser.error(f"--speed-stores takes sqlite and/or redis, got {args.speed_stores!r}")
     if args.views_transactions < 1000:
         parser.error("--views-transactions must be at least 1000")
     args.suites = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -412,7 +433,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
                views: ViewsResults | None = None,
                stores: TileStoreResults | None = None,
                training_set: TrainingSetResults | None = None,
-               online_state: OnlineStateResults | None = None) -> list[Row]:
+               online_state: OnlineStateResults | None = None,
+               speed: SpeedResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
@@ -424,6 +446,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
         rows += tile_store_rows(stores)
     if online_state is not None:
         rows += online_state_rows(online_state)
+    if speed is not None:
+        rows += speed_rows(speed)
     return rows
 
 
@@ -571,6 +595,7 @@ class Measured:
     stores: TileStoreResults | None = None
     training_set: TrainingSetResults | None = None
     online_state: OnlineStateResults | None = None
+    speed: SpeedResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -601,6 +626,11 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
     if "online-state" in args.suites:
         measured.online_state = measure_online_state(
             ONLINE_QUICK_TRANSACTIONS if args.quick else ONLINE_TRANSACTIONS, args.rounds, say)
+    if "speed" in args.suites:
+        measured.speed = measure_speed(
+            args.speed_events or (SPEED_QUICK_STREAM if args.quick else SPEED_STREAM),
+            args.rounds, say, stores=args.speed_stores)
+        restore_affinity(set(ctx.cores))
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
@@ -647,6 +677,8 @@ def report_notes(measured: Measured) -> list[str]:
         notes += tile_store_notes(measured.stores)
     if measured.online_state is not None:
         notes += online_state_notes(measured.online_state)
+    if measured.speed is not None:
+        notes += speed_notes(measured.speed)
     return notes
 
 
@@ -701,12 +733,15 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
     if measured.online_state is not None:
         sizes.append(f"online state over {measured.online_state.data.transactions:,} "
                      "transactions")
+    if measured.speed is not None:
+        sizes.append(f"speed layer over {len(measured.speed.data.stream):,} records")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
                                      measured.views, measured.stores,
-                                     measured.training_set, measured.online_state),
+                                     measured.training_set, measured.online_state,
+                                     measured.speed),
                           report_notes(measured))
 
 

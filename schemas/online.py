@@ -660,6 +660,7 @@ class OnlineState:
         self.seeded_through_ms: int | None = None
         self._answers_from: int | None = None
         self._batch: dict[str, list[tuple[int | None, Any]]] = {}
+        self._batch_starts: dict[str, list[int]] = {}
         if seed is not None:
             self._load(seed)
         self._bounds()
@@ -676,7 +677,15 @@ class OnlineState:
         if unknown:
             raise ValueError(f"view {group.name!r}: the batch part has unknown features "
                              f"{unknown}")
-        self._batch = {name: list(entries) for name, entries in seed.batch.items()}
+        aggregate_of = {feature: a.name for a, _, feature in self._windows}
+        self._batch = {feature: [(s, self._canonical(aggregate_of[feature], p))
+                                 for s, p in entries]
+                       for feature, entries in seed.batch.items()}
+        # Per feature, the entries' starts (for bisection in _static), when
+        # they are all window starts (a lifetime window's entry has None).
+        self._batch_starts = {feature: [s for s, _ in entries if s is not None]
+                              for feature, entries in self._batch.items()
+                              if all(s is not None for s, _ in entries)}
         for hop, by_start in seed.realtime.items():
             if hop not in self._stored_at:
                 raise ValueError(f"view {group.name!r} has no hop {hop} ms; its hops: "
@@ -690,7 +699,7 @@ class OnlineState:
                 if extra:
                     raise ValueError(f"view {group.name!r}: hop {hop} ms stores no {extra}")
                 self._seeded[hop][start] = {
-                    name: partials.get(name, self._monoids[name].zero())
+                    name: self._canonical(name, partials.get(name, self._monoids[name].zero()))
                     for name in self._stored_at[hop]}
                 bisect.insort(self._starts[hop], start)
         through = seed.seeded_through_ms
@@ -707,6 +716,12 @@ class OnlineState:
                 self._lifetime_static[feature] = self._static(feature, aggregate.name,
                                                               window.hop_ms, None)
         self._evict()
+
+    def _canonical(self, name: str, partial: Any) -> Any:
+        """``partial`` as the merge of it alone gives it (an HLL image made
+        canonical; any other partial as it is)."""
+        monoid = self._monoids[name]
+        return _merge(monoid, [partial]) if _is_hll(monoid) else partial
 
     # --- time bounds ---------------------------------------------------
 
@@ -855,6 +870,11 @@ class OnlineState:
         out = {}
         for name in self._stored_at[hop]:
             monoid = self._monoids[name]
+            if seeded is None and (images is None or name not in images):
+                # The merge of one part is that part (a histogram as a tuple).
+                value = added[name]
+                out[name] = tuple(value) if type(value) is list else value
+                continue
             parts = [] if seeded is None else [seeded[name]]
             if images is not None and name in images:
                 parts += images[name]
@@ -1007,21 +1027,19 @@ class OnlineState:
             leaving = [(added[s], images.get(s))
                        for s in starts[bisect.bisect_left(starts, old):
                                        bisect.bisect_left(starts, start)] if s in added]
-            if self._batch or self._seeded[hop]:
-                for acc in accs:
-                    for tile, tile_images in leaving:
-                        acc.leave_tile(tile, tile_images)
-                    acc.moved(start, self._static(acc.feature, acc.name, hop, start))
-                continue
+            static = self._static if self._batch or self._seeded[hop] else None
             for summed in sums:  # _SumAcc.leave_tile and moved, inlined
                 name = summed.name
                 for tile, _ in leaving:
                     summed.total -= tile[name]
                 summed.start = start
+                if static is not None:
+                    summed.static = static(summed.feature, name, hop, start)
             for acc in others:
                 for tile, tile_images in leaving:
                     acc.leave_tile(tile, tile_images)
-                acc.moved(start, acc.static)
+                acc.moved(start, acc.static if static is None
+                          else static(acc.feature, acc.name, hop, start))
         self._t_acc = t_ms
 
     def _rebuild(self, t_ms: int) -> None:
@@ -1065,19 +1083,33 @@ class OnlineState:
         """What a window at ``[start, ...)`` holds that ``add`` never changes:
         the batch entry for its start and the seeded tiles of its hop from
         ``start`` on (all seeded events are before any ``t`` answered). A
-        lifetime window also holds its collapsed tiles (see _rebuild)."""
-        monoid = self._monoids[name]
+        lifetime window also holds its collapsed tiles (see _rebuild).
+
+        One part alone is returned as it is: every part is canonical
+        (``_load`` canonicalises seeded and batch HLL images once), and the
+        merge of one canonical part is that part."""
         entries = self._batch.get(feature)
         seeded = self._seeded[hop]
         if not entries and not seeded:
-            return monoid.zero()
+            return self._monoids[name].zero()
         parts: list[Any] = []
         if entries:
             # The first entry at or after the window's start holds the batch
             # tiles in [start, cutoff); none: the window holds no batch tile.
-            chosen = entries[0][1] if start is None else next(
-                (p for s, p in entries if s is not None and s >= start), _NONE)
-            if chosen is not _NONE:
-                parts.append(chosen)
-        parts += [tile[name] for s, tile in seeded.items() if start is None or s >= start]
-        return _merge(monoid, parts)
+            if start is None:
+                parts.append(entries[0][1])
+            else:
+                starts = self._batch_starts.get(feature)
+                if starts is None:
+                    chosen = next((p for s, p in entries if s is not None and s >= start), _NONE)
+                    if chosen is not _NONE:
+                        parts.append(chosen)
+                else:
+                    at = bisect.bisect_left(starts, start)
+                    if at < len(starts):
+                        parts.append(entries[at][1])
+        if seeded:
+            parts += [tile[name] for s, tile in seeded.items() if start is None or s >= start]
+        if len(parts) == 1:
+            return parts[0]
+        return _merge(self._monoids[name], parts)
