@@ -45,6 +45,7 @@ import pstats
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -207,11 +208,51 @@ def open_store(kind: str, workdir: Path, redis_url: str | None) -> Any:
     return RedisTileStore(redis_url, prefix=f"bench-{uuid.uuid4().hex[:8]}")
 
 
+#: A run that consumes nothing new for this long is stopped (StallWatch).
+STALL_S = 120.0
+
+
+class StallWatch:
+    """Stops ``layer`` (``SpeedLayer.stop``, safe from another thread) when
+    its ``stats.consumed`` has not moved for ``stall_s``, so a run that
+    stops making progress ends with an error instead of hanging the
+    benchmark; ``stalled`` says whether it did."""
+
+    def __init__(self, layer: Any, stall_s: float, *, tick_s: float = 1.0) -> None:
+        self.layer = layer
+        self.stall_s = stall_s
+        self.tick_s = tick_s
+        self.stalled = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="speed-stall-watch",
+                                        daemon=True)
+
+    def _watch(self) -> None:
+        seen, since = -1, time.monotonic()
+        while not self._done.wait(self.tick_s):
+            consumed = self.layer.stats.consumed
+            if consumed != seen:
+                seen, since = consumed, time.monotonic()
+            elif time.monotonic() - since >= self.stall_s:
+                self.stalled = True
+                self.layer.stop()
+                return
+
+    def __enter__(self) -> StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def run_speed(bootstrap: str, topic: str, data: SpeedData, champion: Any, workdir: Path, *,
               store_kind: str = "sqlite", redis_url: str | None = None,
-              profile: cProfile.Profile | None = None) -> SpeedRun:
+              profile: cProfile.Profile | None = None, stall_s: float = STALL_S) -> SpeedRun:
     """One scored run of the whole stream into a fresh store (the batch
-    view published first, not timed)."""
+    view published first, not timed). A run that reads nothing new for
+    ``stall_s`` is stopped and raises BenchmarkError with its counts."""
     from lamina import kafkaio
     from lamina.schemas.card_views import CARD_FRAUD, CARD_VIEWS
     from lamina.schemas.topics import TopicSpec
@@ -237,8 +278,10 @@ def run_speed(bootstrap: str, topic: str, data: SpeedData, champion: Any, workdi
                            batch_max_events=BATCH_MAX_EVENTS, batch_max_wait_s=BATCH_MAX_WAIT_S)
         if profile is not None:
             profile.enable()
+        watch = StallWatch(layer, stall_s)
         try:
-            stats = layer.run(max_events=len(data.stream))
+            with watch:
+                stats = layer.run(max_events=len(data.stream))
         finally:
             if profile is not None:
                 profile.disable()
@@ -247,6 +290,12 @@ def run_speed(bootstrap: str, topic: str, data: SpeedData, champion: Any, workdi
     finally:
         producer.close()
         store.close()
+    if watch.stalled:
+        raise BenchmarkError(
+            f"the speed layer ({store_kind}) read nothing new for {stall_s:.0f} s and was "
+            f"stopped: {stats.consumed:,} of {len(data.stream):,} records consumed, "
+            f"{stats.commits} batches written, {stats.resets} resets, {stats.rejoins} group "
+            "rejoins; run it again with LAMINA_LOG_LEVEL=INFO to see its partitions")
     if stats.consumed != len(data.stream) or stats.scored == 0:
         raise BenchmarkError(f"the speed layer consumed {stats.consumed:,} of "
                              f"{len(data.stream):,} records and scored {stats.scored:,}")

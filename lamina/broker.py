@@ -139,6 +139,14 @@ class KafkaCluster:
     they outlive this process (`lamina infra up`). Either way each node runs
     in its own session, so a Ctrl-C aimed at the parent does not reach it.
     Not thread-safe: drive one cluster from one thread.
+
+    `advertised_ports` (one per node; default the broker ports) are the
+    ports each node tells clients to connect to, for something in front of
+    the broker on 127.0.0.1 (a TCP proxy a test controls). The node still
+    listens on its broker port; `bootstrap_servers` names the advertised
+    ports, and whatever is in front must forward them while the node
+    starts (the readiness check is a client too). Not stored in
+    `cluster.json`: give it again to each `KafkaCluster` on the directory.
     """
 
     def __init__(
@@ -151,6 +159,7 @@ class KafkaCluster:
         heap: str = "512m",
         daemon: bool = False,
         start_timeout_s: float = 60.0,
+        advertised_ports: Sequence[int] | None = None,
     ) -> None:
         if nodes not in (1, 3):
             raise InfraError(f"a Lamina Kafka cluster has 1 or 3 nodes, not {nodes}")
@@ -176,12 +185,18 @@ class KafkaCluster:
             self.cluster_id = None
             allocated = _free_ports(2 * nodes)
             ports = [NodePorts(allocated[2 * i], allocated[2 * i + 1]) for i in range(nodes)]
-        self._random_ports = stored is None and broker_ports is None
+        # Advertised ports point something in front at the broker ports:
+        # those are then never chosen again.
+        self._random_ports = stored is None and broker_ports is None and advertised_ports is None
         if broker_ports is not None:
             if len(broker_ports) != nodes:
                 raise InfraError(f"{nodes} broker ports are needed, got {list(broker_ports)}")
             ports = [NodePorts(b, p.controller) for b, p in zip(broker_ports, ports, strict=True)]
         self.ports = ports
+        if advertised_ports is not None and len(advertised_ports) != nodes:
+            raise InfraError(f"{nodes} advertised ports are needed, got {list(advertised_ports)}")
+        self.advertised_ports = (None if advertised_ports is None
+                                 else [int(p) for p in advertised_ports])
         # Pids written by an earlier process: how `infra down` finds a daemon.
         for key, pid in (self._read_json(self.pids_file) or {}).items():
             self._pids[int(key)] = int(pid)
@@ -211,13 +226,20 @@ class KafkaCluster:
     def log_paths(self) -> list[Path]:
         return [self.log_path(i) for i in range(self.nodes)]
 
+    def advertised_port(self, node_index: int) -> int:
+        """The port node `node_index` tells clients to connect to."""
+        if self.advertised_ports is None:
+            return self.ports[node_index].broker
+        return self.advertised_ports[node_index]
+
     @property
     def bootstrap_servers(self) -> str:
-        """Every node's broker listener, `127.0.0.1:p0,127.0.0.1:p1,...`."""
-        return ",".join(f"{HOST}:{p.broker}" for p in self.ports)
+        """Every node's advertised broker address, `127.0.0.1:p0,127.0.0.1:p1,...`
+        (its broker listener unless `advertised_ports` put something in front)."""
+        return ",".join(self.node_bootstrap(i) for i in range(self.nodes))
 
     def node_bootstrap(self, node_index: int) -> str:
-        return f"{HOST}:{self.ports[node_index].broker}"
+        return f"{HOST}:{self.advertised_port(node_index)}"
 
     def pid(self, node_index: int) -> int | None:
         """The node's pid if it is running, else None."""
@@ -477,7 +499,7 @@ class KafkaCluster:
             "process.roles": "broker,controller",
             "node.id": str(node_index),
             "listeners": f"PLAINTEXT://{HOST}:{p.broker},CONTROLLER://{HOST}:{p.controller}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{p.broker}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.advertised_port(node_index)}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",

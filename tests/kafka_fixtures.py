@@ -8,6 +8,12 @@ Fixtures:
   unique to the test, created on `kafka`.
 - `kafka_cluster3`: a 3-node cluster for one test module (RF 3, min.insync 2
   by default for `create_topics`). A test that kills a node restarts it.
+- `kafka_behind_proxy`: a private single-node broker for one test module
+  whose advertised listener is a `tests.tcp_proxy.TcpProxy` in front of
+  it, so every client connection (bootstrap and after) goes through the
+  proxy and `proxy.cut()` takes the broker away from all of them. Yields
+  `(cluster, proxy)`; `cluster.bootstrap_servers` is the proxy. A test that
+  cuts restores before it ends.
 
 Brokers are stopped at teardown. Their directories (with the server logs)
 are deleted unless a test failed while they ran; then the paths are listed
@@ -22,11 +28,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lamina.broker import KafkaCluster, kafka_libs
+from lamina.broker import KafkaCluster, _free_ports, kafka_libs
 from lamina.schemas.topics import default_topics
+from tests.tcp_proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[1]
 _KEPT = pytest.StashKey[list[Path]]()
@@ -39,10 +47,11 @@ class FreshTopics:
 
 
 def _running_cluster(
-    request: pytest.FixtureRequest, base: Path, nodes: int
+    request: pytest.FixtureRequest, base: Path, nodes: int, **options: Any
 ) -> Iterator[KafkaCluster]:
     failed_before = request.session.testsfailed
-    cluster = KafkaCluster(base / "cluster", kafka_libs(REPO / ".lamina"), nodes=nodes)
+    cluster = KafkaCluster(base / "cluster", kafka_libs(REPO / ".lamina"), nodes=nodes,
+                           **options)
     try:
         cluster.start()
         yield cluster
@@ -68,6 +77,24 @@ def kafka_cluster3(
 ) -> Iterator[KafkaCluster]:
     """A running 3-node Kafka cluster for the module (random ports)."""
     yield from _running_cluster(request, tmp_path_factory.mktemp("kafka3"), nodes=3)
+
+
+@pytest.fixture(scope="module")
+def kafka_behind_proxy(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[KafkaCluster, TcpProxy]]:
+    """A private single-node Kafka whose clients all go through a TCP proxy
+    the test controls (module scope)."""
+    broker_port, proxy_port = _free_ports(2)
+    proxy = TcpProxy(("127.0.0.1", broker_port), listen_port=proxy_port)
+    proxy.start()  # before the broker: its readiness check is a client too
+    clusters = _running_cluster(request, tmp_path_factory.mktemp("kafka-proxied"), nodes=1,
+                                broker_ports=[broker_port], advertised_ports=[proxy_port])
+    try:
+        yield next(clusters), proxy
+    finally:
+        clusters.close()  # stops the broker (its logs kept if a test failed)
+        proxy.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The speed layer under component faults, real broker and real stores:
-Redis killed and restarted mid-stream, and a node of the 3-node Kafka
-cluster killed mid-stream. Waits are on conditions with generous
+Redis killed and restarted mid-stream, a node of the 3-node Kafka cluster
+killed mid-stream, and the broker connection cut and restored (a TCP
+proxy in front of a private broker). Waits are on conditions with generous
 deadlines; nothing asserts on timing."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,68 @@ def test_a_broker_of_the_cluster_killed_mid_stream_loses_nothing_acknowledged(
     with open_store("sqlite", path=str(db)) as tile_store:
         assert tile_store.read_offsets(group) == end_offsets(bootstrap, topic)
 
+
+
+SESSION_TIMEOUT_S = 6.0  # in_process_layer's consumers
+
+
+def test_the_broker_connection_cut_and_restored_mid_stream_the_speed_layer_recovers_by_itself(
+        kafka_behind_proxy, tmp_path):
+    cluster, proxy = kafka_behind_proxy
+    bootstrap = cluster.bootstrap_servers  # the proxy: every connection goes through it
+    topic = new_topic(bootstrap)
+    stream = crafted(600, cards=30)
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def feed() -> None:  # its producer is cut off too, and must deliver everything
+        try:
+            produce_paced(bootstrap, topic, stream.records, done)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+            done.set()
+
+    db = tmp_path / "tiles.db"
+    group = f"speed-{topic}"
+    with open_store("sqlite", path=str(db)) as tile_store:
+        layer = in_process_layer(bootstrap, topic, tile_store, kafka_group=group,
+                                 consumer=group)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["stats"] = layer.run(idle_exit_s=3.0)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test below
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=run)
+        feeder = threading.Thread(target=feed)
+        runner.start()
+        feeder.start()
+        try:
+            wait_for(lambda: sum(tile_store.read_offsets(group).values()) > 100,
+                     "the speed layer to be at work")
+            proxy.cut()
+            cut_mid_stream = not done.is_set()
+            accepted_before = proxy.accepted
+            # Longer than the session timeout: the group coordinator drops
+            # the member, so the restore also means a rejoin and a rebalance.
+            time.sleep(SESSION_TIMEOUT_S + 2.0)
+            assert proxy.open_connections() == 0
+            proxy.restore()
+            feeder.join(DEADLINE_S)
+            runner.join(DEADLINE_S)
+        finally:
+            proxy.restore()
+            layer.stop()
+            runner.join(DEADLINE_S)
+    assert not failures, failures
+    assert cut_mid_stream, "the feeder had finished before the cut"
+    assert proxy.accepted > accepted_before  # the clients came back through the proxy
+    assert not runner.is_alive() and "error" not in outcome, outcome.get("error")
+    stats = outcome["stats"]
+    assert stats.applied == stream.counts["applied"]
+    assert stats.duplicates == stream.counts["duplicates"]  # nothing delivered twice
+    assert stored_tiles(db, CARD_VIEWS) == expected_tiles(CARD_VIEWS, stream.valid)
+    with open_store("sqlite", path=str(db)) as tile_store:
+        assert tile_store.read_offsets(group) == end_offsets(bootstrap, topic)

@@ -1,7 +1,7 @@
 """The speed layer's realtime tiles against a real Kafka broker and a SQLite
-tile store on disk: the stored tiles equal the batch layer's ``build_tiles``
-of the valid, deduplicated events, after resends, bad input, restarts and
-kill -9."""
+tile store on disk (the kill -9 right after the store write on Redis too):
+the stored tiles equal the batch layer's ``build_tiles`` of the valid,
+deduplicated events, after resends, bad input, restarts and kill -9."""
 
 from __future__ import annotations
 
@@ -192,15 +192,23 @@ def test_the_speed_layer_survives_kill_9_without_counting_an_event_twice_or_losi
         assert store.read_offsets(consumer) == end_offsets(bootstrap, topic)
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
 def test_a_kill_9_right_after_the_store_write_neither_loses_nor_repeats_a_batch(
-        kafka, tmp_path):
+        kafka, tmp_path, store_kind, request):
+    from tests.integration.test_speed_ops import StoreUnderTest
+
     bootstrap = kafka.bootstrap_servers
     topic = new_topic(bootstrap)
     records = records_of(seed=23, transactions=8000)
     produce_all(bootstrap, topic, [(r.key, r.value) for r in records])
-    db = tmp_path / "tiles.db"
+    if store_kind == "sqlite":
+        store = StoreUnderTest("sqlite", {"path": str(tmp_path / "tiles.db")})
+        location = store.options["path"]
+    else:
+        store = StoreUnderTest("redis", {"url": request.getfixturevalue("redis_url")})
+        location = store.options["url"]
     rng = random.Random(7)
-    command = [sys.executable, "-m", "tests.integration.speed_worker", bootstrap, topic, str(db)]
+    command = [sys.executable, "-m", "tests.integration.speed_worker", bootstrap, topic, location]
     log = (tmp_path / "worker.log").open("ab")
     kills = 0
     for _ in range(6):  # each run writes 1-3 micro-batches, then kills itself
@@ -212,6 +220,5 @@ def test_a_kill_9_right_after_the_store_write_neither_loses_nor_repeats_a_batch(
     assert final.returncode == 0, f"see {tmp_path / 'worker.log'}"
     applied, _duplicates, _invalid = map(int, final.stdout.split())
     assert kills == 6 and applied > 0  # the final run had work left: the kills interrupted it
-    assert stored_tiles(db, CARD_VIEWS) == expected_tiles(CARD_VIEWS, valid_events(records))
-    with SqliteTileStore(db) as store:
-        assert store.read_offsets(f"speed-{topic}") == end_offsets(bootstrap, topic)
+    assert store.tiles() == expected_tiles(CARD_VIEWS, valid_events(records))
+    assert store.offsets(f"speed-{topic}") == end_offsets(bootstrap, topic)

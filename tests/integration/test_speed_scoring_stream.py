@@ -26,7 +26,7 @@ from lamina.schemas.scores import ScoreRecord, decode_score
 from lamina.schemas.topics import TopicSpec
 from lamina.schemas.validation import EventValidator
 from lamina.schemas.view_definitions import features_from_events
-from lamina.speed.realtime import RealtimeTiles, SpeedLayer, StreamScoring
+from lamina.speed.realtime import RealtimeTiles, SpeedLayer, SpeedStats, StreamScoring
 from lamina.speed.sink import KafkaScoreSink
 from lamina.stores.sqlite import SqliteTileStore
 from lamina.topics import create_topics
@@ -39,10 +39,12 @@ from tests.integration.test_speed_champion import (
 from tests.integration.test_speed_realtime import (
     GROUP,
     LATENESS,
+    end_offsets,
     new_topic,
     produce_all,
     records_of,
 )
+from tests.speed_helpers import expected_tiles
 from tests.unit.test_speed_realtime import DAY_MS, publish
 
 pytestmark = pytest.mark.integration  # Kafka, TensorFlow and MLflow
@@ -237,3 +239,133 @@ def test_lamina_speed_run_killed_9_times_scores_every_transaction_at_least_once(
     # A repeat is the same score from the same features (same model, same state).
     for _, s in scored:
         assert (s.score, s.features) == (kept[s.event_id].score, kept[s.event_id].features)
+
+
+def test_scores_across_a_rebalance_with_a_champion_are_one_per_event_and_version_after_the_reader_rule(  # noqa: E501
+        kafka, tmp_path: Path, model_path: Path, redis_url: str) -> None:
+    """Two members score mid-stream, a third joins and one leaves (two
+    rebalances). The documented reader rule -- keep one record per
+    (event_id, model_version) -- gives exactly one score per valid
+    transaction and model version, whichever copy a reader keeps (copies
+    are the same score from the same features), and the store's latest
+    scores are those records. On Redis: the SQLite store has the plain
+    rebalance test (test_speed_ops)."""
+    import threading
+
+    from tests.integration.test_speed_ops import (
+        DEADLINE_S,
+        StoreUnderTest,
+        produce_paced,
+        wait_for,
+    )
+
+    bootstrap = kafka.bootstrap_servers
+    # No late events: a re-seeded state cannot answer an allowed-late event
+    # older than what it was seeded through (unscored_out_of_range), and a
+    # rebalance re-seeds.
+    records = records_of(seed=43, cards=40, transactions=1500, days=2.0, late_fraction=0.0)
+    cutoff = GeneratorConfig().start + DAY_MS
+    events = {r: orjson.loads(r.value) for r in records if r.kind != "malformed"}
+    batch_events = [e for r, e in events.items() if r.kind == "valid" and e["event_time"] < cutoff]
+    stream = [r for r in records if r not in events or events[r]["event_time"] >= cutoff]
+    applied = [events[r] for r in stream if r.kind == "valid"]
+    expected_ids = {e["event_id"] for e in applied if e["event_type"] == "transaction"}
+
+    store = StoreUnderTest("redis", {"url": redis_url})
+    with store.open() as publisher:
+        publish(publisher, batch_events, cutoff, 5)
+    registry = ModelRegistry.local(tmp_path / "home", name=f"fraud-{uuid.uuid4().hex[:8]}")
+    version = register(registry, model_path)
+    registry.promote(version, "first champion")
+    raw = new_topic(bootstrap, partitions=6)
+    scores_topic = f"scores-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, [TopicSpec(scores_topic, 3, 86_400_000)])
+    holder = holder_for(registry)  # one loaded champion, shared by the members
+    assert holder.load_now() is not None
+
+    outcomes: dict[str, Any] = {}
+    layers: dict[str, SpeedLayer] = {}
+    threads: dict[str, threading.Thread] = {}
+    producers: list[Any] = []
+    stores: list[Any] = []
+
+    def member(name: str) -> None:
+        tile_store = store.open()
+        producer = kafkaio.make_producer(bootstrap)
+        stores.append(tile_store)
+        producers.append(producer)
+        tiles = RealtimeTiles(tile_store, CARD_VIEWS, consumer=GROUP, validator=EventValidator(),
+                              allowed_lateness_ms=LATENESS,
+                              scoring=StreamScoring(CARD_FRAUD, holder,
+                                                    KafkaScoreSink(producer, scores_topic)))
+        layer = SpeedLayer(consumer=kafkaio.make_consumer(bootstrap, group_id=f"{GROUP}-{raw}",
+                                                          session_timeout_ms=6000),
+                           topic=raw, tiles=tiles, batch_max_events=60, batch_max_wait_s=0.05)
+        layers[name] = layer
+
+        def run() -> None:
+            try:
+                outcomes[name] = layer.run(idle_exit_s=4.0)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test below
+                outcomes[name] = exc
+
+        threads[name] = threading.Thread(target=run, name=f"member-{name}")
+        threads[name].start()
+
+    third = len(stream) // 3
+    try:
+        produce_all(bootstrap, raw, [(r.key, r.value) for r in stream[:third]])
+        member("a")
+        member("b")
+        wait_for(lambda: store.position(GROUP) > third // 3, "two members at work")
+        done = threading.Event()
+        feeder = threading.Thread(target=produce_paced, args=(
+            bootstrap, raw, [(r.key, r.value) for r in stream[third:]], done))
+        feeder.start()
+        member("c")  # joins mid-stream: a rebalance
+        wait_for(lambda: store.position(GROUP) > 2 * third or done.is_set(),
+                 "the stream to go on")
+        layers["a"].stop()  # leaves mid-stream (finishes its batch): another rebalance
+        feeder.join(DEADLINE_S)
+        for thread in threads.values():
+            thread.join(DEADLINE_S)
+    finally:
+        for layer in layers.values():
+            layer.stop()
+        for thread in threads.values():
+            thread.join(DEADLINE_S)
+        holder.close()
+        for producer in producers:
+            producer.close()
+    stats = [outcomes[name] for name in ("a", "b", "c")]
+    assert all(isinstance(s, SpeedStats) for s in stats), stats
+    # Counted when stored: over the members every transaction was scored once.
+    assert sum(s.scored for s in stats) == len(expected_ids)
+    assert sum(s.applied for s in stats) == len(expected_ids)  # the view takes transactions
+
+    scored = read_scores(bootstrap, scores_topic, len(expected_ids))
+    by_key: dict[tuple[str, int], list[ScoreRecord]] = defaultdict(list)
+    for _, s in scored:
+        by_key[(s.event_id, s.model_version)].append(s)
+    # The reader rule: one record per (event_id, model_version) ...
+    assert set(by_key) == {(event_id, version) for event_id in expected_ids}
+    # ... and it does not matter which copy it keeps.
+    for copies in by_key.values():
+        assert {(c.score, orjson.dumps(c.features)) for c in copies} == \
+            {(copies[0].score, orjson.dumps(copies[0].features))}
+    kept = {event_id: copies[0] for (event_id, _), copies in by_key.items()}
+
+    # The store's latest scores per card are the kept records of its newest
+    # transactions.
+    with store.open() as reader:
+        for card in {s.entity for s in kept.values()}:
+            newest = sorted((s for s in kept.values() if s.entity == card),
+                            key=lambda s: (s.event_time, s.event_id),
+                            reverse=True)[:reader.scores_per_entity]
+            latest = reader.latest_scores(card)
+            assert {(s.event_id, s.model_version, s.score) for s in latest} == \
+                {(s.event_id, s.model_version, s.score) for s in newest}
+    for tile_store in stores:
+        tile_store.close()
+    assert store.tiles() == expected_tiles(CARD_VIEWS, applied)
+    assert store.offsets(GROUP) == end_offsets(bootstrap, raw)

@@ -5,6 +5,8 @@ with ratios and per-CPU-second rates, and bad arguments are refused."""
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 
 import orjson
@@ -17,6 +19,7 @@ from benchmarks.speed import (
     ScoringFigure,
     SpeedResults,
     SpeedRun,
+    StallWatch,
     build_data,
     speed_notes,
     speed_rows,
@@ -78,3 +81,29 @@ def test_speed_arguments_are_checked(capsys: pytest.CaptureFixture[str]):
             parse_args(bad)
         assert exit_info.value.code == 2
     assert "--speed-stores" in capsys.readouterr().err
+
+
+class _Layer:
+    """A stand-in for SpeedLayer: the watch reads ``stats.consumed`` and
+    calls ``stop()``, nothing else."""
+
+    def __init__(self) -> None:
+        self.stats = SimpleNamespace(consumed=0)
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def test_a_run_that_reads_nothing_new_is_stopped_and_one_that_progresses_is_not():
+    stuck = _Layer()
+    with StallWatch(stuck, 0.2, tick_s=0.02) as watch:
+        assert stuck.stopped.wait(5)
+    assert watch.stalled
+
+    moving = _Layer()
+    with StallWatch(moving, 5.0, tick_s=0.02) as watch:
+        for _ in range(30):  # consumes something every 20 ms for 0.6 s
+            moving.stats.consumed += 1
+            time.sleep(0.02)
+    assert not watch.stalled and not moving.stopped.is_set()
