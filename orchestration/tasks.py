@@ -327,14 +327,20 @@ def train_model(config: str | None, *, training_set: str, snapshot: int,
     ``workers`` Spark barrier tasks on the ``[spark]`` master (0: TensorFlow
     in the driver process alone). Keyed by its run key, so a retry returns
     the same version. Returns version, run_key, model_dir, snapshot, rows,
-    positives and the last epoch's training metrics."""
+    positives and the last epoch's training metrics (as registered)."""
     from lamina.orchestration.spark_jobs import run_spark_step
 
     run = run_spark_step(config, "train", {"training_set": training_set, "snapshot": snapshot,
                                            "params": params or None, "seed": seed,
                                            "workers": workers})
-    last = {name: values[-1] for name, values in (run.get("history") or {}).items()
-            if values and name in ("loss", "auc")}
+    from lamina.batch.commands import open_registry
+
+    # From the registered lineage, not this attempt's history: a retry that
+    # found the model trained has no history of its own to report.
+    metrics = open_registry(settings_of(config).registry_uri).lineage(
+        int(run["version"])).metrics if run["version"] is not None else {}
+    last = {name: metrics[f"train_{name}"] for name in ("loss", "auc")
+            if f"train_{name}" in metrics}
     log.info("trained", version=run["version"], run_key=run["run_key"], snapshot_id=snapshot,
              rows=run["rows"], workers=workers)
     return {"version": run["version"], "run_key": run["run_key"],

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ DAY_MS = 86_400_000
 #: fraud in a 2-day backtest for the relaxed gate below.
 EVENTS = GeneratorConfig(seed=11, cards=400, merchants=100, transactions=4_000,
                          start=START_MS, days=8.0, fraud_card_rate=0.12, drift_at=None)
+#: Landed later, in the kill test: a new snapshot with a day of events.
+LATER_EVENTS = GeneratorConfig(seed=12, cards=60, merchants=30, transactions=300,
+                               start=START_MS + 7 * DAY_MS, days=1.0, drift_at=None)
 #: Labels as known at the end of the period, mature after one day: backtest
 #: days 5-7, training days 1-5 (see tasks.retraining_windows).
 RETRAIN_CONF = {
@@ -170,12 +173,15 @@ def test_the_batch_views_dag_publishes_the_views_switches_the_store_and_emits_th
 
 def test_a_views_task_killed_mid_run_gives_the_same_result_when_run_again(
         platform: dict[str, Any]) -> None:
-    # A new snapshot (compaction) gives the views task real work to do.
-    compacted_at = _now() + timedelta(seconds=1)
-    compaction = task_result(run_task(
-        platform, f"tasks.compact_master(None, logical_date={compacted_at.isoformat()!r})"))
-    assert compaction["to_version"] > compaction["from_version"]
-    time.sleep(1.5)  # the run's logical date must be after the compaction's commit
+    # More events landed make a new snapshot: the views task has real work.
+    from lamina.master.dataset import MasterDataset
+
+    settings = platform["settings"]
+    produce(LATER_EVENTS, settings.kafka.bootstrap_servers, settings.kafka.raw_topic,
+            progress=False)
+    assert run_lander(settings, idle_exit_s=3.0, progress=False).landed > 0
+    snapshot = MasterDataset(settings.master_uri).table().version()
+    time.sleep(1.5)  # the run's logical date must be after that commit
     logical = _now().isoformat()
     call = f"tasks.batch_views(None, logical_date={logical!r})"
 
@@ -199,7 +205,7 @@ def test_a_views_task_killed_mid_run_gives_the_same_result_when_run_again(
     again = task_result(run_task(platform, call))
     assert first == again
     assert first["status"] == "published"
-    assert first["snapshot"] == compaction["to_version"]
+    assert first["snapshot"] == snapshot
 
 
 def test_the_retraining_dag_trains_on_spark_gates_and_promotes_the_first_champion(
