@@ -10,6 +10,7 @@ How to run
     .venv/bin/python -m benchmarks.run --only training-set   # point-in-time builder
     .venv/bin/python -m benchmarks.run --only online-state   # speed-layer state per event
     .venv/bin/python -m benchmarks.run --only speed          # the speed layer, scored
+    .venv/bin/python -m benchmarks.run --only dag-parse      # Airflow parse time per DAG file
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -87,6 +88,9 @@ Figures (events/s are records of the topic per second of wall time)
   publish and write rates next to raw writes of the same rows, and the
   snapshot and features lookup p50/p99 next to a raw read of the same
   records. Starts its own redis-server; needs no broker (`--only stores`).
+* dag-parse -- Airflow's parse time of each file in dags/
+  (`benchmarks/dag_parse.py`) next to a minimal one-task DAG parsed the
+  same way (the reference); target under a second per file. Needs no broker.
 * online-state -- the speed layer's per-event state work
   (`benchmarks/online_state.py`): per transaction in arrival order,
   `OnlineState.features_before(event_time)` then `add`, next to the offline
@@ -126,6 +130,12 @@ from benchmarks.common import (
     best_of,
     fmt_rate,
     fmt_ratio,
+)
+from benchmarks.dag_parse import (
+    DagParseResults,
+    dag_parse_notes,
+    dag_parse_rows,
+    measure_dag_parse,
 )
 from benchmarks.landing import (
     COMMIT_STEPS,
@@ -206,7 +216,7 @@ DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state", "speed")
+          "online-state", "speed", "dag-parse")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -434,7 +444,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
                stores: TileStoreResults | None = None,
                training_set: TrainingSetResults | None = None,
                online_state: OnlineStateResults | None = None,
-               speed: SpeedResults | None = None) -> list[Row]:
+               speed: SpeedResults | None = None,
+               dag_parse: DagParseResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
@@ -448,6 +459,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
         rows += online_state_rows(online_state)
     if speed is not None:
         rows += speed_rows(speed)
+    if dag_parse is not None:
+        rows += dag_parse_rows(dag_parse)
     return rows
 
 
@@ -596,6 +609,7 @@ class Measured:
     training_set: TrainingSetResults | None = None
     online_state: OnlineStateResults | None = None
     speed: SpeedResults | None = None
+    dag_parse: DagParseResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -631,6 +645,8 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
             args.speed_events or (SPEED_QUICK_STREAM if args.quick else SPEED_STREAM),
             args.rounds, say, stores=args.speed_stores)
         restore_affinity(set(ctx.cores))
+    if "dag-parse" in args.suites:
+        measured.dag_parse = measure_dag_parse(max(args.rounds, 3), say)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
@@ -679,6 +695,8 @@ def report_notes(measured: Measured) -> list[str]:
         notes += online_state_notes(measured.online_state)
     if measured.speed is not None:
         notes += speed_notes(measured.speed)
+    if measured.dag_parse is not None:
+        notes += dag_parse_notes(measured.dag_parse)
     return notes
 
 
@@ -735,13 +753,15 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
                      "transactions")
     if measured.speed is not None:
         sizes.append(f"speed layer over {len(measured.speed.data.stream):,} records")
+    if measured.dag_parse is not None:
+        sizes.append(f"parse time of {len(measured.dag_parse.best_s) - 1} DAG files")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
                                      measured.views, measured.stores,
                                      measured.training_set, measured.online_state,
-                                     measured.speed),
+                                     measured.speed, measured.dag_parse),
                           report_notes(measured))
 
 
