@@ -66,6 +66,23 @@ def test_make_score_sink_picks_confluent_kafka_when_installed(kafka) -> None:
         close()
 
 
+def test_make_score_sink_falls_back_to_kafka_python_without_confluent_kafka(
+        kafka, monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(*_: object, **__: object) -> None:
+        raise ImportError("No module named 'confluent_kafka'")
+
+    monkeypatch.setattr(kafkaio, "make_fast_producer", not_installed)
+    topic = f"scores-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka.bootstrap_servers, [TopicSpec(topic, 1, 86_400_000)])
+    sink, close = make_score_sink(kafka.bootstrap_servers, topic)
+    try:
+        assert isinstance(sink, KafkaScoreSink)
+        sink.send(score_records(5))
+    finally:
+        close()
+    assert len(read_scores(kafka.bootstrap_servers, topic, 5)) == 5
+
+
 def test_a_batch_the_broker_refuses_raises_instead_of_passing_as_written(kafka) -> None:
     # The broker creates no topics by itself (auto.create.topics.enable=false):
     # every delivery to a missing topic fails within the delivery timeout.
