@@ -25,7 +25,8 @@ Figures
   the 3 partitions assigned, from the beginning, only counting
   (`benchmarks.consume.kafka_python_raw`).
 * speed layer, scored -- `SpeedLayer` + `RealtimeTiles` with scoring on
-  (`StreamScoring`, scores produced to a topic, `KafkaScoreSink`), a fresh
+  (`StreamScoring`, scores produced to a topic by `make_score_sink`'s sink:
+  confluent-kafka when installed, else kafka-python), a fresh
   store seeded with the published batch view each round, its own group,
   `run(max_events=stream)`; from creating the consumer until `run` returns
   with everything written. Records per second of wall time, and per CPU
@@ -258,19 +259,18 @@ def run_speed(bootstrap: str, topic: str, data: SpeedData, champion: Any, workdi
     from lamina.schemas.topics import TopicSpec
     from lamina.schemas.validation import EventValidator
     from lamina.speed.realtime import RealtimeTiles, SpeedLayer, StreamScoring
-    from lamina.speed.sink import KafkaScoreSink
+    from lamina.speed.sink import make_score_sink
     from lamina.topics import create_topics
 
     store = open_store(store_kind, workdir, redis_url)
     scores_topic = f"bench.scores-{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [TopicSpec(scores_topic, PARTITIONS, -1)])
-    producer = kafkaio.make_producer(bootstrap)
+    sink, close_sink = make_score_sink(bootstrap, scores_topic)
     try:
         publish_view(store, data)
         tiles = RealtimeTiles(store, CARD_VIEWS, consumer="bench-speed",
                               validator=EventValidator(), allowed_lateness_ms=LATENESS_MS,
-                              scoring=StreamScoring(CARD_FRAUD, FixedChampion(champion),
-                                                    KafkaScoreSink(producer, scores_topic)))
+                              scoring=StreamScoring(CARD_FRAUD, FixedChampion(champion), sink))
         began, began_cpu = time.perf_counter(), time.process_time()
         consumer = kafkaio.make_consumer(bootstrap, group_id=f"bench-speed-{uuid.uuid4().hex}",
                                          session_timeout_ms=6000)
@@ -288,7 +288,7 @@ def run_speed(bootstrap: str, topic: str, data: SpeedData, champion: Any, workdi
         timed = Timed(stats.consumed, time.perf_counter() - began,
                       time.process_time() - began_cpu)
     finally:
-        producer.close()
+        close_sink()
         store.close()
     if watch.stalled:
         raise BenchmarkError(
@@ -553,7 +553,7 @@ SPLIT_NOTES = {
     "apply": "SpeedStats.apply_s: validation, seeding, the online state (features_before, "
              "add), draining and encoding the changed tiles (best run)",
     "score": "SpeedStats.score_s: score_batch (vectors, NumPy scorer, records) and "
-             "producing the score records with kafka-python, flushed (best run)",
+             "producing the score records (confluent-kafka when installed), flushed (best run)",
     "write": "SpeedStats.write_s: the store transaction (tiles, ids rows, offsets) (best run)",
 }
 

@@ -89,6 +89,31 @@ def make_producer(bootstrap_servers: str, **overrides: Any) -> Any:
     return KafkaProducer(**config)
 
 
+def make_fast_producer(bootstrap_servers: str, **overrides: Any) -> Any:
+    """A durable confluent-kafka producer (librdkafka: acks=all, idempotent,
+    retrying within a delivery timeout), the same guarantees as
+    :func:`make_producer` at ~1 µs per record instead of ~15. ImportError
+    when the ``fast`` extra (confluent-kafka) is not installed. librdkafka
+    options by their own names in ``overrides``."""
+    from confluent_kafka import Producer
+
+    require_broker(bootstrap_servers)
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "acks": "all",
+        "enable.idempotence": True,
+        "delivery.timeout.ms": 120_000,
+        "request.timeout.ms": 30_000,
+        "linger.ms": 5,
+        "batch.size": 1024 * 1024,
+        "message.max.bytes": 4 * 1024 * 1024,
+        "queue.buffering.max.messages": 200_000,
+        "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+    }
+    config.update(overrides)
+    return Producer(config)
+
+
 def make_consumer(bootstrap_servers: str, **overrides: Any) -> Any:
     """A kafka-python consumer tuned for throughput; no auto-commit, because
     Lamina's consumers keep their offsets in their own stores."""

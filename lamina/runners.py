@@ -100,16 +100,16 @@ def run_speed(settings: Settings, *, idle_exit_s: float | None = None,
         if speed.score:
             from lamina.schemas.card_views import CARD_FRAUD
             from lamina.speed.models import ChampionHolder
-            from lamina.speed.sink import KafkaScoreSink
+            from lamina.speed.sink import make_score_sink
 
             holder = ChampionHolder.from_settings(settings, CARD_FRAUD,
                                                   poll_seconds=speed.champion_poll_s)
             closers.append(holder.close)
             holder.load_now()  # score from the first batch when a champion exists
-            producer = kafkaio.make_producer(settings.kafka.bootstrap_servers)
-            closers.append(producer.close)
-            scoring = StreamScoring(CARD_FRAUD, holder,
-                                    KafkaScoreSink(producer, settings.kafka.scores_topic))
+            sink, close_sink = make_score_sink(settings.kafka.bootstrap_servers,
+                                               settings.kafka.scores_topic)
+            closers.append(close_sink)
+            scoring = StreamScoring(CARD_FRAUD, holder, sink)
         tiles = RealtimeTiles(store, CARD_VIEWS, consumer=speed.group,
                               validator=event_validator(settings),
                               allowed_lateness_ms=speed.allowed_lateness_ms,

@@ -543,6 +543,51 @@ def _canonical_image(sketch: datasketches.hll_sketch) -> bytes | None:
     return bytes(image)
 
 
+def hll_coupons(image: bytes) -> tuple[int, ...] | None:
+    """The coupons of a compact HLL image in a sparse mode (list or set:
+    up to 384 distinct values at lg_k=12), None for a dense (HLL) image."""
+    mode = image[7] & 0b11
+    if mode == _MODE_LIST:
+        start, count = _LIST_COUPONS, image[_LIST_COUNT_BYTE]
+    elif mode == _MODE_SET:
+        start = _SET_COUPONS
+        count = struct.unpack_from("<I", image, _SET_COUNT)[0]
+    else:
+        return None
+    return struct.unpack_from(f"<{count}I", image, start)
+
+
+#: Index n: ``ApproxDistinct.present`` of a canonical sparse image holding n
+#: coupons (filled once, by sparse_present).
+_SPARSE_PRESENTS: list[int] = []
+
+
+def sparse_present(coupons: int) -> int | None:
+    """``ApproxDistinct.present`` of any canonical image holding ``coupons``
+    distinct coupons in a sparse mode, or None when that many coupons make a
+    dense sketch. A sparse sketch estimates from its coupon count alone
+    (DataSketches' coupon list and set), so the presented value of a union
+    of sparse partials is a function of how many distinct coupons they
+    hold; the table is built once from real sketches (a property test checks
+    it against ``present(merge_all(...))`` for random value sets)."""
+    if not _SPARSE_PRESENTS:
+        sketch = datasketches.hll_sketch(HLL_LG_K, _HLL_8)
+        table = [0]
+        value = 0
+        while True:
+            value += 1
+            sketch.update(value)
+            image = _canonical_image(sketch)
+            assert image is not None
+            held = hll_coupons(image)
+            if held is None:
+                break
+            if len(held) == len(table):  # a colliding value adds no coupon
+                table.append(math.floor(_read_sketch(image).get_estimate() + 0.5))
+        _SPARSE_PRESENTS.extend(table)
+    return _SPARSE_PRESENTS[coupons] if coupons < len(_SPARSE_PRESENTS) else None
+
+
 def _read_sketch(image: bytes) -> datasketches.hll_sketch:
     try:
         sketch = datasketches.hll_sketch.deserialize(bytes(image))

@@ -118,6 +118,8 @@ from lamina.schemas.aggregations import (
     MeanPartial,
     Min,
     Sum,
+    hll_coupons,
+    sparse_present,
 )
 from lamina.schemas.view_definitions import (
     Aggregate,
@@ -223,8 +225,17 @@ def _check_cutoff(group: GroupBy, cutoff_ms: int) -> None:
 # --- merging ------------------------------------------------------------------
 
 
+#: Per aggregation class, whether it is approx_distinct (an ABC isinstance
+#: check costs ~1 µs, and merges ask it for every partial).
+_HLL_KINDS: dict[type, bool] = {}
+
+
 def _is_hll(monoid: Aggregation[Any]) -> bool:
-    return isinstance(monoid, ApproxDistinct)
+    kind = type(monoid)
+    known = _HLL_KINDS.get(kind)
+    if known is None:
+        known = _HLL_KINDS[kind] = isinstance(monoid, ApproxDistinct)
+    return known
 
 
 def _merge(monoid: Aggregation[Any], items: Iterable[Any]) -> Any:
@@ -259,7 +270,8 @@ class _WindowAcc:
     so each tile that leaves takes out exactly what entered with its events.
     """
 
-    __slots__ = ("feature", "hop", "length", "monoid", "name", "start", "static")
+    __slots__ = ("batch_parts", "batch_starts", "feature", "hop", "length", "monoid", "name",
+                 "start", "static", "zero")
 
     def __init__(self, feature: str, name: str, window: Window,
                  monoid: Aggregation[Any]) -> None:
@@ -267,6 +279,13 @@ class _WindowAcc:
         self.hop, self.length = window.hop_ms, window.length_ms
         self.start: int | None = None
         self.static: Any = monoid.zero()
+        self.zero: Any = monoid.zero()
+        # The batch entries of the feature as parallel lists (starts, parts),
+        # when a windowed feature's static part is its batch entry alone for
+        # every start (no seeded tiles at its hop); None otherwise. Set by
+        # the state once seeded, read by OnlineState._advance.
+        self.batch_starts: list[int] | None = None
+        self.batch_parts: list[Any] = []
 
     def clear(self, start: int | None, static: Any) -> None:
         self.start, self.static = start, static
@@ -429,9 +448,16 @@ class _DistinctAcc(_WindowAcc):
     of values, so keep a count per lifted image (a tile keeps its images'
     counts too, to take them out when it leaves) and a mutable union: new
     images are merged in; one leaving marks it stale (rebuilt from the set
-    when presented). Presented again only after the set changed."""
+    when presented). Presented again only after the set changed.
 
-    __slots__ = ("changed", "counts", "fresh", "stale", "union", "value")
+    While the window is sparse -- its static part sparse (or none) and the
+    distinct coupons of the static part and the images few enough for a
+    sparse sketch -- the presented value is ``sparse_present`` of their
+    number, with no sketch built: every image that enters is a one-value
+    lift (one coupon, and two images are equal exactly when their coupons
+    are), so the union's coupons are the static part's plus the images'."""
+
+    __slots__ = ("changed", "counts", "fresh", "stale", "static_coupons", "union", "value")
 
     def clear(self, start: int | None, static: Any) -> None:
         self.start, self.static = start, static
@@ -440,6 +466,7 @@ class _DistinctAcc(_WindowAcc):
         self.union: Any = None
         self.stale = self.changed = True
         self.value: FeatureValue = 0
+        self.static_coupons = _static_coupons(static)
 
     def enter(self, time: int, partial: bytes | None) -> None:
         if partial is None:
@@ -475,11 +502,25 @@ class _DistinctAcc(_WindowAcc):
     def moved(self, start: int, static: Any) -> None:
         if static != self.static:
             self.stale = self.changed = True
+            self.static_coupons = _static_coupons(static)
         self.start, self.static = start, static
 
     def present(self) -> FeatureValue:
         if not self.changed:
             return self.value
+        static = self.static_coupons
+        if static is not None:
+            if static:
+                coupons = len(static) + sum(1 for image in self.counts
+                                            if _coupon(image) not in static)
+            else:
+                coupons = len(self.counts)
+            value = sparse_present(coupons)
+            if value is not None:
+                # The union (rebuilt from the set if a dense window needs it).
+                self.union, self.stale = None, True
+                self.value, self.changed = value, False
+                return value
         if self.stale:
             self.union = None
             self.fresh = list(self.counts)
@@ -497,6 +538,42 @@ class _DistinctAcc(_WindowAcc):
         self.value = self.monoid.present(partial)
         self.changed = False
         return self.value
+
+
+def _static_at(acc: _WindowAcc, start: int, static: Any) -> Any:
+    """``OnlineState._static`` for ``acc`` at ``start``: with only batch
+    entries at its hop, the first entry at or after ``start`` (zero past
+    them all), found by bisection; else ``static`` (the state's method)."""
+    starts = acc.batch_starts
+    if starts is None:
+        return static(acc.feature, acc.name, acc.hop, start)
+    at = bisect.bisect_left(starts, start)
+    return acc.batch_parts[at] if at < len(starts) else acc.zero
+
+
+#: The coupon of a one-value image (bounded like _IMAGES).
+_COUPONS: dict[bytes, int] = {}
+
+
+def _coupon(image: bytes) -> int:
+    coupon = _COUPONS.get(image)
+    if coupon is None:
+        held = hll_coupons(image)
+        if held is None or len(held) != 1:
+            raise ValueError("approx_distinct: a lifted image holds one coupon")
+        if len(_COUPONS) >= _IMAGES_MAX:
+            _COUPONS.clear()
+        coupon = _COUPONS[image] = held[0]
+    return coupon
+
+
+def _static_coupons(static: bytes | None) -> frozenset[int] | None:
+    """The coupons of a window's static part (empty for none), None when it
+    is dense."""
+    if static is None:
+        return frozenset()
+    held = hll_coupons(static)
+    return None if held is None else frozenset(held)
 
 
 _ACCS: Final[Mapping[type, type[_WindowAcc]]] = {
@@ -634,12 +711,14 @@ class OnlineState:
                 tuple((n, len(self._monoids[n].zero())) for n in names
                       if isinstance(self._monoids[n], Histogram)))
             for h, names in self._kept_at.items()}
-        # Per hop, what add does to its tile: (hop, (name, merge) of the plain
-        # merges, approx_distinct names, histogram names).
+        # Per hop, what add does to its tile: (hop, count and sum names (added
+        # as integers), (name, merge) of the other plain merges, approx_distinct
+        # names, histogram names).
         self._plan = [
             (h,
+             tuple(n for n in names if type(self._monoids[n]) in (Count, Sum)),
              tuple((n, self._monoids[n].merge) for n in names
-                   if not _is_hll(self._monoids[n])
+                   if not _is_hll(self._monoids[n]) and type(self._monoids[n]) not in (Count, Sum)
                    and not isinstance(self._monoids[n], Histogram)),
              self._distinct_at[h],
              tuple(n for n in names if isinstance(self._monoids[n], Histogram)))
@@ -661,9 +740,22 @@ class OnlineState:
         self._answers_from: int | None = None
         self._batch: dict[str, list[tuple[int | None, Any]]] = {}
         self._batch_starts: dict[str, list[int]] = {}
+        # Whether every hop and window length is a multiple of the finest hop
+        # (then _evict has nothing to do until a bound crosses a finest tile).
+        finest = self._hops[0]
+        self._aligned = all(w.hop_ms % finest == 0 and (w.length_ms or 0) % finest == 0
+                            for _, w, _ in self._windows)
+        self._evicted_for: tuple[int, int | None] | None = None
         if seed is not None:
             self._load(seed)
         self._bounds()
+        for acc in self._accs:
+            if acc.length is None or self._seeded[acc.hop]:
+                continue
+            entries = self._batch.get(acc.feature, [])
+            if all(start is not None for start, _ in entries):
+                acc.batch_starts = [start for start, _ in entries]  # type: ignore[misc]
+                acc.batch_parts = [part for _, part in entries]
 
     def _load(self, seed: OnlineSeed) -> None:
         group = self.group
@@ -784,12 +876,14 @@ class OnlineState:
         bumps = {name: [(b, n) for b, n in enumerate(lifted[name]) if n]
                  for name in self._histograms}
         dirty = self._dirty
-        for hop, merged, distinct, histograms in self._plan:
+        for hop, summed, merged, distinct, histograms in self._plan:
             start = event_time // hop * hop
             added = self._added[hop]
             tile = added.get(start)
             if tile is None:
                 tile = added[start] = self._new_tile(hop, start)
+            for name in summed:  # Count.merge / Sum.merge: integer addition
+                tile[name] += lifted[name]
             for name, merge in merged:
                 tile[name] = merge(tile[name], lifted[name])
             for name in histograms:
@@ -905,6 +999,15 @@ class OnlineState:
         if earliest is None:
             return
         lowest = self._lowest
+        if self._aligned:
+            # Every bound below is a multiple of the finest hop taken from
+            # these two: unchanged, nothing new can be evicted (an event added
+            # since starts at or after the lowest accepted time).
+            finest = self._hops[0]
+            key = (earliest // finest, None if lowest is None else lowest // finest)
+            if key == self._evicted_for:
+                return
+            self._evicted_for = key
         for hop in self._hops:
             starts = self._starts[hop]
             if not starts:
@@ -994,7 +1097,15 @@ class OnlineState:
             self._advance(t_ms)
         else:
             self._rebuild(t_ms)
-        return {acc.feature: acc.present() for acc in self._accs}
+        out: dict[str, FeatureValue] = {}
+        for acc in self._accs:
+            if type(acc) is _SumAcc:  # _SumAcc.present, inlined: the most common kind
+                units = acc.static + acc.total
+                divisor = acc.divisor
+                out[acc.feature] = units if divisor is None else units / divisor
+            else:
+                out[acc.feature] = acc.present()
+        return out
 
     def _advance(self, t_ms: int) -> None:
         """Move every running partial from ``_t_acc`` on to ``t_ms``: the raw
@@ -1034,12 +1145,12 @@ class OnlineState:
                     summed.total -= tile[name]
                 summed.start = start
                 if static is not None:
-                    summed.static = static(summed.feature, name, hop, start)
+                    summed.static = _static_at(summed, start, static)
             for acc in others:
                 for tile, tile_images in leaving:
                     acc.leave_tile(tile, tile_images)
                 acc.moved(start, acc.static if static is None
-                          else static(acc.feature, acc.name, hop, start))
+                          else _static_at(acc, start, static))
         self._t_acc = t_ms
 
     def _rebuild(self, t_ms: int) -> None:
