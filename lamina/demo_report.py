@@ -147,8 +147,10 @@ def _plot_auc(axes: Any, data: ReportData) -> str | None:
         axes.plot(*zip(*points, strict=True), marker="o", label=version)
     for name, at_ms in data.marks.items():
         axes.axvline(_utc(at_ms), linestyle="--", color="grey")
-        axes.annotate(name, (_utc(at_ms), 0.52), rotation=90, fontsize=8)
-    axes.set_ylim(0.5, 1.0)
+        axes.annotate(name, (_utc(at_ms), 0.05), rotation=90, fontsize=8)
+    # From 0: a drifted model can rank worse than chance (the dotted line).
+    axes.axhline(0.5, linestyle=":", color="grey")
+    axes.set_ylim(0.0, 1.02)
     axes.set_xlabel("event time (UTC), window end")
     axes.figure.autofmt_xdate()
     axes.set_ylabel("ROC AUC")
