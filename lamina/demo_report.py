@@ -46,7 +46,7 @@ class ReportData:
     auc: Sequence[AucPoint] = ()
     #: Named moments on the AUC plot, e.g. {"drift": ms, "swap to v2": ms}.
     marks: Mapping[str, int] = field(default_factory=dict)
-    #: (seconds since the stream started, total lag in records).
+    #: (seconds since the speed layer started, total lag in records).
     lag: Sequence[tuple[float, int]] = ()
     score_latency_ms: Sequence[float] = ()
     lookup_latency_ms: Sequence[float] = ()
@@ -166,7 +166,7 @@ def _plot_lag(axes: Any, data: ReportData) -> str | None:
     if not data.lag:
         return "no lag was sampled"
     axes.plot(*zip(*data.lag, strict=True))
-    axes.set_xlabel("seconds since the stream started")
+    axes.set_xlabel("seconds since the speed layer started")
     axes.set_ylabel("records behind")
     return None
 
