@@ -466,14 +466,19 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Start Kafka, generate events, land them, print what landed; then run the
-    batch loop on them: batch views, a point-in-time training set and backtest
-    from before the drift, training, the gate (the first model becomes the
-    champion) and the model registry. --no-batch stops after landing."""
+    """Start Kafka, land a history, make batch views and a first champion;
+    then stream the rest of the period through the speed layer while
+    serving answers lookups, watch the drift lower the champion's live AUC,
+    retrain on post-drift data, promote, swap, and write an HTML report.
+    --no-batch stops after landing the whole period."""
     from lamina.demo import run_demo
+    from lamina.demo_loop import demo_generator_config
 
-    return run_demo(settings, _generator_config(args), batch=not args.no_batch,
-                    rate=args.rate, progress=not args.quiet)
+    config = _generator_config(args)
+    if not args.no_batch:
+        config = demo_generator_config(config, fraud_rate_given=args.fraud_rate is not None)
+    return run_demo(settings, config, batch=not args.no_batch, rate=args.rate,
+                    progress=not args.quiet)
 
 
 # --- parser ----------------------------------------------------------------
@@ -496,7 +501,9 @@ def _add_generator_args(p: argparse.ArgumentParser, transactions: int) -> None:
     p.add_argument("--late-fraction", type=_fraction, help="share of late events")
     p.add_argument("--malformed-fraction", type=_fraction, help="share of malformed events")
     p.add_argument("--duplicate-fraction", type=_fraction, help="share of producer resends")
-    p.add_argument("--rate", type=_positive_float, help="events/s limit when producing")
+    p.add_argument("--rate", type=_positive_float,
+                   help="events/s limit when producing (demo: the live stream's rate, "
+                        "default 600; its history goes as fast as it can)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -510,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="start Kafka, generate events, land them, then run the "
-                                    "batch loop on them (views, training, gate, registry)",
+    p = sub.add_parser("demo", help="the whole loop: Kafka, a landed history, batch views, a "
+                                    "champion, a live stream scored and served, the drift, "
+                                    "retraining, the swap, an HTML report",
                        description=cmd_demo.__doc__)
     _add_generator_args(p, transactions=50_000)
     p.add_argument("--no-batch", action="store_true",

@@ -1,10 +1,14 @@
 """`lamina demo`: the whole loop on embedded defaults, step by step.
 
-The demo starts its own Kafka under ``<home>/demo`` (free loopback ports),
-produces generated events, lands them, and then runs the batch loop on the
-landed snapshot. Its windows (``demo_plan``) are chosen from the generator's
-settings so the first champion learns the pre-drift pattern on mature
-labels; the reasons are in docs/decisions.md ("The demo").
+The demo starts its own Kafka under ``<home>/demo`` (free loopback ports)
+and cuts the generated period (``lamina.demo_loop.demo_timeline``): a
+history before the drift is produced, landed, turned into batch views
+(published into the tile store) and a first champion; then the speed layer
+scores the rest as a live stream while the serving API answers lookups,
+the drift arrives and the champion's live AUC falls as labels come in; the
+platform retrains on post-drift data, the gate promotes the new model, the
+speed layer swaps to it and the AUC recovers. It ends with an HTML report.
+The reasons for its sizes are in docs/decisions.md ("The demo").
 """
 
 from __future__ import annotations
@@ -16,66 +20,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lamina import demo_loop as loop
 from lamina.config import Settings
 from lamina.errors import ConfigError, LaminaError
 from lamina.runners import master_dataset, print_dataset_info, run_lander
 
-#: Labels in the demo are as known at the end of its generated period (14
-#: days by default) while chargebacks come 1-30 days after a fraud, so
-#: Lamina's default 30-day label maturity would leave every unlabelled row
-#: out. 4 days is the longest whole number of days that keeps the whole
-#: pre-drift period (drift at day 9.3 of 14) mature.
-DEMO_LABEL_MATURITY_DAYS = 4
-#: Expected transactions per demo training set or backtest at most: the
-#: point-in-time builder does ~700 rows/s on two cores, so 12k rows keep each
-#: build under ~20 s whatever --transactions asks for.
-DEMO_MAX_SET_ROWS = 12_000
-_HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
 _BATCH_PACKAGES = ("pyspark", "delta", "tensorflow", "mlflow")
+#: The live stream's rate when --rate is not given (events/s).
+DEMO_LIVE_RATE = 600.0
+#: Lookups through the serving API while the first leg streams.
+DEMO_LOOKUPS = 400
+FULL_STEPS = 18
 
 
 def _iso(ms: int) -> str:
     moment = datetime.fromtimestamp(ms / 1000, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M") if ms % _DAY_MS else moment.strftime("%Y-%m-%d")
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoPlan:
-    """The demo's batch loop, as event-time windows [start, end) in ms."""
-
-    train: tuple[int, int]
-    backtest: tuple[int, int]
-    label_maturity_ms: int
-    drift_at_ms: int | None
-
-
-def demo_plan(config: Any) -> DemoPlan:
-    """Windows for the demo's training set and backtest from a
-    GeneratorConfig: both before the drift (the champion learns the
-    pre-drift pattern) and before ``end - label maturity`` (every row mature),
-    the backtest right after the training set, each a third of that span
-    (the first third is history for the lifetime features) but at most
-    ~DEMO_MAX_SET_ROWS expected transactions; whole hours. ConfigError if
-    the generated period leaves no room for them."""
-    maturity = DEMO_LABEL_MATURITY_DAYS * _DAY_MS
-    usable_end = config.end_ms - maturity
-    drift = config.drift_at_ms
-    if drift is not None:
-        usable_end = min(usable_end, drift)
-    usable_end = usable_end // _HOUR_MS * _HOUR_MS
-    per_day = config.transactions / config.days
-    cap = int(DEMO_MAX_SET_ROWS / per_day * _DAY_MS)
-    width = min((usable_end - config.start) // 3, cap) // _HOUR_MS * _HOUR_MS
-    if width < _HOUR_MS:
-        raise ConfigError(
-            f"the generated period ({_iso(config.start)} to {_iso(config.end_ms)}, drift at "
-            f"{_iso(drift) if drift is not None else 'none'}) leaves no room for a training set "
-            f"and a backtest before the drift and {DEMO_LABEL_MATURITY_DAYS} days before its "
-            "end (label maturity); generate more days (--days) or run with --no-batch")
-    return DemoPlan(train=(usable_end - 2 * width, usable_end - width),
-                    backtest=(usable_end - width, usable_end),
-                    label_maturity_ms=maturity, drift_at_ms=drift)
 
 
 def _check_batch_packages() -> None:
@@ -91,16 +52,25 @@ def _check_batch_packages() -> None:
 
 class _DemoStep:
     """Numbered progress lines; a failure inside a step becomes one line
-    naming the step (the traceback goes to the DEBUG log)."""
+    naming the step (the traceback goes to the DEBUG log). ``times`` holds
+    (step line, seconds) of the steps done."""
 
     def __init__(self, total: int) -> None:
         self.total, self.number, self.name = total, 0, ""
+        self.times: list[tuple[str, float]] = []
+        self._began = 0.0
 
     def __call__(self, name: str, line: str) -> _DemoStep:
+        self.finish()
         self.number += 1
         self.name = name
+        self._began = time.monotonic()
         print(f"[{self.number}/{self.total}] {line}", flush=True)
         return self
+
+    def finish(self) -> None:
+        if self.number and len(self.times) < self.number:
+            self.times.append((f"{self.number}. {self.name}", time.monotonic() - self._began))
 
     def __enter__(self) -> _DemoStep:
         return self
@@ -119,27 +89,27 @@ class _DemoStep:
 
 def run_demo(settings: Settings, config: Any, *, batch: bool = True, rate: float | None = None,
              progress: bool = True) -> int:
-    """Start Kafka, generate events (``config``, a GeneratorConfig), land
-    them, print what landed; then run the batch loop on them: batch views, a
-    point-in-time training set and backtest from before the drift, training,
-    the gate (the first model becomes the champion) and the model registry.
-    ``batch=False`` stops after landing. Everything goes under
-    ``<settings.home>/demo``, emptied first. Returns the exit code."""
+    """The demo (module docstring) for ``config``, a GeneratorConfig (the
+    CLI gives it the demo's label delays, ``demo_loop.demo_generator_config``).
+    ``batch=False`` produces the whole period, lands it and stops. ``rate``:
+    the live stream's events/s (default DEMO_LIVE_RATE; with ``batch=False``
+    the production's limit). Everything goes under ``<settings.home>/demo``,
+    emptied first. Returns the exit code."""
     import shutil
 
-    from lamina import broker, generator
+    from lamina import broker
     from lamina.schemas.topics import default_topics
 
     began = time.monotonic()
-    plan = None
+    timeline = None
     if batch:
         _check_batch_packages()
-        plan = demo_plan(config)  # refuse a period with no room before doing anything
+        timeline = loop.demo_timeline(config)  # refuse a period with no room first
     home = settings.home / "demo"
     if home.exists():
         shutil.rmtree(home)  # a demo starts from nothing, every time
     demo = settings.relocated(home)
-    step = _DemoStep(4 if plan is None else 9)
+    step = _DemoStep(4 if timeline is None else FULL_STEPS)
     step("kafka", f"starting Kafka (single KRaft node, free loopback ports) under {home}/kafka")
     # Kafka's jars stay where the bootstrap put them (settings.home).
     started = broker.KafkaCluster(home / "kafka", broker.kafka_libs(settings), nodes=1)
@@ -151,123 +121,176 @@ def run_demo(settings: Settings, config: Any, *, batch: bool = True, rate: float
         started.create_topics(
             default_topics(kafka.raw_topic, kafka.dlq_topic, kafka.raw_partitions,
                            kafka.scores_topic))
-        step("produce", f"producing {config.transactions:,} transactions (+ labels, late, "
-             f"duplicate and malformed events) to {kafka.raw_topic} at {kafka.bootstrap_servers}")
-        counts = generator.produce(config, kafka.bootstrap_servers, kafka.raw_topic,
-                                   rate=rate, progress=progress)
-        print(f"      produced {counts}")
-        step("landing", f"landing into the master dataset at {demo.master_uri}")
-        landing_began = time.monotonic()
-        stats = run_lander(demo, idle_exit_s=3.0, progress=progress)
-        took = time.monotonic() - landing_began
-        print(f"      landed {stats.landed:,}, dead-lettered {stats.dead_lettered:,}, "
-              f"duplicates dropped {stats.duplicates_dropped:,} in {stats.commits} commits "
-              f"({took:.1f} s including the idle wait)")
-        expected = counts.get("valid", 0)
-        if stats.landed != expected or stats.dead_lettered != counts.get("malformed", 0):
-            print(f"      MISMATCH: the generator sent {expected} valid events", file=sys.stderr)
-            return 1
-        step("dataset", "what landed:\n")
-        print_dataset_info(master_dataset(demo).info())
+        if timeline is None:
+            return _land_only(demo, config, step, rate, progress, began)
+        return _full_loop(demo, config, timeline, step, rate, progress, began)
     finally:
-        started.stop()  # the batch layer reads the master dataset, not Kafka
-    if plan is not None:
-        _demo_batch_loop(demo, plan, step)
-    print(f"\ndemo done in {time.monotonic() - began:.0f} s; everything is under {home}")
-    print(_demo_next_steps(home, plan))
+        started.stop()
+
+
+def _land_only(demo: Settings, config: Any, step: _DemoStep, rate: float | None,
+               progress: bool, began: float) -> int:
+    from lamina import generator
+
+    kafka = demo.kafka
+    step("produce", f"producing {config.transactions:,} transactions (+ labels, late, "
+         f"duplicate and malformed events) to {kafka.raw_topic} at {kafka.bootstrap_servers}")
+    counts = generator.produce(config, kafka.bootstrap_servers, kafka.raw_topic,
+                               rate=rate, progress=progress)
+    print(f"      produced {counts}")
+    if not _land(demo, step, counts, progress):
+        return 1
+    step("dataset", "what landed:\n")
+    print_dataset_info(master_dataset(demo).info())
+    print(f"\ndemo done in {time.monotonic() - began:.0f} s; everything is under {demo.home}")
+    print(_next_steps(demo.home, full=False))
     return 0
 
 
-def _demo_batch_loop(demo: Settings, plan: DemoPlan, step: _DemoStep) -> None:
-    """Steps 5-9 of the demo, on the master dataset it landed."""
-    with step("batch views", "batch views: Spark local[2], every card view as time tiles"):
-        from lamina.batch import spark as batch_spark
-        from lamina.batch.views import batch_run_command
+def _land(demo: Settings, step: _DemoStep, counts: dict[str, int], progress: bool,
+          line: str = "") -> bool:
+    """Land what is on the raw topic; False (and a line on stderr) if the
+    master dataset did not get exactly the valid events sent so far."""
+    step("landing", line or f"landing into the master dataset at {demo.master_uri}")
+    landing_began = time.monotonic()
+    stats = run_lander(demo, idle_exit_s=3.0, progress=progress)
+    took = time.monotonic() - landing_began
+    print(f"      landed {stats.landed:,}, dead-lettered {stats.dead_lettered:,}, "
+          f"duplicates dropped {stats.duplicates_dropped:,} in {stats.commits} commits "
+          f"({took:.1f} s including the idle wait)")
+    if stats.landed != counts.get("valid", 0) or \
+            stats.dead_lettered != counts.get("malformed", 0):
+        print(f"      MISMATCH: the generator sent {counts.get('valid', 0)} valid and "
+              f"{counts.get('malformed', 0)} malformed events", file=sys.stderr)
+        return False
+    return True
 
-        spark = batch_spark.spark_session(demo.spark.master, app_name="lamina-demo",
-                                          extra_conf=demo.spark.conf)
-        print(f"      Spark started in {batch_spark.last_start_seconds or 0:.1f} s")
+
+def _counts(records: list[Any]) -> dict[str, int]:
+    counts = {"valid": 0, "malformed": 0, "duplicate": 0}
+    for record in records:
+        counts[record.kind] += 1
+    return counts
+
+
+def _full_loop(demo: Settings, config: Any, timeline: loop.DemoTimeline, step: _DemoStep,
+               rate: float | None, progress: bool, began: float) -> int:
+    from lamina import generator
+    from lamina.batch import spark as batch_spark
+    from lamina.demo_steps import (
+        LiveRun,
+        batch_views_and_publish,
+        gate,
+        list_registry,
+        stream_leg,
+        train,
+        training_sets,
+        write_report,
+    )
+
+    kafka, tl = demo.kafka, timeline
+    facts = loop.StreamFacts()
+    history, live, after_retrain = loop.cut_records(
+        generator.generate(config), (tl.history_end_ms, tl.retrain_at_ms), facts)
+    step("produce", f"producing the history, {_iso(config.start)} to {_iso(tl.history_end_ms)} "
+         f"({_counts(history)['valid']:,} valid events of {config.transactions:,} "
+         f"transactions + labels; the drift comes at {_iso(tl.drift_at_ms)}) to "
+         f"{kafka.raw_topic} at {kafka.bootstrap_servers}")
+    producer = loop.StreamProducer(kafka.bootstrap_servers, kafka.raw_topic, rate=1e9,
+                                   clock_ms=config.start)
+    live_run = LiveRun(demo, config, tl, facts, producer, rate or DEMO_LIVE_RATE, progress)
     try:
-        with step:
-            views = batch_run_command(demo, None, None, None)
-        print(f"      {views['status']} {views['rows']:,} tile rows from snapshot "
-              f"{views['snapshot']}, cutoff {_iso(views['cutoff_ms'])}, as version "
-              f"{views['version']} of {views['views_uri']} ({views['seconds']:.1f} s)")
-        snapshot = int(views["snapshot"])
-        drift = f"; the fraud pattern drifts at {_iso(plan.drift_at_ms)}" \
-            if plan.drift_at_ms is not None else ""
-        with step("training sets", f"point-in-time training set and backtest from snapshot "
-                  f"{snapshot}, labels as of its newest event, label maturity "
-                  f"{DEMO_LABEL_MATURITY_DAYS} days{drift}"):
-            from lamina.batch.commands import read_table
-            from lamina.batch.training_set import write_training_set
+        producer.start(history)
+        producer.join()
+        sent = _counts(history)
+        print(f"      produced {sent}")
+        if not _land(demo, step, sent, progress):
+            return 1
+        step("dataset", "what landed:\n")
+        print_dataset_info(master_dataset(demo).info())
 
-            sets: dict[str, str] = {}
-            for name, (start, end) in (("train", plan.train), ("backtest", plan.backtest)):
-                out = str(Path(demo.training_sets_uri) / name)
-                meta = write_training_set(spark, demo.master_uri, out, snapshot=snapshot,
-                                          start_ms=start, end_ms=end,
-                                          label_maturity_ms=plan.label_maturity_ms)
-                labels = read_table(out)["label"]
-                print(f"      {name:<9} {_iso(start)} to {_iso(end)}: {len(labels):,} rows, "
-                      f"{int(labels.sum()):,} fraud -> {out} ({meta.built_seconds or 0:.1f} s)")
-                sets[name] = out
+        with step("batch views", "batch views: Spark local[2], every card view as time "
+                  "tiles, published into the tile store"):
+            spark = batch_spark.spark_session(demo.spark.master, app_name="lamina-demo",
+                                              extra_conf=demo.spark.conf)
+            print(f"      Spark started in {batch_spark.last_start_seconds or 0:.1f} s")
+        try:
+            with step:
+                snapshot = batch_views_and_publish(spark, demo)
+            with step("training sets", f"point-in-time training set and backtest before the "
+                      f"drift from snapshot {snapshot}, label maturity "
+                      f"{tl.label_maturity_ms / 3_600_000:.0f} h"):
+                sets = training_sets(spark, demo, snapshot, "first",
+                                     tl.first_train, tl.first_backtest, tl.label_maturity_ms)
+            with step("training", "training the first model (TensorFlow MLP, in this "
+                      "process) and registering it with its lineage"):
+                first = train(demo, sets["train"], snapshot)
+            with step("evaluation", f"backtest of version {first} and the gate (no champion "
+                      "yet: the absolute minimums decide)"):
+                live_run.first_champion = gate(demo, sets["backtest"], first)
+
+            with step("speed + serving", "starting the speed layer (`lamina speed run`, a "
+                      "child process, champion poll 1 s) and the serving API (uvicorn, "
+                      "a thread)"):
+                live_run.start()
+            with step("live stream", f"streaming {_iso(tl.history_end_ms)} to "
+                      f"{_iso(tl.retrain_at_ms)} at {live_run.rate:.0f} events/s (the drift "
+                      f"at {_iso(tl.drift_at_ms)}) while serving answers "
+                      f"{DEMO_LOOKUPS} lookups"):
+                stream_leg(live_run, live, lookups=DEMO_LOOKUPS)
+                live_run.print_auc("live ROC AUC of the champion as labels came in "
+                                   f"(as of {_iso(producer.clock_ms)})")
+
+            if not _land(demo, step, _counts(live), progress,
+                         "landing the stream so far (the lander resumes from the table)"):
+                return 1
+            with step("batch views", "batch views again on the new snapshot, published "
+                      "into the tile store (the speed layer switches cutoff)"):
+                snapshot = batch_views_and_publish(spark, demo)
+            with step("training sets", f"training set and backtest after the drift from "
+                      f"snapshot {snapshot}"):
+                sets = training_sets(spark, demo, snapshot, "second",
+                                     tl.second_train, tl.second_backtest,
+                                     tl.label_maturity_ms)
+        finally:
+            spark.stop()
+        with step("training", "retraining on post-drift data"):
+            second = train(demo, sets["train"], snapshot)
+        with step("evaluation", f"backtest of version {second} against the champion on "
+                  "post-drift data, and the gate"):
+            live_run.promoted_at = time.time()  # epoch: compared with scored_at
+            live_run.second_champion = gate(demo, sets["backtest"], second)
+        with step("swap", f"streaming {_iso(tl.retrain_at_ms)} to {_iso(config.end_ms)}: "
+                  "the speed layer swaps to the new champion between micro-batches"):
+            stream_leg(live_run, after_retrain, lookups=0)
+            live_run.print_auc("live ROC AUC by model version, labels as of the period's end")
+            live_run.print_swap()
+        with step("report", "writing the HTML report"):
+            report = write_report(live_run, step, began)
+        print(f"      report: {report}")
+        with step("registry", "the model registry (`lamina models list`):\n"):
+            list_registry(demo)
     finally:
-        spark.stop()
-
-    with step("training", "training the model (TensorFlow MLP, in this process) and "
-              "registering it with its lineage"):
-        from lamina.batch.commands import evaluate_command, models_command, train_command
-
-        trained = train_command(sets["train"], models_dir=demo.models_uri,
-                                registry=demo.registry_uri, snapshot_id=snapshot)
-    auc = (trained["history"].get("auc") or [None])[-1]
-    print(f"      version {trained['version']}: {trained['rows']:,} rows, "
-          f"{trained['positives']:,} fraud, training ROC AUC "
-          f"{'n/a' if auc is None else f'{auc:.3f}'} ({trained['seconds']:.1f} s)")
-    print(f"      model in {trained['model_dir']}, registry {demo.home / 'mlflow.db'}")
-
-    version = int(trained["version"])
-    with step("evaluation", f"backtest of version {version} on the later window, and the "
-              "gate (no champion yet: the absolute minimums decide)"):
-        result = evaluate_command(sets["backtest"], registry=demo.registry_uri, candidate=version)
-    metrics = result["candidate_metrics"]
-    print(f"      ROC AUC {metrics['roc_auc']:.3f}, PR AUC {metrics['pr_auc']:.3f}, "
-          f"log loss {metrics['log_loss']:.4f}, ECE {metrics['ece']:.4f} on "
-          f"{int(metrics['n']):,} rows ({int(metrics['positives']):,} fraud)")
-    if result["champion_after"] == version:
-        print(f"      promoted: version {version} is the champion")
-    else:  # a different --seed or size can leave the backtest too thin for the gate
-        print("      not promoted, so there is no champion yet; the gate's reasons:")
-    for reason in result["reasons"]:
-        print(f"        {reason}")
-
-    with step("registry", "the model registry (`lamina models list`):\n"):
-        listed = models_command("list", registry=demo.registry_uri)
-    print(f"{'version':>7}  {'champion':<8}  {'gate':<10}  {'snapshot':>8}  "
-          f"{'train rows':>10}  created")
-    for row in listed:
-        rows = row["metrics"].get("train_rows")
-        print(f"{row['version']:>7}  {'yes' if row['champion'] else '':<8}  "
-              f"{row['gate'] or '':<10}  {row['snapshot_id']!s:>8}  "
-              f"{'' if rows is None else f'{int(rows):,}':>10}  {row['created']}")
+        live_run.close()
+        producer.close()
+    step.finish()
+    print(f"\ndemo done in {time.monotonic() - began:.0f} s; everything is under {demo.home}")
+    print(f"the report: {report}")
+    print(_next_steps(demo.home, full=True))
+    return 0
 
 
-def _demo_next_steps(home: Path, plan: DemoPlan | None) -> str:
+def _next_steps(home: Path, *, full: bool) -> str:
     lines = [f"next (in this shell: export LAMINA_HOME={home}):",
              "  lamina dataset info                 the master dataset",
              "  lamina dataset snapshots            its commits (snapshots)"]
-    if plan is None:
+    if not full:
         lines.append("  lamina batch run                    batch views (needs the batch extras)")
     else:
-        start, end = plan.train
         lines += [
-            "  lamina models show 1                the champion: lineage, gate reasons, audit",
+            "  lamina models show 2                the new champion: lineage, gate reasons",
             "  lamina models audit                 every promotion and rollback, with its reason",
+            "  lamina speed status                 the speed layer's last metrics",
             "  lamina batch run                    again: skipped, the view is up to date",
-            "  lamina batch vacuum --dry-run       view files a vacuum would remove",
-            f"  lamina training-set --start {_iso(start)} --end {_iso(end)} "
-            f"--maturity-days {DEMO_LABEL_MATURITY_DAYS}",
-            "                                      the training set again, by hand",
         ]
     return "\n".join(lines)

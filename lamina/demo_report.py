@@ -46,7 +46,7 @@ class ReportData:
     auc: Sequence[AucPoint] = ()
     #: Named moments on the AUC plot, e.g. {"drift": ms, "swap to v2": ms}.
     marks: Mapping[str, int] = field(default_factory=dict)
-    #: (seconds since the stream started, total lag in records).
+    #: (seconds since the speed layer started, total lag in records).
     lag: Sequence[tuple[float, int]] = ()
     score_latency_ms: Sequence[float] = ()
     lookup_latency_ms: Sequence[float] = ()
@@ -147,8 +147,10 @@ def _plot_auc(axes: Any, data: ReportData) -> str | None:
         axes.plot(*zip(*points, strict=True), marker="o", label=version)
     for name, at_ms in data.marks.items():
         axes.axvline(_utc(at_ms), linestyle="--", color="grey")
-        axes.annotate(name, (_utc(at_ms), 0.52), rotation=90, fontsize=8)
-    axes.set_ylim(0.5, 1.0)
+        axes.annotate(name, (_utc(at_ms), 0.05), rotation=90, fontsize=8)
+    # From 0: a drifted model can rank worse than chance (the dotted line).
+    axes.axhline(0.5, linestyle=":", color="grey")
+    axes.set_ylim(0.0, 1.02)
     axes.set_xlabel("event time (UTC), window end")
     axes.figure.autofmt_xdate()
     axes.set_ylabel("ROC AUC")
@@ -164,7 +166,7 @@ def _plot_lag(axes: Any, data: ReportData) -> str | None:
     if not data.lag:
         return "no lag was sampled"
     axes.plot(*zip(*data.lag, strict=True))
-    axes.set_xlabel("seconds since the stream started")
+    axes.set_xlabel("seconds since the speed layer started")
     axes.set_ylabel("records behind")
     return None
 

@@ -1,4 +1,4 @@
-"""How `lamina demo` plans its batch loop (windows, label maturity), and
+"""How `lamina demo` cuts its period (history, windows, label maturity), and
 that it refuses clearly, before starting anything, when it cannot run it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina import cli, demo
+from lamina import cli, demo, demo_loop
 from lamina.config import Settings
 from lamina.errors import ConfigError
 from lamina.generator import GeneratorConfig
@@ -20,40 +20,61 @@ def _expected_rows(config: GeneratorConfig, window: tuple[int, int]) -> float:
     return config.transactions / config.days * (window[1] - window[0]) / DAY_MS
 
 
-def test_the_default_demo_trains_and_backtests_on_mature_pre_drift_data() -> None:
-    config = GeneratorConfig()  # what `lamina demo` generates by default
-    plan = demo.demo_plan(config)
-    (train_start, train_end), (back_start, back_end) = plan.train, plan.backtest
-    assert plan.label_maturity_ms == demo.DEMO_LABEL_MATURITY_DAYS * DAY_MS
+def _demo_config(**fields: object) -> GeneratorConfig:
+    return demo_loop.demo_generator_config(GeneratorConfig(**fields),  # type: ignore[arg-type]
+                                           fraud_rate_given=False)
+
+
+def test_the_default_demo_cuts_a_history_before_the_drift_and_retrains_after_it() -> None:
+    config = _demo_config()  # what `lamina demo` generates by default
+    t = demo_loop.demo_timeline(config)
+    drift = config.drift_at_ms
+    assert drift is not None and t.drift_at_ms == drift
+    # The first champion: trained and backtested before the history ends,
+    # every row mature (labels as of the history's end).
+    (train_start, train_end), (back_start, back_end) = t.first_train, t.first_backtest
     assert config.start < train_start < train_end == back_start < back_end
-    assert config.drift_at_ms is not None and back_end <= config.drift_at_ms
-    # Labels are as of the end of the period: every row is past the maturity.
-    assert back_end <= config.end_ms - plan.label_maturity_ms
-    assert all(t % HOUR_MS == 0 for t in (train_start, train_end, back_start, back_end))
-    # The default's two windows are each a third of the pre-drift period.
-    assert train_end - train_start == back_end - back_start
-    assert (back_end - back_start) >= 3 * DAY_MS
-    assert config.drift_at_ms - back_end < HOUR_MS
+    assert back_end <= t.history_end_ms - t.label_maturity_ms
+    assert t.history_end_ms < drift
+    # The second model: both windows after the drift, mature at the
+    # retraining point, which leaves room for the new champion to stream.
+    (train2_start, train2_end), (back2_start, back2_end) = t.second_train, t.second_backtest
+    assert drift <= train2_start < train2_end == back2_start < back2_end
+    assert back2_end <= t.retrain_at_ms - t.label_maturity_ms
+    assert t.retrain_at_ms + DAY_MS <= config.end_ms
+    # The demo's labels arrive within its maturity.
+    assert max(config.fraud_label_delay_days) * DAY_MS <= t.label_maturity_ms
+    assert max(config.genuine_label_delay_days) * DAY_MS <= t.label_maturity_ms
+    cuts = (train_start, train_end, back_start, back_end, train2_start, train2_end,
+            back2_start, back2_end, t.history_end_ms, t.retrain_at_ms)
+    assert all(c % HOUR_MS == 0 for c in cuts)
+    # The post-drift backtest expects more rows than the gate's minimum (1000).
+    assert _expected_rows(config, t.second_backtest) >= 1500
 
 
 def test_a_large_demo_keeps_its_training_sets_small() -> None:
-    config = GeneratorConfig(transactions=1_000_000)
-    plan = demo.demo_plan(config)
-    for window in (plan.train, plan.backtest):
-        assert _expected_rows(config, window) <= demo.DEMO_MAX_SET_ROWS
-    assert plan.backtest[1] <= (config.drift_at_ms or 0)
+    config = _demo_config(transactions=1_000_000)
+    t = demo_loop.demo_timeline(config)
+    for window in (t.first_train, t.first_backtest, t.second_train, t.second_backtest):
+        assert _expected_rows(config, window) <= demo_loop.DEMO_MAX_SET_ROWS
 
 
-def test_without_drift_the_windows_end_where_labels_are_mature() -> None:
-    config = GeneratorConfig(drift_at=None)
-    plan = demo.demo_plan(config)
-    assert plan.drift_at_ms is None
-    assert plan.backtest[1] == config.end_ms - demo.DEMO_LABEL_MATURITY_DAYS * DAY_MS
+def test_the_full_demo_needs_a_drift() -> None:
+    with pytest.raises(ConfigError, match="--no-batch"):
+        demo_loop.demo_timeline(_demo_config(drift_at=None))
 
 
 def test_a_period_too_short_for_the_batch_loop_is_refused_with_the_way_out() -> None:
     with pytest.raises(ConfigError, match="--no-batch"):
-        demo.demo_plan(GeneratorConfig(days=4.0))
+        demo_loop.demo_timeline(_demo_config(days=4.0))
+
+
+def test_the_demo_keeps_a_fraud_rate_the_user_chose() -> None:
+    args = cli.build_parser().parse_args(["demo", "--fraud-rate", "0.03"])
+    config = demo_loop.demo_generator_config(cli._generator_config(args),
+                                             fraud_rate_given=True)
+    assert config.fraud_card_rate == 0.03
+    assert config.fraud_label_delay_days == demo_loop.DEMO_LABEL_DELAY_DAYS
 
 
 def test_the_demo_names_missing_batch_packages_before_starting_kafka(

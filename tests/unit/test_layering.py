@@ -42,9 +42,11 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # The core (everything in lamina/ but the roots) serves every layer.
     "lamina": LAYERS,
 }
-#: Modules that wire the layers together (the CLI, the demo, the settings ->
-#: objects wiring they share, and the orchestration package Airflow runs).
-ROOTS = ("lamina.cli", "lamina.demo", "lamina.runners", "lamina.orchestration")
+#: Modules that wire the layers together (the CLI, the demo and its two
+#: step modules, the settings -> objects wiring they share, and the
+#: orchestration package Airflow runs).
+ROOTS = ("lamina.cli", "lamina.demo", "lamina.demo_loop", "lamina.demo_steps",
+         "lamina.runners", "lamina.orchestration")
 
 
 def module_name(path: Path) -> str:
