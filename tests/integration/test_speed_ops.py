@@ -267,13 +267,14 @@ class PausedFirstWrite:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def write_tiles(self, rows: Any, *, consumer: str | None = None, offsets: Any = None) -> int:
+    def write_tiles(self, rows: Any, *, consumer: str | None = None, offsets: Any = None,
+                    **more: Any) -> int:
         if self._first:
             self._first = False
             self.entered.set()
             self.release.wait(DEADLINE_S)
         try:
-            return self.store.write_tiles(rows, consumer=consumer, offsets=offsets)
+            return self.store.write_tiles(rows, consumer=consumer, offsets=offsets, **more)
         except OffsetsWentBackwards:
             self.refused += 1
             raise
