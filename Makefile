@@ -14,8 +14,10 @@ lint: bootstrap
 	$(VENV)/ruff check .
 	$(VENV)/mypy lamina schemas master batch stores models speed serving orchestration benchmarks
 
+# Two pytest-xdist workers: the integration folder in one, in order, the fast
+# tier's files in the other beside it (tests/conftest.py).
 test: bootstrap lint
-	$(VENV)/python -m pytest
+	$(VENV)/python -m pytest -n 2 --dist loadfile
 
 # The inner loop: no JVM, TensorFlow, broker or Redis (tests/conftest.py
 # refuses a component fixture in a test without the integration marker).
