@@ -39,7 +39,7 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -56,6 +56,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.config import Settings
 from lamina.errors import ConfigError
@@ -199,6 +200,44 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # --- the app ------------------------------------------------------------------------
 
 
+class _RequestMetrics:
+    """Counts and times every HTTP request per route, method and status
+    (pure ASGI: Starlette's ``BaseHTTPMiddleware`` runs each request
+    through a task group and memory streams, measured at a large share of
+    a lookup's CPU, docs/benchmarks.md). Never logs the headers: the
+    Authorization header carries the token."""
+
+    def __init__(self, app: ASGIApp, *, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            # The router stores the matched route in this same scope dict.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            elapsed = time.perf_counter() - began
+            self.requests.labels(route, method, str(status)).inc()
+            self.latency.labels(route, method).observe(elapsed)
+            log.debug("request", route=route, method=method, status=status,
+                      ms=round(elapsed * 1000, 3))
+
+
 @dataclass
 class _Group:
     group: GroupBy
@@ -260,21 +299,9 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     app.state.store = store
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def measure(request: Request,
-                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        elapsed = time.perf_counter() - began
-        requests.labels(route, request.method, str(response.status_code)).inc()
-        latency.labels(route, request.method).observe(elapsed)
-        # Never the headers: the Authorization header carries the token.
-        log.debug("request", route=route, method=request.method,
-                  status=response.status_code, ms=round(elapsed * 1000, 3))
-        return response
+    app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
 
-    def authorised(request: Request, credentials: Annotated[
+    async def authorised(request: Request, credentials: Annotated[
             HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
         given = b"" if credentials is None else credentials.credentials.encode()
         if not hmac.compare_digest(given, expected):
@@ -375,7 +402,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
              responses={**_ERRORS, 404: {"model": ErrorBody, "description": "unknown entity"},
                         422: {"description": "malformed request, or as_of_ms outside the "
                                              "published view's [cutoff, horizon)"}})
-    def features(group: Annotated[str, Path(min_length=1, max_length=64)],
+    async def features(group: Annotated[str, Path(min_length=1, max_length=64)],
                  entity: Annotated[str, Path(min_length=1, max_length=256)],
                  as_of_ms: Annotated[int | None, Query(ge=0, description="default: now")]
                  = None) -> FeaturesResponse:
