@@ -141,13 +141,16 @@ def free_port() -> int:
 
 
 def constant_app() -> Any:
-    """A bare FastAPI app: one GET route returning a constant JSON object."""
+    """A bare FastAPI app: one async GET route returning a constant JSON
+    object (no dependency, no middleware)."""
     from fastapi import FastAPI
 
     app = FastAPI(title="constant")
 
+    # async, like the features route: a sync route would pay a thread-pool
+    # hop per request that the features route does not.
     @app.get("/constant")
-    def constant() -> dict[str, str]:
+    async def constant() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
