@@ -56,6 +56,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.config import Settings
@@ -81,6 +82,7 @@ from lamina.stores import (
 from lamina.stores.base import now_ms
 from lamina.stores.lookup import FeatureReader
 from lamina.stores.online import online_seed
+from lamina.stores.sqlite import SqliteTileStore
 
 log = get_logger(__name__)
 
@@ -288,6 +290,12 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     max_entities = settings.serving.max_batch_entities
     attempts = settings.serving.batch_snapshot_attempts
 
+    # The embedded store answers in tens of µs: a lookup on the event loop
+    # is cheaper than a thread-pool hop. A networked store (Redis) waits on
+    # round trips, which the thread pool lets concurrent requests overlap
+    # (docs/decisions.md, measured in docs/benchmarks.md).
+    on_loop = isinstance(store, SqliteTileStore)
+
     app = FastAPI(title="Lamina serving", version=API_VERSION,
                   description="Batch (+) realtime features, the speed layer's scores and "
                               "ad-hoc scoring with the champion.")
@@ -411,6 +419,11 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         cutoff, read as one snapshot."""
         found = group_of(group)
         t = clock_ms() if as_of_ms is None else as_of_ms
+        if on_loop:
+            return lookup(found, group, entity, t)
+        return await run_in_threadpool(lookup, found, group, entity, t)
+
+    def lookup(found: _Group, group: str, entity: str, t: int) -> FeaturesResponse:
         snapshot = store.read_entity(group, entity, t, found.reader.spans)
         if not known(snapshot):
             raise HTTPException(404, f"entity {entity!r} is unknown to view {group!r}: no batch "
