@@ -11,6 +11,7 @@ How to run
     .venv/bin/python -m benchmarks.run --only online-state   # speed-layer state per event
     .venv/bin/python -m benchmarks.run --only speed          # the speed layer, scored
     .venv/bin/python -m benchmarks.run --only dag-parse      # Airflow parse time per DAG file
+    .venv/bin/python -m benchmarks.run --only serving        # HTTP lookups, batch, freshness
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -104,6 +105,15 @@ Figures (events/s are records of the topic per second of wall time)
   goes, and `score_batch` rows/s next to the bare NumPy forward pass at
   batch 1, 64 and 1000 (target >= 0.5x at 1000). 100k stream records (20k
   with --quick).
+* serving -- the serving API over HTTP (`benchmarks/serving.py`, which says
+  exactly what runs): `lamina serve` on one pinned core, the load from the
+  other, single-entity lookups at 1, 8 and 32 clients over SQLite and Redis
+  next to a constant FastAPI endpoint and the raw store read (targets at 8
+  clients: p99 < 3 ms and >= 0.6x the constant's requests/s), where a
+  request's time goes, the 1,000-entity batch lookup next to 1,000 single
+  lookups and raw reads, and produce -> served freshness with the speed
+  layer running next to Kafka's produce -> consume. Starts its own
+  redis-server and broker.
 """
 
 from __future__ import annotations
@@ -165,6 +175,7 @@ from benchmarks.online_state import (
     online_state_rows,
 )
 from benchmarks.report import Row, append_section, render_section
+from benchmarks.serving import ServingResults, measure_serving, serving_notes, serving_rows
 from benchmarks.speed import DEFAULT_STREAM as SPEED_STREAM
 from benchmarks.speed import QUICK_STREAM as SPEED_QUICK_STREAM
 from benchmarks.speed import SpeedResults, measure_speed, speed_notes, speed_rows
@@ -216,7 +227,7 @@ DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state", "speed", "dag-parse")
+          "online-state", "speed", "dag-parse", "serving")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -445,7 +456,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
                training_set: TrainingSetResults | None = None,
                online_state: OnlineStateResults | None = None,
                speed: SpeedResults | None = None,
-               dag_parse: DagParseResults | None = None) -> list[Row]:
+               dag_parse: DagParseResults | None = None,
+               serving: ServingResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
@@ -461,6 +473,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
         rows += speed_rows(speed)
     if dag_parse is not None:
         rows += dag_parse_rows(dag_parse)
+    if serving is not None:
+        rows += serving_rows(serving)
     return rows
 
 
@@ -610,6 +624,7 @@ class Measured:
     online_state: OnlineStateResults | None = None
     speed: SpeedResults | None = None
     dag_parse: DagParseResults | None = None
+    serving: ServingResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -647,6 +662,9 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
         restore_affinity(set(ctx.cores))
     if "dag-parse" in args.suites:
         measured.dag_parse = measure_dag_parse(max(args.rounds, 3), say)
+    if "serving" in args.suites:
+        measured.serving = measure_serving(args.quick, args.rounds)
+        restore_affinity(set(ctx.cores))
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
@@ -697,6 +715,8 @@ def report_notes(measured: Measured) -> list[str]:
         notes += speed_notes(measured.speed)
     if measured.dag_parse is not None:
         notes += dag_parse_notes(measured.dag_parse)
+    if measured.serving is not None:
+        notes += serving_notes(measured.serving)
     return notes
 
 
@@ -755,13 +775,15 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"speed layer over {len(measured.speed.data.stream):,} records")
     if measured.dag_parse is not None:
         sizes.append(f"parse time of {len(measured.dag_parse.best_s) - 1} DAG files")
+    if measured.serving is not None:
+        sizes.append(f"serving over {measured.serving.data.transactions:,} transactions")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
                                      measured.views, measured.stores,
                                      measured.training_set, measured.online_state,
-                                     measured.speed, measured.dag_parse),
+                                     measured.speed, measured.dag_parse, measured.serving),
                           report_notes(measured))
 
 

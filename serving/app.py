@@ -39,7 +39,7 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -56,6 +56,8 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.config import Settings
 from lamina.errors import ConfigError
@@ -80,6 +82,7 @@ from lamina.stores import (
 from lamina.stores.base import now_ms
 from lamina.stores.lookup import FeatureReader
 from lamina.stores.online import online_seed
+from lamina.stores.sqlite import SqliteTileStore
 
 log = get_logger(__name__)
 
@@ -199,6 +202,44 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # --- the app ------------------------------------------------------------------------
 
 
+class _RequestMetrics:
+    """Counts and times every HTTP request per route, method and status
+    (pure ASGI: Starlette's ``BaseHTTPMiddleware`` runs each request
+    through a task group and memory streams, measured at a large share of
+    a lookup's CPU, docs/benchmarks.md). Never logs the headers: the
+    Authorization header carries the token."""
+
+    def __init__(self, app: ASGIApp, *, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            # The router stores the matched route in this same scope dict.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            elapsed = time.perf_counter() - began
+            self.requests.labels(route, method, str(status)).inc()
+            self.latency.labels(route, method).observe(elapsed)
+            log.debug("request", route=route, method=method, status=status,
+                      ms=round(elapsed * 1000, 3))
+
+
 @dataclass
 class _Group:
     group: GroupBy
@@ -249,6 +290,12 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     max_entities = settings.serving.max_batch_entities
     attempts = settings.serving.batch_snapshot_attempts
 
+    # The embedded store answers in tens of µs: a lookup on the event loop
+    # is cheaper than a thread-pool hop. A networked store (Redis) waits on
+    # round trips, which the thread pool lets concurrent requests overlap
+    # (docs/decisions.md, measured in docs/benchmarks.md).
+    on_loop = isinstance(store, SqliteTileStore)
+
     app = FastAPI(title="Lamina serving", version=API_VERSION,
                   description="Batch (+) realtime features, the speed layer's scores and "
                               "ad-hoc scoring with the champion.")
@@ -260,21 +307,9 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     app.state.store = store
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def measure(request: Request,
-                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        elapsed = time.perf_counter() - began
-        requests.labels(route, request.method, str(response.status_code)).inc()
-        latency.labels(route, request.method).observe(elapsed)
-        # Never the headers: the Authorization header carries the token.
-        log.debug("request", route=route, method=request.method,
-                  status=response.status_code, ms=round(elapsed * 1000, 3))
-        return response
+    app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
 
-    def authorised(request: Request, credentials: Annotated[
+    async def authorised(request: Request, credentials: Annotated[
             HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
         given = b"" if credentials is None else credentials.credentials.encode()
         if not hmac.compare_digest(given, expected):
@@ -375,7 +410,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
              responses={**_ERRORS, 404: {"model": ErrorBody, "description": "unknown entity"},
                         422: {"description": "malformed request, or as_of_ms outside the "
                                              "published view's [cutoff, horizon)"}})
-    def features(group: Annotated[str, Path(min_length=1, max_length=64)],
+    async def features(group: Annotated[str, Path(min_length=1, max_length=64)],
                  entity: Annotated[str, Path(min_length=1, max_length=256)],
                  as_of_ms: Annotated[int | None, Query(ge=0, description="default: now")]
                  = None) -> FeaturesResponse:
@@ -384,6 +419,11 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         cutoff, read as one snapshot."""
         found = group_of(group)
         t = clock_ms() if as_of_ms is None else as_of_ms
+        if on_loop:
+            return lookup(found, group, entity, t)
+        return await run_in_threadpool(lookup, found, group, entity, t)
+
+    def lookup(found: _Group, group: str, entity: str, t: int) -> FeaturesResponse:
         snapshot = store.read_entity(group, entity, t, found.reader.spans)
         if not known(snapshot):
             raise HTTPException(404, f"entity {entity!r} is unknown to view {group!r}: no batch "
