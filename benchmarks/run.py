@@ -11,6 +11,7 @@ How to run
     .venv/bin/python -m benchmarks.run --only online-state   # speed-layer state per event
     .venv/bin/python -m benchmarks.run --only speed          # the speed layer, scored
     .venv/bin/python -m benchmarks.run --only dag-parse      # Airflow parse time per DAG file
+    .venv/bin/python -m benchmarks.run --only dag-run        # retraining DAG run vs the CLI
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -91,6 +92,11 @@ Figures (events/s are records of the topic per second of wall time)
 * dag-parse -- Airflow's parse time of each file in dags/
   (`benchmarks/dag_parse.py`) next to a minimal one-task DAG parsed the
   same way (the reference); target under a second per file. Needs no broker.
+* dag-run -- the scheduler's overhead (`benchmarks/dag_run.py`, which says
+  exactly what runs): one `lamina_retraining` run with `dag.test()` next to
+  the same steps as CLI commands (the reference), same data, interleaved
+  rounds, with each task's duration next to its commands' wall time. Needs
+  no broker; minutes per round (real Spark, TensorFlow and MLflow).
 * online-state -- the speed layer's per-event state work
   (`benchmarks/online_state.py`): per transaction in arrival order,
   `OnlineState.features_before(event_time)` then `add`, next to the offline
@@ -137,6 +143,7 @@ from benchmarks.dag_parse import (
     dag_parse_rows,
     measure_dag_parse,
 )
+from benchmarks.dag_run import DagRunResults, dag_run_notes, dag_run_rows, measure_dag_run
 from benchmarks.landing import (
     COMMIT_STEPS,
     STALL_S,
@@ -216,7 +223,7 @@ DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state", "speed", "dag-parse")
+          "online-state", "speed", "dag-parse", "dag-run")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -445,7 +452,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
                training_set: TrainingSetResults | None = None,
                online_state: OnlineStateResults | None = None,
                speed: SpeedResults | None = None,
-               dag_parse: DagParseResults | None = None) -> list[Row]:
+               dag_parse: DagParseResults | None = None,
+               dag_run: DagRunResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
@@ -461,6 +469,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
         rows += speed_rows(speed)
     if dag_parse is not None:
         rows += dag_parse_rows(dag_parse)
+    if dag_run is not None:
+        rows += dag_run_rows(dag_run)
     return rows
 
 
@@ -610,6 +620,7 @@ class Measured:
     online_state: OnlineStateResults | None = None
     speed: SpeedResults | None = None
     dag_parse: DagParseResults | None = None
+    dag_run: DagRunResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -647,6 +658,8 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
         restore_affinity(set(ctx.cores))
     if "dag-parse" in args.suites:
         measured.dag_parse = measure_dag_parse(max(args.rounds, 3), say)
+    if "dag-run" in args.suites:
+        measured.dag_run = measure_dag_run(args.rounds, say)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
@@ -697,6 +710,8 @@ def report_notes(measured: Measured) -> list[str]:
         notes += speed_notes(measured.speed)
     if measured.dag_parse is not None:
         notes += dag_parse_notes(measured.dag_parse)
+    if measured.dag_run is not None:
+        notes += dag_run_notes(measured.dag_run)
     return notes
 
 
@@ -755,13 +770,16 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"speed layer over {len(measured.speed.data.stream):,} records")
     if measured.dag_parse is not None:
         sizes.append(f"parse time of {len(measured.dag_parse.best_s) - 1} DAG files")
+    if measured.dag_run is not None:
+        sizes.append(f"retraining DAG vs CLI on {measured.dag_run.transactions:,} transactions")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
                                      measured.views, measured.stores,
                                      measured.training_set, measured.online_state,
-                                     measured.speed, measured.dag_parse),
+                                     measured.speed, measured.dag_parse,
+                                     measured.dag_run),
                           report_notes(measured))
 
 
