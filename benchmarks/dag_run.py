@@ -103,7 +103,10 @@ with create_session() as session:
         xcom = session.scalars(select(XComModel).where(
             XComModel.dag_id == dag_id, XComModel.run_id == run.run_id,
             XComModel.task_id == ti.task_id, XComModel.key == "return_value")).first()
-        tasks[ti.task_id] = {"state": str(ti.state), "duration": ti.duration,
+        duration = ti.duration
+        if duration is None and ti.start_date and ti.end_date:
+            duration = (ti.end_date - ti.start_date).total_seconds()
+        tasks[ti.task_id] = {"state": str(ti.state), "duration": duration,
                              "xcom": None if xcom is None else XComModel.deserialize_value(xcom)}
 print("DAG_RUN " + json.dumps({"state": str(run.state), "import_parse_s": parsed - began,
                                "test_s": tested - parsed, "tasks": tasks}, default=str))
@@ -221,7 +224,8 @@ def _dag_round(scratch: Path, base: dict[str, str], home: Path, logical: datetim
     sets = tasks["build_training_sets"]["xcom"]["sets"]
     return DagRound(wall_s=wall, import_parse_s=result["import_parse_s"],
                     test_s=result["test_s"],
-                    task_s={n: float(t["duration"]) for n, t in tasks.items()},
+                    task_s={n: float(t["duration"]) for n, t in tasks.items()
+                            if t["duration"] is not None},
                     decision=decision["decision"],
                     roc_auc=decision["candidate_metrics"].get("roc_auc"),
                     rows={name: int(s["rows"]) for name, s in sets.items()})
