@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -280,12 +280,13 @@ def measure_dag_run(rounds: int, say: Callable[[str], None] = print) -> DagRunRe
                                      logical + timedelta(minutes=round_no))
                     results.dag.append(dag)
                     say(f"dag-run round {round_no}: DAG {dag.wall_s:.1f} s "
-                        f"(dag.test {dag.test_s:.1f} s), gate {dag.decision}")
+                        f"(dag.test {dag.test_s:.1f} s), gate {dag.decision}; "
+                        f"{json.dumps(asdict(dag))}")
                 else:
                     cli = _cli_round(scratch, base, home)
                     results.cli.append(cli)
                     say(f"dag-run round {round_no}: CLI {cli.wall_s:.1f} s, "
-                        f"gate {cli.decision}")
+                        f"gate {cli.decision}; {json.dumps(asdict(cli))}")
                 shutil.rmtree(home, ignore_errors=True)
             if results.dag[-1].decision != results.cli[-1].decision:
                 raise BenchmarkError(
