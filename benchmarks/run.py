@@ -12,6 +12,7 @@ How to run
     .venv/bin/python -m benchmarks.run --only speed          # the speed layer, scored
     .venv/bin/python -m benchmarks.run --only dag-parse      # Airflow parse time per DAG file
     .venv/bin/python -m benchmarks.run --only serving        # HTTP lookups, batch, freshness
+    .venv/bin/python -m benchmarks.run --only dag-run        # retraining DAG run vs the CLI
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -92,6 +93,11 @@ Figures (events/s are records of the topic per second of wall time)
 * dag-parse -- Airflow's parse time of each file in dags/
   (`benchmarks/dag_parse.py`) next to a minimal one-task DAG parsed the
   same way (the reference); target under a second per file. Needs no broker.
+* dag-run -- the scheduler's overhead (`benchmarks/dag_run.py`, which says
+  exactly what runs): one `lamina_retraining` run with `dag.test()` next to
+  the same steps as CLI commands (the reference), same data, interleaved
+  rounds, with each task's duration next to its commands' wall time. Needs
+  no broker; minutes per round (real Spark, TensorFlow and MLflow).
 * online-state -- the speed layer's per-event state work
   (`benchmarks/online_state.py`): per transaction in arrival order,
   `OnlineState.features_before(event_time)` then `add`, next to the offline
@@ -147,6 +153,7 @@ from benchmarks.dag_parse import (
     dag_parse_rows,
     measure_dag_parse,
 )
+from benchmarks.dag_run import DagRunResults, dag_run_notes, dag_run_rows, measure_dag_run
 from benchmarks.landing import (
     COMMIT_STEPS,
     STALL_S,
@@ -227,7 +234,7 @@ DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state", "speed", "dag-parse", "serving")
+          "online-state", "speed", "dag-parse", "serving", "dag-run")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -457,7 +464,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
                online_state: OnlineStateResults | None = None,
                speed: SpeedResults | None = None,
                dag_parse: DagParseResults | None = None,
-               serving: ServingResults | None = None) -> list[Row]:
+               serving: ServingResults | None = None,
+               dag_run: DagRunResults | None = None) -> list[Row]:
     rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
     if views is not None:
         rows += views_rows(views)
@@ -475,6 +483,8 @@ def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[
         rows += dag_parse_rows(dag_parse)
     if serving is not None:
         rows += serving_rows(serving)
+    if dag_run is not None:
+        rows += dag_run_rows(dag_run)
     return rows
 
 
@@ -625,6 +635,7 @@ class Measured:
     speed: SpeedResults | None = None
     dag_parse: DagParseResults | None = None
     serving: ServingResults | None = None
+    dag_run: DagRunResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -665,6 +676,8 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
     if "serving" in args.suites:
         measured.serving = measure_serving(args.quick, args.rounds)
         restore_affinity(set(ctx.cores))
+    if "dag-run" in args.suites:
+        measured.dag_run = measure_dag_run(args.rounds, say)
     if "training" in args.suites:
         measured.training = measure_training(set(ctx.cores), args.rounds, say)
     return measured
@@ -717,6 +730,8 @@ def report_notes(measured: Measured) -> list[str]:
         notes += dag_parse_notes(measured.dag_parse)
     if measured.serving is not None:
         notes += serving_notes(measured.serving)
+    if measured.dag_run is not None:
+        notes += dag_run_notes(measured.dag_run)
     return notes
 
 
@@ -777,13 +792,16 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"parse time of {len(measured.dag_parse.best_s) - 1} DAG files")
     if measured.serving is not None:
         sizes.append(f"serving over {measured.serving.data.transactions:,} transactions")
+    if measured.dag_run is not None:
+        sizes.append(f"retraining DAG vs CLI on {measured.dag_run.transactions:,} transactions")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
                                      measured.views, measured.stores,
                                      measured.training_set, measured.online_state,
-                                     measured.speed, measured.dag_parse, measured.serving),
+                                     measured.speed, measured.dag_parse, measured.serving,
+                                     measured.dag_run),
                           report_notes(measured))
 
 

@@ -163,6 +163,11 @@ class SparkSettings:
     master: str = "local[2]"
     # Extra Spark configuration, e.g. {"spark.executor.memory": "4g"}.
     conf: dict[str, str] = field(default_factory=dict)
+    # Merged over `conf` for the training step only: the GPU resource
+    # requests of the barrier tasks (spark.executor.resource.gpu.amount,
+    # spark.task.resource.gpu.amount), which would make every batch-view
+    # task wait for a GPU if they were in `conf`. See infra/README.md.
+    train_conf: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

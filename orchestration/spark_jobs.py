@@ -46,11 +46,24 @@ class SparkStepError(LaminaError):
     output lines."""
 
 
+#: Steps whose Spark configuration adds ``[spark] train_conf`` to ``conf``.
+TRAINING_STEPS = frozenset({"train"})
+
+
+def step_conf(settings: Settings, step: str) -> dict[str, str]:
+    """The Spark configuration ``step`` runs with: ``[spark] conf``, and for
+    the training step ``[spark] train_conf`` over it (its GPU requests)."""
+    conf = dict(settings.spark.conf)
+    if step in TRAINING_STEPS:
+        conf |= settings.spark.train_conf
+    return conf
+
+
 def spark_submit_equivalent(settings: Settings, step: str) -> list[str]:
     """The ``spark-submit`` command line for ``step`` with the ``[spark]``
-    settings (master and conf): what a cluster deployment runs."""
+    settings (master and ``step_conf``): what a cluster deployment runs."""
     command = ["spark-submit", "--master", settings.spark.master, "--packages", DELTA_PACKAGE]
-    for key, value in sorted(settings.spark.conf.items()):
+    for key, value in sorted(step_conf(settings, step).items()):
         command += ["--conf", f"{key}={value}"]
     return [*command, "-m", "lamina.orchestration.spark_jobs", step]
 
@@ -131,10 +144,23 @@ def _training_sets(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
 def _train(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
     from lamina.batch.commands import train_command
 
-    return train_command(args["training_set"], models_dir=settings.models_uri,
-                         registry=settings.registry_uri, snapshot_id=args["snapshot"],
-                         params=args.get("params"), seed=args.get("seed", 42),
-                         workers=args.get("workers", 0), spark_master=settings.spark.master)
+    workers = args.get("workers", 0)
+    spark = None
+    if workers:
+        from lamina.batch.spark import spark_session
+
+        # Built here, not by train_command, so the step's conf (and its GPU
+        # requests) reach the session.
+        spark = spark_session(settings.spark.master, app_name="lamina-train",
+                              extra_conf=step_conf(settings, "train"))
+    try:
+        return train_command(args["training_set"], models_dir=settings.models_uri,
+                             registry=settings.registry_uri, snapshot_id=args["snapshot"],
+                             params=args.get("params"), seed=args.get("seed", 42),
+                             workers=workers, spark=spark, spark_master=settings.spark.master)
+    finally:
+        if spark is not None:
+            spark.stop()
 
 
 STEPS: dict[str, Callable[[Settings, dict[str, Any]], dict[str, Any]]] = {
