@@ -11,6 +11,8 @@ How to run
     .venv/bin/python -m benchmarks.run --only online-state   # speed-layer state per event
     .venv/bin/python -m benchmarks.run --only speed          # the speed layer, scored
     .venv/bin/python -m benchmarks.run --only dag-parse      # Airflow parse time per DAG file
+    .venv/bin/python -m benchmarks.run --only speed-latency  # produce->score at 50 % load
+    .venv/bin/python -m benchmarks.run --only speed-recovery # catch-up after kill -9
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -104,6 +106,16 @@ Figures (events/s are records of the topic per second of wall time)
   goes, and `score_batch` rows/s next to the bare NumPy forward pass at
   batch 1, 64 and 1000 (target >= 0.5x at 1000). 100k stream records (20k
   with --quick).
+* speed-latency -- produce->score latency of the speed layer at a steady
+  50 % of its sustained maximum (`benchmarks/speed_latency.py`, which says
+  exactly what runs): p50/p90/p99/p99.9 to each score record's produce
+  time, next to a plain consumer's produce->consume latency of the same
+  paced stream (target p99 < 100 ms), both stores, then a sweep of the
+  micro-batch settings on SQLite.
+* speed-recovery -- `lamina speed run` as a subprocess killed with SIGKILL
+  mid-stream and restarted on a known backlog: restart -> caught up next to
+  backlog / raw consume rate and backlog / the speed layer's sustained
+  rate, both stores; the tiles checked exact afterwards.
 """
 
 from __future__ import annotations
@@ -168,6 +180,16 @@ from benchmarks.report import Row, append_section, render_section
 from benchmarks.speed import DEFAULT_STREAM as SPEED_STREAM
 from benchmarks.speed import QUICK_STREAM as SPEED_QUICK_STREAM
 from benchmarks.speed import SpeedResults, measure_speed, speed_notes, speed_rows
+from benchmarks.speed_latency import (
+    LatencyResults,
+    RecoveryResults,
+    latency_notes,
+    latency_rows,
+    measure_latency,
+    measure_recovery,
+    recovery_notes,
+    recovery_rows,
+)
 from benchmarks.tile_store import DEFAULT_TRANSACTIONS as STORE_TRANSACTIONS
 from benchmarks.tile_store import (
     LOOKUPS,
@@ -216,7 +238,7 @@ DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state", "speed", "dag-parse")
+          "online-state", "speed", "dag-parse", "speed-latency", "speed-recovery")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -610,6 +632,8 @@ class Measured:
     online_state: OnlineStateResults | None = None
     speed: SpeedResults | None = None
     dag_parse: DagParseResults | None = None
+    latency: LatencyResults | None = None
+    recovery: RecoveryResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -644,6 +668,13 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
         measured.speed = measure_speed(
             args.speed_events or (SPEED_QUICK_STREAM if args.quick else SPEED_STREAM),
             args.rounds, say, stores=args.speed_stores)
+        restore_affinity(set(ctx.cores))
+    if "speed-latency" in args.suites:
+        measured.latency = measure_latency(args.rounds, say, quick=args.quick,
+                                           stores=args.speed_stores)
+        restore_affinity(set(ctx.cores))
+    if "speed-recovery" in args.suites:
+        measured.recovery = measure_recovery(say, quick=args.quick, stores=args.speed_stores)
         restore_affinity(set(ctx.cores))
     if "dag-parse" in args.suites:
         measured.dag_parse = measure_dag_parse(max(args.rounds, 3), say)
@@ -697,6 +728,10 @@ def report_notes(measured: Measured) -> list[str]:
         notes += speed_notes(measured.speed)
     if measured.dag_parse is not None:
         notes += dag_parse_notes(measured.dag_parse)
+    if measured.latency is not None:
+        notes += latency_notes(measured.latency)
+    if measured.recovery is not None:
+        notes += recovery_notes(measured.recovery)
     return notes
 
 
@@ -755,13 +790,20 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"speed layer over {len(measured.speed.data.stream):,} records")
     if measured.dag_parse is not None:
         sizes.append(f"parse time of {len(measured.dag_parse.best_s) - 1} DAG files")
+    if measured.latency is not None:
+        sizes.append("speed latency at 50 % load")
+    if measured.recovery is not None:
+        sizes.append("speed recovery after kill -9")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
                           build_rows(measured.results, loaded, suites, measured.training,
                                      measured.views, measured.stores,
                                      measured.training_set, measured.online_state,
-                                     measured.speed, measured.dag_parse),
+                                     measured.speed, measured.dag_parse)
+                          + ([] if measured.latency is None else latency_rows(measured.latency))
+                          + ([] if measured.recovery is None
+                             else recovery_rows(measured.recovery)),
                           report_notes(measured))
 
 
