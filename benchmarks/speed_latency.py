@@ -28,8 +28,10 @@ speed-latency
    minus the record's timestamp. Same rate, same run, right before the
    speed layer's paced run.
 4. The speed layer: ``SpeedLayer`` + ``RealtimeTiles`` scoring into a fresh
-   store (batch view published first), the paced producer started once it
-   owns its partitions. Afterwards its score records are read back from
+   store (batch view published first); the stream's first ``WARM_RECORDS``
+   are produced as a backlog and consumed first (every card's state seeded
+   from the store, as in a long-running layer; not timed), then the paced
+   producer sends the records after them. Afterwards its score records are read back from
    its scores topic. Two latencies per scored event:
    * **to the score record produced** (the figure): the score record's own
      Kafka timestamp (set when the sink calls ``produce``) minus the
@@ -106,6 +108,10 @@ PACED_SECONDS = 15.0
 QUICK_PACED_SECONDS = 6.0
 SATURATION_RECORDS = 15_000
 QUICK_SATURATION_RECORDS = 5_000
+#: Records consumed as a backlog before a paced run starts (every card
+#: touched a few times, so its state is seeded before latency is measured).
+WARM_RECORDS = 4_000
+QUICK_WARM_RECORDS = 2_000
 RECOVERY_RECORDS = 30_000
 QUICK_RECOVERY_RECORDS = 9_000
 DEFAULT_POLL_MS = 100  # SpeedLayer._run's poll timeout
@@ -147,15 +153,16 @@ def fmt_pcts(pcts: dict[float, float]) -> str:
 
 
 def pace_main(argv: Sequence[str]) -> int:
-    """``pace BOOTSTRAP TOPIC RATE COUNT STREAM_FILE``: wait for a line on
-    stdin, then produce the first COUNT records of the pickled stream at
-    RATE records/s; print one JSON line (start wall ms, seconds, the worst
-    lag behind the schedule)."""
+    """``pace BOOTSTRAP TOPIC RATE COUNT STREAM_FILE FIRST``: wait for a
+    line on stdin, then produce COUNT records of the pickled stream from
+    index FIRST at RATE records/s; print one JSON line (start wall ms,
+    seconds, the worst lag behind the schedule)."""
     from lamina import kafkaio
 
-    bootstrap, topic, rate_s, count_s, stream_file = argv
-    rate, count = float(rate_s), int(count_s)
-    stream: list[tuple[bytes | None, bytes]] = pickle.loads(Path(stream_file).read_bytes())
+    bootstrap, topic, rate_s, count_s, stream_file, first_s = argv
+    rate, count, first = float(rate_s), int(count_s), int(first_s)
+    stream: list[tuple[bytes | None, bytes]] = pickle.loads(
+        Path(stream_file).read_bytes())[first:]
     if len(stream) < count:
         raise SystemExit(f"the stream holds {len(stream)} records, {count} asked for")
     producer = kafkaio.make_fast_producer(bootstrap)
@@ -190,9 +197,9 @@ class PacedProducer:
     """The child process of ``pace_main``: started, ``go()``, ``finish()``."""
 
     def __init__(self, bootstrap: str, topic: str, rate: float, count: int,
-                 stream_file: Path, core: int | None) -> None:
+                 stream_file: Path, core: int | None, first: int = 0) -> None:
         cmd = [sys.executable, "-m", "benchmarks.speed_latency", "pace", bootstrap, topic,
-               f"{rate:.3f}", str(count), str(stream_file)]
+               f"{rate:.3f}", str(count), str(stream_file), str(first)]
         if core is not None:
             cmd = ["taskset", "-c", str(core), *cmd]
         self.count = count
@@ -326,9 +333,12 @@ def _score_latencies(bootstrap: str, topic: str, expected: int
 def paced_speed(bootstrap: str, data: SpeedData, champion: Any, workdir: Path,
                 stream_file: Path, rate: float, count: int, core: int | None, *,
                 store_kind: str, redis_url: str | None,
-                settings: BatchSettings = DEFAULTS) -> PacedRun:
+                settings: BatchSettings = DEFAULTS, warm: int = 0) -> PacedRun:
     """The speed layer scoring the paced stream; latency to each score
-    record's produce time (module docstring)."""
+    record's produce time (module docstring). The first ``warm`` records
+    of the stream are produced as a backlog and consumed before the paced
+    records (from index ``warm``) start, so the entity states are seeded."""
+    from benchmarks.speed import produce_stream
     from lamina import kafkaio
     from lamina.schemas.card_views import CARD_FRAUD, CARD_VIEWS
     from lamina.schemas.validation import EventValidator
@@ -357,19 +367,23 @@ def paced_speed(bootstrap: str, data: SpeedData, champion: Any, workdir: Path,
         def consume() -> None:
             try:
                 with StallWatch(layer, 60.0) as watch:
-                    outcome["stats"] = layer.run(max_events=count)
+                    outcome["stats"] = layer.run(max_events=warm + count)
                 outcome["stalled"] = watch.stalled
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 outcome["error"] = exc
 
-        producer = PacedProducer(bootstrap, topic, rate, count, stream_file, core)
+        if warm:
+            produce_stream(bootstrap, topic, replace(data, stream=data.stream[:warm]))
+        producer = PacedProducer(bootstrap, topic, rate, count, stream_file, core, warm)
         thread = threading.Thread(target=consume, name="bench-speed-layer", daemon=True)
         thread.start()
-        deadline = time.monotonic() + 60
-        while len(consumer.assignment()) < PARTITIONS and thread.is_alive():
+        deadline = time.monotonic() + 60 + warm / 50
+        while (len(consumer.assignment()) < PARTITIONS or layer.stats.consumed < warm
+               or layer.stats.commits == 0) and thread.is_alive():
             if time.monotonic() > deadline:
                 layer.stop()
-                raise BenchmarkError("the speed layer was given no partitions in 60 s")
+                raise BenchmarkError("the speed layer did not own its partitions and read "
+                                     "the warm-up backlog in time")
             time.sleep(0.05)
         producer.go()
         said = producer.finish(count / rate + 120)
@@ -413,6 +427,7 @@ class LatencyResults:
     runs: dict[str, PacedRun] = field(default_factory=dict)
     sweep: list[PacedRun] = field(default_factory=list)
     seconds: float = PACED_SECONDS
+    warm: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -466,10 +481,11 @@ def measure_latency(rounds: int, say: Callable[[str], None], *, quick: bool = Fa
     workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-latency-"))
     try:
         saturation_n = QUICK_SATURATION_RECORDS if quick else SATURATION_RECORDS
+        warm = QUICK_WARM_RECORDS if quick else WARM_RECORDS
         # Enough records for the paced runs at up to ~4k ev/s (checked below).
-        data = build_data(max(saturation_n, int(4_000 * (seconds + WARMUP_S))))
+        data = build_data(max(saturation_n, warm + int(4_000 * (seconds + WARMUP_S))))
         say(data.describe())
-        results = LatencyResults(data, seconds=seconds)
+        results = LatencyResults(data, seconds=seconds, warm=warm)
         champion = train_champion(workdir)
         stream_file = workdir / "stream.pickle"
         stream_file.write_bytes(pickle.dumps(data.stream))
@@ -488,7 +504,7 @@ def measure_latency(rounds: int, say: Callable[[str], None], *, quick: bool = Fa
                 best = max(results.saturation[kind], key=lambda t: t.rate)
                 rate = LOAD_FRACTION * best.rate
                 count = int(rate * (seconds + WARMUP_S))
-                if count > len(data.stream):
+                if warm + count > len(data.stream):
                     raise BenchmarkError(f"{count} records needed at {rate:,.0f} ev/s, the "
                                          f"stream holds {len(data.stream)}")
                 ref = paced_reference(env.bootstrap, stream_file, rate, count,
@@ -497,7 +513,7 @@ def measure_latency(rounds: int, say: Callable[[str], None], *, quick: bool = Fa
                 say(f"{kind}: broker p99 {ref.p99:,.0f} ms at {rate:,.0f} ev/s")
                 paced = paced_speed(env.bootstrap, data, champion, workdir, stream_file, rate,
                                     count, env.producer_core, store_kind=kind,
-                                    redis_url=env.redis_url)
+                                    redis_url=env.redis_url, warm=warm)
                 results.runs[kind] = paced
                 say(f"{kind}: speed p99 {paced.p99:,.0f} ms at {rate:,.0f} ev/s")
                 if sweep and kind == "sqlite":
@@ -505,7 +521,7 @@ def measure_latency(rounds: int, say: Callable[[str], None], *, quick: bool = Fa
                         swept = paced_speed(env.bootstrap, data, champion, workdir,
                                             stream_file, rate, count, env.producer_core,
                                             store_kind=kind, redis_url=env.redis_url,
-                                            settings=settings)
+                                            settings=settings, warm=warm)
                         results.sweep.append(swept)
                         say(f"sweep {settings.describe()}: p99 {swept.p99:,.0f} ms")
         return results
@@ -570,7 +586,9 @@ def latency_notes(results: LatencyResults) -> list[str]:
     return [f"Speed latency data: {results.data.describe()}.",
             f"Speed latency: each paced run produces for {WARMUP_S:g} s of warm-up (not counted) "
             f"plus {results.seconds:g} s with `kafkaio.make_fast_producer` (linger 5 ms) from a "
-            "child process; the reference consumer and the speed layer each get their own "
+            "child process, after the speed layer consumed a backlog of the stream's first "
+            f"{results.warm:,} records (entity states seeded, not timed); the reference "
+            "consumer and the speed layer each get their own "
             "topic and the same records at the same rate; one run per setting (latency "
             "percentiles, not a best of).", *results.notes]
 
