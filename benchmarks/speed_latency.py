@@ -804,8 +804,11 @@ def _resumed_at(log_path: Path, offset: int) -> float:
         for raw_line in log:
             line = raw_line.decode(errors="replace")
             if "partition resumed from the store" in line:
-                stamp = time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
-                return time.mktime(stamp) + int(line[20:23]) / 1000
+                try:
+                    stamp = time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
+                    return time.mktime(stamp) + int(line[20:23]) / 1000
+                except ValueError:  # not a log line's start
+                    continue
     return float("nan")
 
 
