@@ -740,7 +740,8 @@ def recover_once(setup: Setup, data: SpeedData, champion: Any, workdir: Path, ho
     _produce(setup.bootstrap, topic, data, data.stream[:first])
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 180
+        # Generous: under a load average of 25-30 the start alone took ~95 s.
+        deadline = time.monotonic() + 600
         while position() < first // 2:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise BenchmarkError(f"`lamina speed run` ({kind}) made no progress; see "
@@ -848,6 +849,7 @@ def measure_recovery(say: Callable[[str], None], *, quick: bool = False,
     repo = repo or Path(__file__).resolve().parents[1]
     n = QUICK_RECOVERY_RECORDS if quick else RECOVERY_RECORDS
     workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-recovery-"))
+    finished = False
     try:
         data = build_data(n)
         say(data.describe())
@@ -868,9 +870,13 @@ def measure_recovery(say: Callable[[str], None], *, quick: bool = False,
                     f"{run.first_write_s:.1f} s; sustained "
                     f"{run.sustained.rate:,.0f} ev/s, raw {run.raw.rate:,.0f} ev/s; tiles "
                     f"exact {run.tiles_exact}, offsets exact {run.offsets_exact})")
+        finished = True
         return results
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if finished:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"kept {workdir} for inspection (speed-<store>.log)")
 
 
 def recovery_rows(results: RecoveryResults) -> list[Row]:
