@@ -13,6 +13,8 @@ How to run
     .venv/bin/python -m benchmarks.run --only dag-parse      # Airflow parse time per DAG file
     .venv/bin/python -m benchmarks.run --only serving        # HTTP lookups, batch, freshness
     .venv/bin/python -m benchmarks.run --only dag-run        # retraining DAG run vs the CLI
+    .venv/bin/python -m benchmarks.run --only speed-latency  # produce->score at 50 % load
+    .venv/bin/python -m benchmarks.run --only speed-recovery # catch-up after kill -9
 
 The run starts its own single-node Kafka (temporary directory, random ports),
 prints a markdown table and appends it, with the machine, UTC date, git commit
@@ -120,6 +122,16 @@ Figures (events/s are records of the topic per second of wall time)
   lookups and raw reads, and produce -> served freshness with the speed
   layer running next to Kafka's produce -> consume. Starts its own
   redis-server and broker.
+* speed-latency -- produce->score latency of the speed layer at a steady
+  50 % of its sustained maximum (`benchmarks/speed_latency.py`, which says
+  exactly what runs): p50/p90/p99/p99.9 to each score record's produce
+  time, next to a plain consumer's produce->consume latency of the same
+  paced stream (target p99 < 100 ms), both stores, then a sweep of the
+  micro-batch settings on SQLite.
+* speed-recovery -- `lamina speed run` as a subprocess killed with SIGKILL
+  mid-stream and restarted on a known backlog: restart -> caught up next to
+  backlog / raw consume rate and backlog / the speed layer's sustained
+  rate, both stores; the tiles checked exact afterwards.
 """
 
 from __future__ import annotations
@@ -186,6 +198,16 @@ from benchmarks.serving import ServingResults, measure_serving, serving_notes, s
 from benchmarks.speed import DEFAULT_STREAM as SPEED_STREAM
 from benchmarks.speed import QUICK_STREAM as SPEED_QUICK_STREAM
 from benchmarks.speed import SpeedResults, measure_speed, speed_notes, speed_rows
+from benchmarks.speed_latency import (
+    LatencyResults,
+    RecoveryResults,
+    latency_notes,
+    latency_rows,
+    measure_latency,
+    measure_recovery,
+    recovery_notes,
+    recovery_rows,
+)
 from benchmarks.tile_store import DEFAULT_TRANSACTIONS as STORE_TRANSACTIONS
 from benchmarks.tile_store import (
     LOOKUPS,
@@ -234,7 +256,8 @@ DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
 SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state", "speed", "dag-parse", "serving", "dag-run")
+          "online-state", "speed", "dag-parse", "serving", "dag-run", "speed-latency",
+          "speed-recovery")
 KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
@@ -636,6 +659,8 @@ class Measured:
     dag_parse: DagParseResults | None = None
     serving: ServingResults | None = None
     dag_run: DagRunResults | None = None
+    latency: LatencyResults | None = None
+    recovery: RecoveryResults | None = None
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
@@ -670,6 +695,13 @@ def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
         measured.speed = measure_speed(
             args.speed_events or (SPEED_QUICK_STREAM if args.quick else SPEED_STREAM),
             args.rounds, say, stores=args.speed_stores)
+        restore_affinity(set(ctx.cores))
+    if "speed-latency" in args.suites:
+        measured.latency = measure_latency(args.rounds, say, quick=args.quick,
+                                           stores=args.speed_stores)
+        restore_affinity(set(ctx.cores))
+    if "speed-recovery" in args.suites:
+        measured.recovery = measure_recovery(say, quick=args.quick, stores=args.speed_stores)
         restore_affinity(set(ctx.cores))
     if "dag-parse" in args.suites:
         measured.dag_parse = measure_dag_parse(max(args.rounds, 3), say)
@@ -732,6 +764,10 @@ def report_notes(measured: Measured) -> list[str]:
         notes += serving_notes(measured.serving)
     if measured.dag_run is not None:
         notes += dag_run_notes(measured.dag_run)
+    if measured.latency is not None:
+        notes += latency_notes(measured.latency)
+    if measured.recovery is not None:
+        notes += recovery_notes(measured.recovery)
     return notes
 
 
@@ -794,6 +830,10 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
         sizes.append(f"serving over {measured.serving.data.transactions:,} transactions")
     if measured.dag_run is not None:
         sizes.append(f"retraining DAG vs CLI on {measured.dag_run.transactions:,} transactions")
+    if measured.latency is not None:
+        sizes.append("speed latency at 50 % load")
+    if measured.recovery is not None:
+        sizes.append("speed recovery after kill -9")
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
     return render_section(title, facts,
@@ -801,7 +841,10 @@ def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
                                      measured.views, measured.stores,
                                      measured.training_set, measured.online_state,
                                      measured.speed, measured.dag_parse, measured.serving,
-                                     measured.dag_run),
+                                     measured.dag_run)
+                          + ([] if measured.latency is None else latency_rows(measured.latency))
+                          + ([] if measured.recovery is None
+                             else recovery_rows(measured.recovery)),
                           report_notes(measured))
 
 
