@@ -83,6 +83,8 @@ CAUSES: Final = (LATE_ARRIVAL, BEYOND_LATENESS, BATCH_CUTOFF)
 #: Mismatches listed one by one in the report (the rest are counted).
 MAX_EXAMPLES: Final = 50
 REPORT_NAME: Final = "consistency.json"
+#: Empty polls (of 1 s) in a row after which reading the scores gives up.
+_MAX_IDLE_POLLS: Final = 30
 
 
 def bits(value: float) -> str:
@@ -247,8 +249,15 @@ def read_scores(bootstrap: str, topic: str, *, since_ms: int, until_ms: int,
         consumer.seek_to_beginning(*tps)
         ends = {tp: n for tp, n in consumer.end_offsets(tps).items() if n > 0}
         seen: set[tuple[str, int]] = set()
+        idle_polls = 0
         while ends:
             polled = consumer.poll(timeout_ms=1000, max_records=10_000)
+            idle_polls = 0 if polled else idle_polls + 1
+            if idle_polls >= _MAX_IDLE_POLLS:
+                raise ConfigError(
+                    f"reading {topic} stalled short of its end offsets "
+                    f"({', '.join(f'{tp.partition}: {consumer.position(tp)}/{n}' for tp, n in ends.items())}):"  # noqa: E501
+                    " is the broker reachable and the topic's leader up? Run again when it is")
             for tp, messages in polled.items():
                 for message in messages:
                     if tp not in ends or message.offset >= ends[tp]:
