@@ -80,7 +80,8 @@ BEYOND_LATENESS: Final = "beyond_allowed_lateness"
 UNEXPLAINED: Final = "unexplained"
 #: The causes, in the order their sets are tried.
 CAUSES: Final = (LATE_ARRIVAL, BEYOND_LATENESS, BATCH_CUTOFF)
-#: Mismatches listed one by one in the report (the rest are counted).
+#: Mismatched scores listed one by one in the report, each with its
+#: mismatched features (the rest are counted).
 MAX_EXAMPLES: Final = 50
 REPORT_NAME: Final = "consistency.json"
 #: Empty polls (of 1 s) in a row after which reading the scores gives up.
@@ -426,12 +427,13 @@ def consistency_report(spark: SparkSession, *, bootstrap: str, scores_topic: str
                 causes = attribute(contract, s, offline[s.event_id], scored, history,
                                    allowed_lateness_ms=allowed_lateness_ms)
             attributed[(s.event_id, s.model_version)] = causes
-            for f, cause in causes.items():
-                examples.append({"event_id": s.event_id, "model_version": s.model_version,
-                                 "entity": s.entity, "event_time": iso_utc(s.event_time),
-                                 "feature": f, "online": s.features[f],
-                                 "offline": offline[s.event_id][f], "cause": cause})
-    examples.sort(key=lambda e: (e["cause"] != UNEXPLAINED, e["event_time"], e["event_id"]))
+            examples.append({"event_id": s.event_id, "model_version": s.model_version,
+                             "entity": s.entity, "event_time": iso_utc(s.event_time),
+                             "unexplained": sum(c == UNEXPLAINED for c in causes.values()),
+                             "features": {f: {"online": s.features[f],
+                                              "offline": offline[s.event_id][f],
+                                              "cause": cause} for f, cause in causes.items()}})
+    examples.sort(key=lambda e: (not e["unexplained"], e["event_time"], e["event_id"]))
     report = build_report(
         scores, offline, attributed, contract, examples=examples,
         written_at=iso_utc(int(time.time() * 1000)), since=iso_utc(since_ms),
