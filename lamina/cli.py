@@ -383,6 +383,38 @@ def cmd_training_set(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: Exit status of `lamina consistency report` when a mismatch is unexplained.
+EXIT_UNEXPLAINED = 1
+
+
+def cmd_consistency(args: argparse.Namespace, settings: Settings) -> int:
+    """The consistency report of [--since, --until): a short table on
+    stdout, the JSON in <home>/reports/consistency.json; exit 1 when some
+    mismatch is unexplained."""
+    import time
+
+    from lamina.batch.consistency import consistency_command, summary_lines
+
+    until = _utc_ms(args.until) if args.until else int(time.time() * 1000)
+    since = _utc_ms(args.since) if args.since else until - 86_400_000
+    if since >= until:
+        raise ConfigError(f"--since ({args.since or 'a day before --until'}) must be before "
+                          f"--until ({args.until or 'now'})")
+    report, path = consistency_command(settings, since_ms=since, until_ms=until,
+                                       snapshot=args.snapshot, master=args.master)
+    for line in summary_lines(report):
+        print(line)
+    print(f"report: {path}")
+    if report["unexplained"]:
+        print(f"lamina consistency: {report['unexplained']} feature mismatches are "
+              f"unexplained: the online and offline features differ for a reason that is "
+              f"not a late arrival, the allowed lateness or the batch cutoff; see "
+              f"\"examples\" (cause \"unexplained\") in {path} and compare the speed "
+              "layer's and the training set's code versions", file=sys.stderr)
+        return EXIT_UNEXPLAINED
+    return 0
+
+
 def print_training_set(out: str, meta: Any) -> None:
     """The written training set's metadata as JSON on stdout, with a
     `warning` (also one line on stderr) when rows were left out as not yet
@@ -676,6 +708,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master",
                    help="Spark master URL (default: [spark] master in the settings, local[2])")
     p.set_defaults(func=cmd_training_set)
+
+    p = sub.add_parser("consistency", help="compare the speed layer's logged features with "
+                                           "the offline ones (Spark), every mismatch attributed",
+                       description="Reads the score records of [since, until) from the scores "
+                                   "topic, computes the same events' features from the master "
+                                   "dataset as the training set does, compares them bit for "
+                                   "bit and attributes each mismatch (late arrival, beyond the "
+                                   "allowed lateness, batch cutoff, or unexplained). Writes "
+                                   "<home>/reports/consistency.json; exit 1 if any mismatch is "
+                                   "unexplained.")
+    p.add_argument("action", choices=["report"])
+    p.add_argument("--since", help="ISO-8601 UTC, inclusive (default: a day before --until)")
+    p.add_argument("--until", help="ISO-8601 UTC, exclusive (default: now)")
+    p.add_argument("--snapshot", type=_non_negative_int,
+                   help="master dataset version (default: latest)")
+    p.add_argument("--master",
+                   help="Spark master URL (default: [spark] master in the settings, local[2])")
+    p.set_defaults(func=cmd_consistency)
 
     p = sub.add_parser("train", help="train a model on a training set and register it",
                        description="Idempotent: the same training set, snapshot, parameters "

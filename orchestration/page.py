@@ -108,7 +108,11 @@ def render_consistency(s: Mapping[str, Any]) -> str:
         return na
     rows = [(f["feature"], f["mismatch_rate"], f["mismatches"], f["attributed"])
             for f in s["features"]]
-    return (f"<p>{_e(s['events'])} events, written {_e(s['written_at'])}</p>"
+    unexplained = s.get("unexplained")
+    verdict = ("" if unexplained is None else
+               f'<b class="alert">{_e(unexplained)} unexplained</b>, ' if unexplained
+               else "0 unexplained, ")
+    return (f"<p>{verdict}{_e(s['events'])} events, written {_e(s['written_at'])}</p>"
             + _table(["feature", "mismatch rate", "mismatches", "attributed to"], rows))
 
 

@@ -163,11 +163,22 @@ def _train(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
             spark.stop()
 
 
+def _consistency(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
+    from lamina.batch.consistency import consistency_command
+
+    report, path = consistency_command(settings, since_ms=args["since_ms"],
+                                       until_ms=args["until_ms"], snapshot=args["snapshot"])
+    return {"path": str(path), **{k: report[k] for k in (
+        "since", "until", "snapshot", "events", "mismatched_events", "unexplained", "causes",
+        "not_landed", "undecodable")}}
+
+
 STEPS: dict[str, Callable[[Settings, dict[str, Any]], dict[str, Any]]] = {
     "views": _views,
     "publish": _publish,
     "training_sets": _training_sets,
     "train": _train,
+    "consistency": _consistency,
 }
 
 

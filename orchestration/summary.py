@@ -14,7 +14,9 @@ Files the page reads (written by scheduled steps; absent = "no report yet"):
   optional ``written_at`` / ``model_version``;
 * ``<home>/reports/consistency.json`` -- the consistency report:
   ``{"written_at", "events", "features": {name: {"mismatch_rate",
-  "mismatches", "attributed": {cause: n}}}}``;
+  "mismatches", "attributed": {cause: n}}}}``, and from
+  ``lamina.batch.consistency`` also ``unexplained`` (mismatches no cause
+  explains), ``since`` / ``until`` and more (docs/decisions.md);
 * ``<home>/speed/metrics.prom`` -- the speed layer's metrics in the
   Prometheus text format (lines ``name{labels} value``).
 """
@@ -159,7 +161,9 @@ def consistency_section(report: Mapping[str, Any] | None, path: Path) -> Section
                          "mismatches": values.get("mismatches"),
                          "attributed": dict(values.get("attributed") or {})})
     return {"available": True, "path": str(path), "written_at": report.get("written_at"),
-            "events": report.get("events"), "features": features}
+            "events": report.get("events"), "features": features,
+            "unexplained": report.get("unexplained"),
+            "since": report.get("since"), "until": report.get("until")}
 
 
 def parse_prometheus(text: str) -> dict[str, float]:

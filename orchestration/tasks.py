@@ -577,3 +577,36 @@ def _group_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]
         admin.close()
     return {tp.partition: int(meta.offset) for tp, meta in offsets.items()
             if tp.topic == topic and meta.offset >= 0}
+
+
+# --- online/offline consistency ------------------------------------------------------
+
+
+def consistency_report(config: str | None, *, logical_date: Any,
+                       days: float = 1.0) -> dict[str, Any]:
+    """The consistency report of the ``days`` before the UTC midnight at or
+    before ``logical_date`` (a daily run after midnight covers the day
+    before), against the master snapshot pinned by the logical date, so a
+    rerun compares the same scores with the same data; written to
+    ``<home>/reports/consistency.json`` by a Spark step. Returns the path
+    and the totals. HealthCheckFailed, after the report is written, when
+    some mismatch is unexplained (the task fails visibly)."""
+    from lamina.orchestration.spark_jobs import run_spark_step
+
+    if not days > 0:
+        raise ValueError(f"days must be > 0, got {days!r}")
+    settings = settings_of(config)
+    logical_ms = to_ms(logical_date)
+    until = logical_ms // DAY_MS * DAY_MS
+    since = until - round(days * DAY_MS)
+    snapshot = snapshot_as_of(settings, logical_ms)
+    result = run_spark_step(config, "consistency",
+                            {"since_ms": since, "until_ms": until, "snapshot": snapshot})
+    log.info("consistency report", since=iso(since), until=iso(until), snapshot=snapshot,
+             events=result["events"], unexplained=result["unexplained"], path=result["path"])
+    if result["unexplained"]:
+        raise HealthCheckFailed(
+            f"{result['unexplained']} online/offline feature mismatches are unexplained in "
+            f"{iso(since)}..{iso(until)} (snapshot {snapshot}): see the examples with cause "
+            f"'unexplained' in {result['path']}")
+    return result

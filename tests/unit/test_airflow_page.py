@@ -135,6 +135,19 @@ def test_the_page_shows_every_section_and_escapes_what_it_shows(tmp_path):
     assert "nothing published yet" in page
     assert "not available: no drift report yet" in page
     assert "amount_sum_1h" in page and "late_arrival=1" in page
+    assert "unexplained" not in page  # a report without the field says nothing of it
     assert "not available: no broker" in page
     for section_id in ("master", "tile_store", "registry", "drift", "consistency", "speed"):
         assert f"id='{section_id}'" in page
+
+
+def test_the_consistency_section_shows_the_unexplained_total() -> None:
+    report = {"written_at": "t", "events": 4, "unexplained": 2, "since": "a", "until": "b",
+              "features": {"amount": {"mismatch_rate": 0.5, "mismatches": 2,
+                                      "attributed": {"unexplained": 2}}}}
+    section = s.consistency_section(report, s.Path("/r/c.json"))
+    assert (section["unexplained"], section["since"], section["until"]) == (2, "a", "b")
+    from lamina.orchestration.page import render_consistency
+
+    assert '<b class="alert">2 unexplained</b>' in render_consistency(section)
+    assert "0 unexplained" in render_consistency({**section, "unexplained": 0})

@@ -64,3 +64,15 @@ def test_speed_run_takes_the_lands_stop_rules_and_refuses_a_too_long_lateness_in
     assert cli.main(["speed", "run", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "allowed_lateness_ms" in err[0] and "Traceback" not in err[0]
+
+
+def test_consistency_report_refuses_a_bad_range_in_one_line_before_any_spark(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LAMINA_HOME", str(tmp_path))
+    for argv, problem in (
+            (["--since", "yesterday"], "'yesterday' is not an ISO-8601 time"),
+            (["--since", "2026-01-02", "--until", "2026-01-01"], "must be before --until")):
+        assert cli.main(["consistency", "report", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and problem in err and "Traceback" not in err

@@ -19,7 +19,7 @@ DAGS = REPO / "dags"
 DAG_FILES = sorted(DAGS.glob("*.py"))
 EXPECTED = {"lamina_batch_views", "lamina_retraining", "lamina_views_backfill",
             "lamina_landing_health", "lamina_maintenance", "lamina_speed_watchdog",
-            "lamina_drift"}
+            "lamina_drift", "lamina_consistency"}
 HEAVY = ("pyspark", "tensorflow", "mlflow", "delta", "deltalake", "pandas")
 
 
