@@ -21,6 +21,8 @@ What each answer guarantees
   inside a tile that has since received later events includes them
   (``lamina.stores.lookup``): exact answers are "now", or at a tile
   boundary of every hop; the past belongs to point-in-time training sets.
+  Every answer says which it is (``exact``), so a past time inside a tile
+  is never a silently wrong answer.
 * A batch lookup reads every entity under the **same batch view**: when a
   publish switches views mid-request it reads them all again (up to
   ``[serving] batch_snapshot_attempts``), and otherwise says per entity
@@ -131,10 +133,18 @@ class RealtimeInfo(BaseModel):
                     "tiles: everything before it is in the store")
 
 
+_EXACT = Field(description="true: every feature covers exactly the events strictly before "
+                            "as_of_ms (as_of_ms is now, or on a tile edge of every hop). false: "
+                            "as_of_ms is a past time inside a tile, and a window's head tile "
+                            "may include events at or after it (the store keeps partials per "
+                            "tile); ask at a tile edge or use a point-in-time training set")
+
+
 class FeaturesResponse(BaseModel):
     group: str
     entity: str
     as_of_ms: int
+    exact: bool = _EXACT
     features: dict[str, int | float | list[int] | None]
     batch: BatchViewInfo
     realtime: RealtimeInfo
@@ -158,6 +168,7 @@ class EntityFeatures(BaseModel):
 class BatchLookupResponse(BaseModel):
     group: str
     as_of_ms: int
+    exact: bool = _EXACT
     snapshot: str = Field(description="'one_view': every entity read under the batch view "
                                       "in 'batch'; 'per_entity': see each entity's")
     batch: BatchViewInfo | None
@@ -244,6 +255,13 @@ class _RequestMetrics:
 class _Group:
     group: GroupBy
     reader: FeatureReader
+
+
+def exact_at(group: GroupBy, t: int, *, now: bool) -> bool:
+    """Whether a lookup at ``t`` is exact (see ``FeaturesResponse.exact``):
+    "now" (no event of the stream can be at or after it), or a tile edge of
+    the largest hop (the group's hops divide one another, so of every hop)."""
+    return now or t % max(group.hops()) == 0
 
 
 def _view_info(view: PublishedView) -> BatchViewInfo:
@@ -420,10 +438,10 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         found = group_of(group)
         t = clock_ms() if as_of_ms is None else as_of_ms
         if on_loop:
-            return lookup(found, group, entity, t)
-        return await run_in_threadpool(lookup, found, group, entity, t)
+            return lookup(found, group, entity, t, as_of_ms is None)
+        return await run_in_threadpool(lookup, found, group, entity, t, as_of_ms is None)
 
-    def lookup(found: _Group, group: str, entity: str, t: int) -> FeaturesResponse:
+    def lookup(found: _Group, group: str, entity: str, t: int, now: bool) -> FeaturesResponse:
         snapshot = store.read_entity(group, entity, t, found.reader.spans)
         if not known(snapshot):
             raise HTTPException(404, f"entity {entity!r} is unknown to view {group!r}: no batch "
@@ -431,6 +449,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                                      f"{t} (batch version {snapshot.view.batch_version})")
         values = found.reader.features(snapshot)
         return FeaturesResponse(group=group, entity=entity, as_of_ms=t,
+                                exact=exact_at(found.group, t, now=now),
                                 features=as_list(values), batch=_view_info(snapshot.view),
                                 realtime=realtime_info(snapshot,
                                                        store.read_offsets(speed_consumer)))
@@ -467,6 +486,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                 batch=_view_info(snapshot.view),
                 realtime=realtime_info(snapshot, offsets) if hit else None))
         return BatchLookupResponse(group=group, as_of_ms=t,
+                                   exact=exact_at(found.group, t, now=request.as_of_ms is None),
                                    snapshot="one_view" if one_view else "per_entity",
                                    batch=_view_info(snapshots[0].view) if one_view else None,
                                    results=results)

@@ -45,6 +45,9 @@ class Features:
     realtime_tiles: int
     newest_tile_start_ms: int | None
     speed_offsets: dict[str, int]
+    #: False: a past ``as_of_ms`` inside a tile, whose head tiles may hold
+    #: later events (serving/app.py, ``FeaturesResponse.exact``).
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class BatchFeatures:
     #: entity -> its features, None for an unknown entity.
     results: dict[str, dict[str, Any] | None]
     views: dict[str, BatchViewUsed]
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ class ServingClient:
                         features=body["features"], batch=_view(body["batch"]),
                         realtime_tiles=realtime["tiles"],
                         newest_tile_start_ms=realtime["newest_tile_start_ms"],
-                        speed_offsets=realtime["speed_offsets"])
+                        speed_offsets=realtime["speed_offsets"], exact=body["exact"])
 
     def features_batch(self, group: str, entities: list[str],
                        as_of_ms: int | None = None) -> BatchFeatures:
@@ -137,7 +141,8 @@ class ServingClient:
             group=body["group"], as_of_ms=body["as_of_ms"], snapshot=body["snapshot"],
             batch=_view(body["batch"]) if body["batch"] else None,
             results={r["entity"]: r["features"] for r in body["results"]},
-            views={r["entity"]: _view(r["batch"]) for r in body["results"]})
+            views={r["entity"]: _view(r["batch"]) for r in body["results"]},
+            exact=body["exact"])
 
     def scores(self, entity: str) -> list[Score]:
         """The speed layer's latest scores of ``entity``, newest first."""

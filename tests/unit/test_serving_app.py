@@ -119,6 +119,34 @@ def test_features_merge_the_batch_record_and_the_realtime_tiles_and_name_the_vie
     assert client.get(f"/v1/features/{GROUP}/c1?as_of_ms={at}", headers=auth()).status_code == 200
 
 
+def test_a_past_as_of_inside_a_tile_is_flagged_inexact_and_now_or_a_tile_edge_is_exact(
+        client: TestClient) -> None:
+    events = history()
+    cards = ("c0", "c1", "c2")
+    now = [client.get(f"/v1/features/{GROUP}/{c}", headers=auth()).json() for c in cards]
+    assert all(body["exact"] for body in now)
+    edge = client.get(f"/v1/features/{GROUP}/c1?as_of_ms={T0}", headers=auth()).json()
+    assert edge["exact"] and edge["features"] == reference(events, "c1", T0)
+    # One millisecond after the newest realtime event of each card: its
+    # day tile holds the events up to then, so the answer is still the
+    # strict one; one before it, the head tile includes that event.
+    inexact_seen = False
+    for card in cards:
+        newest = max(e["event_time"] for e in events
+                     if e["card_id"] == card and e["event_time"] >= T0)
+        body = client.get(f"/v1/features/{GROUP}/{card}?as_of_ms={newest}",
+                          headers=auth()).json()
+        assert body["exact"] is (newest % DAY_MS == 0)
+        if not body["exact"] and body["features"] != reference(events, card, newest):
+            inexact_seen = True
+    assert inexact_seen  # the flag marks answers that do differ from "strictly before"
+    batch = client.post(f"/v1/features/{GROUP}:batch", headers=auth(),
+                        json={"entities": list(cards), "as_of_ms": T0 + 1}).json()
+    assert batch["exact"] is False
+    assert client.post(f"/v1/features/{GROUP}:batch", headers=auth(),
+                       json={"entities": list(cards)}).json()["exact"] is True
+
+
 def test_an_as_of_outside_the_published_view_is_refused_naming_the_allowed_range(
         client: TestClient) -> None:
     for as_of in (T0 - 1, T0 + 2 * DAY_MS):
