@@ -629,6 +629,94 @@ def _lifter(monoid: Aggregation[Any]) -> Any:
 # --- the state ---------------------------------------------------------------
 
 
+class _Shape:
+    """What every state of one ``GroupBy`` derives from the group alone
+    (hops, monoids, what each hop keeps and stores, the lifting and adding
+    plans): built once per group and shared, read-only, by its states --
+    a state per entity is made often (seeding), and this part is the same
+    for all of them."""
+
+    def __init__(self, group: GroupBy) -> None:
+        self.group = group
+        self.hops: tuple[int, ...] = group.hops()
+        self.monoids: dict[str, Aggregation[Any]] = {
+            a.name: a.aggregation for a in group.aggregates}
+        # Hop -> aggregates whose tiles are kept there: those with a window at
+        # that hop or a coarser one (a coarser head is built from finer tiles).
+        self.kept_at: dict[int, tuple[str, ...]] = {
+            h: tuple(a.name for a in group.aggregates if max(a.hops()) >= h)
+            for h in self.hops}
+        self.stored_at: dict[int, tuple[str, ...]] = {
+            h: tuple(a.name for a in group.aggregates_for_hop(h)) for h in self.hops}
+        self.longest: dict[int, int] = {}
+        self.lifetime: dict[str, int] = {}  # aggregate -> hop of its lifetime window
+        for aggregate in group.aggregates:
+            for window in aggregate.windows:
+                if window.length_ms is None:
+                    self.lifetime[aggregate.name] = window.hop_ms
+                else:
+                    self.longest[window.hop_ms] = max(self.longest.get(window.hop_ms, 0),
+                                                       window.length_ms)
+        self.windows: list[tuple[Aggregate, Window, str]] = [
+            (a, w, a.feature_name(w)) for a in group.aggregates for w in a.windows]
+        # Per added tile, for each approx_distinct aggregate kept at its hop,
+        # the count of each lifted image (a window takes them out when the
+        # tile leaves it).
+        self.distinct_at: dict[int, tuple[str, ...]] = {
+            h: tuple(n for n in names if _is_hll(self.monoids[n]))
+            for h, names in self.kept_at.items()}
+        self.finer: dict[int, tuple[int, ...]] = {
+            h: tuple(f for f in self.hops if f < h) for h in self.hops}
+        self.coarser: dict[int, int | None] = {
+            h: next((c for c in self.hops if c > h), None) for h in self.hops}
+        self.empty_tiles: dict[int, tuple[dict[str, Any], tuple[tuple[str, int], ...]]] = {
+            h: ({n: self.monoids[n].zero() for n in names},
+                tuple((n, len(self.monoids[n].zero())) for n in names
+                      if isinstance(self.monoids[n], Histogram)))
+            for h, names in self.kept_at.items()}
+        # Per hop, what add does to its tile: (hop, count and sum names (added
+        # as integers), (name, merge) of the other plain merges, approx_distinct
+        # names, histogram names).
+        self.plan = [
+            (h,
+             tuple(n for n in names if type(self.monoids[n]) in (Count, Sum)),
+             tuple((n, self.monoids[n].merge) for n in names
+                   if not _is_hll(self.monoids[n]) and type(self.monoids[n]) not in (Count, Sum)
+                   and not isinstance(self.monoids[n], Histogram)),
+             self.distinct_at[h],
+             tuple(n for n in names if isinstance(self.monoids[n], Histogram)))
+            for h, names in self.kept_at.items()]
+        # Per aggregate: (name, its filters as indices into _filters, field,
+        # lifter, zero). An event's filter results and field values are
+        # computed once per event, however many aggregates share them.
+        self.filters: tuple[Any, ...] = tuple(dict.fromkeys(
+            f for a in group.aggregates for f in a.filters))
+        index_of = {f: i for i, f in enumerate(self.filters)}
+        self.lifts = [(a.name, tuple(index_of[f] for f in a.filters), a.field,
+                        _lifter(self.monoids[a.name]), self.monoids[a.name].zero())
+                       for a in group.aggregates]
+        self.histograms = tuple(n for n, m in self.monoids.items() if isinstance(m, Histogram))
+        # Whether every hop and window length is a multiple of the finest hop
+        # (then _evict has nothing to do until a bound crosses a finest tile).
+        finest = self.hops[0]
+        self.aligned = all(w.hop_ms % finest == 0 and (w.length_ms or 0) % finest == 0
+                            for _, w, _ in self.windows)
+
+
+#: Shapes by group identity (bounded: a process keeps a handful of views).
+_SHAPES: dict[int, _Shape] = {}
+
+
+def _shape_of(group: GroupBy) -> _Shape:
+    shape = _SHAPES.get(id(group))
+    if shape is None or shape.group is not group:
+        if len(_SHAPES) >= 64:
+            _SHAPES.clear()
+        shape = _SHAPES[id(group)] = _Shape(group)
+    return shape
+
+
+
 class OnlineState:
     """One entity's online point-in-time state for one ``GroupBy`` (see the
     module docstring for what is exact, when, and what is refused).
@@ -647,43 +735,29 @@ class OnlineState:
         self.group = group
         self.entity = entity
         self.allowed_lateness_ms = allowed_lateness_ms
-        self._hops: tuple[int, ...] = group.hops()
-        self._monoids: dict[str, Aggregation[Any]] = {
-            a.name: a.aggregation for a in group.aggregates}
-        # Hop -> aggregates whose tiles are kept there: those with a window at
-        # that hop or a coarser one (a coarser head is built from finer tiles).
-        self._kept_at: dict[int, tuple[str, ...]] = {
-            h: tuple(a.name for a in group.aggregates if max(a.hops()) >= h)
-            for h in self._hops}
-        self._stored_at: dict[int, tuple[str, ...]] = {
-            h: tuple(a.name for a in group.aggregates_for_hop(h)) for h in self._hops}
-        self._longest: dict[int, int] = {}
-        self._lifetime: dict[str, int] = {}  # aggregate -> hop of its lifetime window
-        for aggregate in group.aggregates:
-            for window in aggregate.windows:
-                if window.length_ms is None:
-                    self._lifetime[aggregate.name] = window.hop_ms
-                else:
-                    self._longest[window.hop_ms] = max(self._longest.get(window.hop_ms, 0),
-                                                       window.length_ms)
-        self._windows: list[tuple[Aggregate, Window, str]] = [
-            (a, w, a.feature_name(w)) for a in group.aggregates for w in a.windows]
+        shape = _shape_of(group)
+        self._hops = shape.hops
+        self._monoids = shape.monoids
+        self._kept_at = shape.kept_at
+        self._stored_at = shape.stored_at
+        self._longest = shape.longest
+        self._lifetime = shape.lifetime
+        self._windows = shape.windows
+        self._distinct_at = shape.distinct_at
+        self._finer = shape.finer
+        self._coarser = shape.coarser
+        self._empty_tiles = shape.empty_tiles
+        self._plan = shape.plan
+        self._filters = shape.filters
+        self._lifts = shape.lifts
+        self._histograms = shape.histograms
+        self._aligned = shape.aligned
         self._added: dict[int, dict[int, dict[str, Any]]] = {h: {} for h in self._hops}
         self._seeded: dict[int, dict[int, dict[str, Any]]] = {h: {} for h in self._hops}
         # Per hop, the starts of the tiles held (added or seeded), ascending.
         self._starts: dict[int, list[int]] = {h: [] for h in self._hops}
-        # Per added tile, for each approx_distinct aggregate kept at its hop,
-        # the count of each lifted image (a window takes them out when the
-        # tile leaves it).
-        self._distinct_at: dict[int, tuple[str, ...]] = {
-            h: tuple(n for n in names if _is_hll(self._monoids[n]))
-            for h, names in self._kept_at.items()}
         self._images: dict[int, dict[int, dict[str, dict[bytes, int]]]] = {
             h: {} for h in self._hops}
-        self._finer: dict[int, tuple[int, ...]] = {
-            h: tuple(f for f in self._hops if f < h) for h in self._hops}
-        self._coarser: dict[int, int | None] = {
-            h: next((c for c in self._hops if c > h), None) for h in self._hops}
         # The evicted added tiles of each lifetime window, merged (the seeded
         # ones are in _lifetime_static).
         self._collapsed: dict[str, Any] = {
@@ -706,26 +780,6 @@ class OnlineState:
             (hop, length, accs, [a for a in accs if isinstance(a, _SumAcc)],
              [a for a in accs if type(a) is not _SumAcc])
             for (hop, length), accs in groups.items()]
-        self._empty_tiles: dict[int, tuple[dict[str, Any], tuple[tuple[str, int], ...]]] = {
-            h: ({n: self._monoids[n].zero() for n in names},
-                tuple((n, len(self._monoids[n].zero())) for n in names
-                      if isinstance(self._monoids[n], Histogram)))
-            for h, names in self._kept_at.items()}
-        # Per hop, what add does to its tile: (hop, count and sum names (added
-        # as integers), (name, merge) of the other plain merges, approx_distinct
-        # names, histogram names).
-        self._plan = [
-            (h,
-             tuple(n for n in names if type(self._monoids[n]) in (Count, Sum)),
-             tuple((n, self._monoids[n].merge) for n in names
-                   if not _is_hll(self._monoids[n]) and type(self._monoids[n]) not in (Count, Sum)
-                   and not isinstance(self._monoids[n], Histogram)),
-             self._distinct_at[h],
-             tuple(n for n in names if isinstance(self._monoids[n], Histogram)))
-            for h, names in self._kept_at.items()]
-        self._lifts = [(a.name, a, a.field, _lifter(self._monoids[a.name]),
-                        self._monoids[a.name].zero()) for a in group.aggregates]
-        self._histograms = tuple(n for n, m in self._monoids.items() if isinstance(m, Histogram))
         self._earliest: int | None = None
         self._lowest: int | None = None
         self._dirty: set[tuple[int, int]] = set()
@@ -740,11 +794,6 @@ class OnlineState:
         self._answers_from: int | None = None
         self._batch: dict[str, list[tuple[int | None, Any]]] = {}
         self._batch_starts: dict[str, list[int]] = {}
-        # Whether every hop and window length is a multiple of the finest hop
-        # (then _evict has nothing to do until a bound crosses a finest tile).
-        finest = self._hops[0]
-        self._aligned = all(w.hop_ms % finest == 0 and (w.length_ms or 0) % finest == 0
-                            for _, w, _ in self._windows)
         self._evicted_for: tuple[int, int | None] | None = None
         if seed is not None:
             self._load(seed)
@@ -918,15 +967,33 @@ class OnlineState:
         """``lift_event(group, event)``, with the monoids built once."""
         event_id = str(event["event_id"])
         lifted: Partials = {}
-        for name, aggregate, field_name, lift, zero in self._lifts:
-            if not aggregate.filters or aggregate.accepts(event):
-                if lift is None:  # a count
-                    lifted[name] = 1
-                    continue
-                value = None if field_name is None else field_value(event, field_name)
-                lifted[name] = lift(value, event_time, event_id)
-            else:
+        # Filter.matches and field_value are pure functions of the event:
+        # each filter and each field is evaluated once per event (as
+        # Aggregate.accepts, a failing filter stops the aggregate's check).
+        passed: list[bool | None] = [None] * len(self._filters)
+        values: dict[str, Any] = {}
+        for name, filters, field_name, lift, zero in self._lifts:
+            accepted = True
+            for i in filters:
+                result = passed[i]
+                if result is None:
+                    result = passed[i] = self._filters[i].matches(event)
+                if not result:
+                    accepted = False
+                    break
+            if not accepted:
                 lifted[name] = zero
+                continue
+            if lift is None:  # a count
+                lifted[name] = 1
+                continue
+            if field_name is None:
+                value = None
+            else:
+                value = values.get(field_name, _NONE)
+                if value is _NONE:
+                    value = values[field_name] = field_value(event, field_name)
+            lifted[name] = lift(value, event_time, event_id)
         return lifted
 
     def _new_tile(self, hop: int, start: int) -> dict[str, Any]:

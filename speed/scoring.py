@@ -83,42 +83,63 @@ def score_batch(items: Sequence[ScoringItem], *, contract: FeatureContract,
         raise ValueError("batch_version and batch_cutoff are both None or both set")
     key = contract.entity_key
     vectors: list[dict[str, float]] = []
-    kept: list[tuple[Mapping[str, Any], int]] = []
-    refused: list[tuple[str, str]] = []
-    for (event, view_features), produced in zip(items, produced_at_ms, strict=True):
+    kept: list[tuple[Mapping[str, Any], int, int]] = []  # (payload, produced, item index)
+    refused: list[tuple[int, str, str]] = []  # (item index, event_id, reason)
+    vector_of = contract.vector
+    for at, ((event, view_features), produced) in enumerate(
+            zip(items, produced_at_ms, strict=True)):
         payload: Mapping[str, Any] = event.payload if isinstance(event, ValidEvent) else event
         try:
-            vector = contract.vector(payload, view_features)
+            vector = vector_of(payload, view_features)
         except ConfigError:
             raise
         except Exception as exc:  # this event's data, not the code: refuse it, go on
-            refused.append((str(payload.get("event_id")), f"vectoriser failed: {exc!r}"))
-            continue
-        bad = [name for name, value in vector.items() if not math.isfinite(value)]
-        if bad:
-            refused.append((str(payload.get("event_id")), f"features not finite: {bad}"))
+            refused.append((at, str(payload.get("event_id")), f"vectoriser failed: {exc!r}"))
             continue
         vectors.append(vector)
-        kept.append((payload, int(produced)))
+        kept.append((payload, int(produced), at))
     n_features = len(contract.features)
+    if vectors:
+        # The vectors' values straight into one float64 matrix (contract.vector
+        # gives every vector in the contract's feature order); finiteness is
+        # checked on it at once, the few bad rows are refused with their names.
+        values = np.array([list(v.values()) for v in vectors], dtype=np.float64)
+        finite = np.asarray(np.isfinite(values).all(axis=1), dtype=np.bool_)
+        if not finite.all():
+            for row in np.flatnonzero(~finite).tolist():
+                bad = [name for name, value in vectors[row].items() if not math.isfinite(value)]
+                refused.append((kept[row][2], str(kept[row][0].get("event_id")),
+                                f"features not finite: {bad}"))
+            keep: list[bool] = finite.tolist()
+            vectors = [v for v, ok in zip(vectors, keep, strict=True) if ok]
+            kept = [k for k, ok in zip(kept, keep, strict=True) if ok]
+            values = values[finite]
+        refused.sort()
+    refusals = [(event_id, reason) for _, event_id, reason in refused]
     if not vectors:
-        return ScoredBatch(champion.version, [], np.zeros((0, n_features), np.float32), refused)
-    matrix = np.array([list(v.values()) for v in vectors], dtype=np.float32)
+        return ScoredBatch(champion.version, [], np.zeros((0, n_features), np.float32),
+                           refusals)
+    # float64 -> float32 rounds each value as np.array(..., float32) of the
+    # Python floats does: the matrix the model sees is the same.
+    matrix = values.astype(np.float32)
     scores = champion.scorer(matrix)  # one call for the whole batch
     if len(scores) != len(vectors):
         raise ValueError(f"champion version {champion.version} gave {len(scores)} scores "
                          f"for {len(vectors)} rows")
     scored_at = int(clock_ms())
+    version = champion.version
+    # Positional: ScoreRecord's field order (event_id, entity_key, entity,
+    # event_time, score, model_version, batch_version, batch_cutoff,
+    # scored_at, produce_to_score_ms, features).
     records = [
-        ScoreRecord(
-            event_id=payload["event_id"], entity_key=key, entity=str(payload[key]),
-            event_time=int(payload["event_time"]), score=float(s),
-            model_version=champion.version, batch_version=batch_version,
-            batch_cutoff=batch_cutoff, scored_at=scored_at,
-            produce_to_score_ms=scored_at - produced, features=vector)
-        for (payload, produced), vector, s in zip(kept, vectors, scores.tolist(), strict=True)
+        ScoreRecord(payload["event_id"], key, str(payload[key]), int(payload["event_time"]),
+                    s, version, batch_version, batch_cutoff, scored_at, scored_at - produced,
+                    vector)
+        for (payload, produced, _), vector, s in zip(kept, vectors,
+                                                     np.asarray(scores, np.float64).tolist(),
+                                                     strict=True)
     ]
-    if refused:
-        log.warning("events not scored", count=len(refused), model_version=champion.version,
-                    first_event_id=refused[0][0], first_reason=refused[0][1])
-    return ScoredBatch(champion.version, records, matrix, refused)
+    if refusals:
+        log.warning("events not scored", count=len(refusals), model_version=version,
+                    first_event_id=refusals[0][0], first_reason=refusals[0][1])
+    return ScoredBatch(version, records, matrix, refusals)

@@ -51,8 +51,8 @@ def results() -> SpeedResults:
     out = SpeedResults(data)  # type: ignore[arg-type]
     out.raw = [Timed(100_000, 4.0, 2.0), Timed(100_000, 5.0, 2.0)]  # best 25,000 ev/s
     out.runs = {"sqlite": [SpeedRun("sqlite", Timed(100_000, 10.0, 8.0), stats)]}
-    out.scoring = [ScoringFigure(b, Timed(1000, 1.0, 1.0), Timed(4000, 1.0, 1.0))
-                   for b in SCORING_BATCHES]
+    out.scoring = [ScoringFigure(b, Timed(1000, 1.0, 1.0), Timed(4000, 1.0, 1.0),
+                                 Timed(3000, 1.0, 1.0)) for b in SCORING_BATCHES]
     return out
 
 
@@ -66,8 +66,11 @@ def test_rows_put_each_figure_next_to_its_reference_as_ratio_and_absolute():
     assert "per CPU second 12,500 ev/s vs raw 50,000 (0.25×)" in run.note
     apply = rows["speed layer time (sqlite): apply"]
     assert apply.value == "6.00 s" and apply.ratio == "60%"
-    at_1000 = rows["scoring, score_batch at batch 1,000"]
-    assert at_1000.ratio == "0.25×" and at_1000.note.startswith("target NOT met;")
+    at_1000 = rows["scoring, model call at batch 1,000"]
+    assert at_1000.ratio == "0.75×" and at_1000.note.startswith("target met;")
+    assert rows["scoring, model call at batch 1"].target == "—"
+    whole = rows["scoring, score_batch at batch 1,000"]  # for the record, no target
+    assert whole.ratio == "0.25×" and whole.target == "—"
     assert rows["scoring, score_batch at batch 1"].target == "—"
     assert speed_notes(results())[0] == "Speed data: test data."
 
