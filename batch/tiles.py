@@ -10,13 +10,17 @@ canonical HLL image; sums and means: the same int64 units).
 How the hops are computed: roll-up, not one pass per hop
 --------------------------------------------------------
 Events are aggregated once, into tiles of the finest hop of the group; each
-coarser hop is then computed by *merging* the partials of the next finer one
-(5 min -> 1 h -> 1 d; each hop divides the next, which GroupBy checks). Two
-reasons: the events are shuffled and aggregated once whatever the number of
-hops (the coarser steps read tiles, far fewer rows than events when cards are
-busy), and the roll-up is the monoid's merge at work -- the same operation
-serving performs when it merges the tiles of a window -- so a broken merge
-shows up in the batch tests, not only in serving. Internally each aggregate
+coarser hop is then computed by *merging* the finest partials inside it
+(5 min -> 1 h and 5 min -> 1 d; each hop divides the next, which GroupBy
+checks). Two reasons: the events are shuffled and aggregated once whatever
+the number of hops (the coarser steps read tiles, far fewer rows than events
+when cards are busy), and the roll-up is the monoid's merge at work -- the
+same operation serving performs when it merges the tiles of a window -- so a
+broken merge shows up in the batch tests, not only in serving. Every coarser
+hop reads the finest states (which the job keeps in memory) rather than the
+next finer hop's: merges are exact, so the result is the same, and a chain
+(5 min -> 1 h -> 1 d) would aggregate the 1 h tiles a second time, one more
+shuffle, for the 1 d hop (measured, docs/benchmarks.md). Internally each aggregate
 is carried in merge-friendly state columns (a histogram as one count column
 per bucket, a mean as its sum and count, an HLL sketch as Spark's own
 updatable image); the storage form is built once, at the end.
@@ -582,12 +586,12 @@ def finest_states(events: DataFrame, group: GroupBy, cutoff_ms: int) -> DataFram
 
 def tiles_from_states(states: DataFrame, group: GroupBy) -> DataFrame:
     """Every hop's tiles in the storage contract, from ``finest_states``:
-    the finest hop as is, each coarser one rolled up from the next finer."""
+    the finest hop as is, each coarser one rolled up from the finest states
+    (not from the next finer hop: see the module docstring)."""
     hops: Sequence[int] = group.hops()
     per_hop = [as_storage(states, group, hops[0])]
     for hop in hops[1:]:
-        states = roll_up(states, group, hop)
-        per_hop.append(as_storage(states, group, hop))
+        per_hop.append(as_storage(roll_up(states, group, hop), group, hop))
     result = per_hop[0]
     for more in per_hop[1:]:
         result = result.unionByName(more)
