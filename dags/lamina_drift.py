@@ -26,7 +26,7 @@ DRIFT = Asset(support.DRIFT_ASSET_URI)
     tags=[*support.TAGS, "training", "drift"],
     params={"days": Param(3.0, type="number", exclusiveMinimum=0),
             "label_maturity_days": Param(30.0, type="number", minimum=0),
-            "as_of": Param("", type="string")},
+            "as_of": Param(None, type=["null", "string"])},
     doc_md=__doc__,
 )
 def lamina_drift() -> None:

@@ -35,8 +35,8 @@ CHAMPION = Asset(support.CHAMPION_ASSET_URI)
         "train_days": Param(14.0, type="number", exclusiveMinimum=0),
         "backtest_days": Param(3.0, type="number", exclusiveMinimum=0),
         "label_maturity_days": Param(30.0, type="number", minimum=0),
-        # Labels as known at this time (ISO-8601 UTC); empty: the run's date.
-        "as_of": Param("", type="string"),
+        # Labels as known at this time (ISO-8601 UTC); empty (null): the run's date.
+        "as_of": Param(None, type=["null", "string"]),
         "workers": Param(1, type="integer", minimum=0),
         "seed": Param(42, type="integer"),
         "train_params": Param({}, type="object"),

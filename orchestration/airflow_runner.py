@@ -220,6 +220,9 @@ def airflow_up(settings: Settings) -> AirflowUp:
     env["PATH"] = f"{_launcher(home)}{os.pathsep}{env.get('PATH', '')}"
     log_file = home / LOG_FILE
     url = f"http://{HOST}:{port}"
+    # The log is appended to: only what this start writes says whether it
+    # gave up (an earlier start's shutdown line must not end this one).
+    log_start = log_file.stat().st_size if log_file.exists() else 0
     with open(log_file, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], cwd=home,
                                 env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -241,7 +244,7 @@ def airflow_up(settings: Settings) -> AirflowUp:
         report = health(url)
         if report is not None:
             return AirflowUp(state, False, report)
-        if _gave_up(log_file):
+        if _gave_up(log_file, since=log_start):
             # The standalone parent stays alive after its components died.
             airflow_down(settings)
             raise InfraError(f"airflow standalone's components stopped before it was healthy; "
@@ -266,8 +269,16 @@ def _launcher(home: Path) -> Path:
     return folder
 
 
-def _gave_up(log_file: Path) -> bool:
-    return "standalone | Shutting down components" in _tail(log_file, 40)
+def _gave_up(log_file: Path, *, since: int = 0) -> bool:
+    """Whether standalone logged that it shuts its components down after
+    byte offset ``since`` of its log."""
+    try:
+        with open(log_file, "rb") as log_text:
+            log_text.seek(since)
+            written = log_text.read().decode(errors="replace")
+    except OSError:
+        return False
+    return "standalone | Shutting down components" in "\n".join(written.splitlines()[-40:])
 
 
 def _signal_all(pgid: int, pids: set[int], sig: signal.Signals) -> None:

@@ -1,9 +1,15 @@
 """`lamina airflow up` for real, once for this module: health, the Lamina
 page refusing anyone Airflow has not logged in, a browser (Debian's
 chromium, headless, via Playwright) logging in and opening the page from
-the nav, and `down` leaving no process behind.
+the nav, the retraining loop driven from the browser (trigger
+``lamina_retraining`` from its trigger form, the run succeeds, the Lamina
+page names the champion it promoted and why), and `down` leaving no
+process behind.
 
-Screenshots go to ``.lamina/test-artifacts/airflow-ui/`` (printed).
+The Lamina home `up` uses holds a small landed master dataset (imported
+from generated files before `up`: no Kafka, which the retraining tasks do
+not read). Screenshots go to ``.lamina/test-artifacts/airflow-ui/``
+(printed).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +36,31 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / ".lamina" / "test-artifacts" / "airflow-ui"
 CHROMIUM = "/usr/bin/chromium"
+RETRAINING = "lamina_retraining"
+#: The smallest history tests/integration/test_dags_end_to_end.py retrains
+#: on: 8 days from 2026-01-01, ~4k transactions, a tenth of the cards
+#: compromised once (enough fraud in a 2-day backtest for the gate below).
+HISTORY = {"seed": 11, "cards": 400, "merchants": 100, "transactions": 4_000,
+           "start": 1_767_225_600_000, "days": 8.0, "fraud_card_rate": 0.12,
+           "drift_at": None}
+#: What the operator types into the trigger form's configuration JSON:
+#: labels as known at the end of the period, small training, the gate's
+#: absolute minimums lowered for small data (nothing else).
+RETRAIN_CONF = {
+    "as_of": "2026-01-09T00:00:00+00:00", "label_maturity_days": 1.0,
+    "backtest_days": 2.0, "train_days": 4.0, "workers": 1, "seed": 7,
+    "train_params": {"epochs": 2, "batch_size": 256, "hidden": [16]},
+    "gate_thresholds": {"min_examples": 200, "min_positives": 5, "min_roc_auc": 0.6,
+                        "max_ece": 0.2},
+}
+#: Generous: the machine is shared (no timing is asserted).
+RUN_DEADLINE_S = 1500
 
 
 def lamina(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LAMINA_HOME": str(home), "LAMINA_AIRFLOW_START_TIMEOUT_S": "800"}
+    env = {**os.environ, "LAMINA_HOME": str(home), "LAMINA_AIRFLOW_START_TIMEOUT_S": "800",
+           # Inherited by Airflow's task processes and their spark-submit.
+           "LAMINA_SPARK_CONF": json.dumps({"spark.ui.enabled": "false"})}
     return subprocess.run([sys.executable, "-m", "lamina.cli", *args], env=env, cwd=home,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -54,9 +83,26 @@ def request(url: str, *, headers: dict[str, str] | None = None, data: Any = None
         return err.code, dict(err.headers), err.read()
 
 
+def land_history(home: Path) -> int:
+    """Generate HISTORY to files and import it into the master dataset of
+    the Lamina home ``home`` (the importer validates like the lander);
+    returns the rows landed."""
+    from lamina.generator import GeneratorConfig, write_files
+    from lamina.master.importer import import_files
+    from lamina.runners import event_validator, master_dataset
+
+    settings = load_settings(None, env={"LAMINA_HOME": str(home)})
+    files = write_files(GeneratorConfig(**HISTORY), home / "generated")
+    results = import_files(master_dataset(settings), files, event_validator(settings),
+                           settings.home / "deadletters", progress=False)
+    return sum(r.stats.landed for r in results)
+
+
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("airflow-home")
+    # Before `up`: every run's logical date is after the snapshot then.
+    assert land_history(home) > 0
     done = lamina(home, "airflow", "up")
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout)
@@ -66,6 +112,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     state = runner.read_state(settings)
     assert state is not None
     info["state"] = state
+    info["settings"] = settings
     try:
         yield info
     finally:
@@ -82,6 +129,63 @@ def token(airflow: dict[str, Any]) -> str:
                               data={"username": "admin", "password": password})
     assert status in (200, 201), body
     return str(json.loads(body)["access_token"])
+
+
+def api(airflow: dict[str, Any], bearer: str, path: str, *, method: str = "GET",
+        data: Any = None) -> Any:
+    """One call to Airflow's REST API as the logged-in admin; its JSON."""
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(airflow["url"] + path, data=body, method=method, headers={
+        "Authorization": f"Bearer {bearer}", "Accept": "application/json",
+        **({"Content-Type": "application/json"} if body else {})})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def run_path(dag_id: str, run_id: str) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+
+def task_logs(airflow: dict[str, Any], bearer: str, dag_id: str, run_id: str) -> str:
+    """Every task of the run that did not succeed, with its log (each try),
+    fetched through the REST API: what a CI failure needs to be read."""
+    out = []
+    tasks = api(airflow, bearer, run_path(dag_id, run_id) + "/taskInstances")
+    for ti in tasks["task_instances"]:
+        out.append(f"--- {ti['task_id']}: {ti['state']} (try {ti['try_number']})")
+        if ti["state"] == "success":
+            continue
+        for attempt in range(1, int(ti["try_number"] or 0) + 1):
+            try:
+                got = api(airflow, bearer, run_path(dag_id, run_id)
+                          + f"/taskInstances/{ti['task_id']}/logs/{attempt}?full_content=true")
+            except urllib.error.HTTPError as err:
+                out.append(f"(log of try {attempt} not readable: {err})")
+                continue
+            lines = got.get("content") if isinstance(got, dict) else got
+            for line in lines if isinstance(lines, list) else [lines]:
+                out.append(line.get("event", json.dumps(line)) if isinstance(line, dict)
+                           else str(line))
+    return "\n".join(out)
+
+
+def log_in(page: Any, airflow: dict[str, Any], screenshot: str | None = None) -> None:
+    password = json.loads(Path(airflow["password_file"]).read_text())["admin"]
+    page.goto(airflow["url"] + "/")
+    page.wait_for_selector("input[name=username]")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[type=password]", password)
+    if screenshot:
+        page.screenshot(path=str(ARTIFACTS / screenshot))
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/auth/login" not in u)
+
+
+def open_lamina_page_from_the_nav(page: Any) -> Any:
+    page.get_by_role("button", name="Browse").first.click()
+    page.get_by_role("menuitem", name="Lamina").first.click()
+    page.wait_for_url(lambda u: u.rstrip("/").endswith("lamina"))
+    return page.frame_locator("iframe").first
 
 
 def test_up_is_healthy_prints_where_the_password_is_and_a_second_up_starts_nothing(airflow):
@@ -133,30 +237,135 @@ def test_a_browser_logs_in_sees_the_dags_and_opens_the_lamina_page_from_the_nav(
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: infra/bootstrap.sh installs Debian's chromium")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    password = json.loads(Path(airflow["password_file"]).read_text())["admin"]
     url = airflow["url"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(90_000)
-            page.goto(url + "/")
-            page.wait_for_selector("input[name=username]")
-            page.fill("input[name=username]", "admin")
-            page.fill("input[type=password]", password)
-            page.screenshot(path=str(ARTIFACTS / "01-login.png"))
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda u: "/auth/login" not in u)
+            log_in(page, airflow, "01-login.png")
             page.goto(url + "/dags")
             page.get_by_role("heading", name="Dags").first.wait_for()
             page.screenshot(path=str(ARTIFACTS / "02-dags.png"))
-            page.get_by_role("button", name="Browse").first.click()
-            page.get_by_role("menuitem", name="Lamina").first.click()
-            page.wait_for_url(lambda u: u.rstrip("/").endswith("lamina"))
-            frame = page.frame_locator("iframe").first
+            frame = open_lamina_page_from_the_nav(page)
             frame.get_by_text("Champion and promotion history").wait_for()
             frame.get_by_text("Consistency report").wait_for()
             page.screenshot(path=str(ARTIFACTS / "03-lamina-page.png"), full_page=True)
+        finally:
+            browser.close()
+    print(f"screenshots in {ARTIFACTS}")
+
+
+@pytest.mark.timeout(RUN_DEADLINE_S + 600)
+def test_a_browser_triggers_retraining_sees_the_run_succeed_and_the_new_champion_on_the_page(
+        airflow):
+    from playwright.sync_api import sync_playwright
+
+    from lamina.batch.commands import open_registry
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: infra/bootstrap.sh installs Debian's chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    registry = open_registry(airflow["settings"].registry_uri)
+    assert registry.champion() is None
+    bearer = token(airflow)
+    url = airflow["url"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(90_000)
+            log_in(page, airflow)
+            page.goto(url + "/dags")
+            page.get_by_role("heading", name="Dags").first.wait_for()
+            page.get_by_role("link", name=RETRAINING).first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "04-dags-before-the-run.png"))
+            page.goto(url + f"/dags/{RETRAINING}")
+            page.get_by_text("build_training_sets").first.wait_for()
+            page.get_by_role("button", name="Trigger").first.click()
+            form = page.get_by_role("dialog")
+            form.get_by_text(f"Trigger Dag - {RETRAINING}").wait_for()
+            form.get_by_text("Run Parameters").wait_for()
+            submit = form.get_by_role("button", name="Trigger")
+            # The DAG's own defaults make a valid form (as_of may be empty).
+            assert submit.is_enabled()
+            # The operator's run: the configuration JSON under Advanced
+            # Options (a Monaco editor), which fills the parameters' fields.
+            form.get_by_role("button", name="Advanced Options").click()
+            editor = form.locator("[data-mode-id=json]").last
+            editor.scroll_into_view_if_needed()
+            editor.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.press("Delete")
+            page.keyboard.insert_text(json.dumps(RETRAIN_CONF))
+            form.get_by_text("Run Parameters").click()  # leaves the editor: it syncs
+            as_of = form.locator("input[name=element_as_of]")
+            deadline = time.monotonic() + 60
+            while as_of.input_value() != RETRAIN_CONF["as_of"] and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+            assert as_of.input_value() == RETRAIN_CONF["as_of"]
+            page.screenshot(path=str(ARTIFACTS / "05-trigger-form.png"), full_page=True)
+            assert submit.is_enabled()
+            submit.click()
+            form.wait_for(state="hidden")
+
+            # The manual run this trigger made (unpausing also makes
+            # Airflow schedule the latest 04:00 slot, catchup=False; with
+            # the defaults it cannot succeed on this history and, with
+            # max_active_runs=1, it would hold the manual run back through
+            # its retries: it is failed here, as an operator would).
+            run_id, state = None, None
+            deadline = time.monotonic() + RUN_DEADLINE_S
+            while time.monotonic() < deadline:
+                runs = api(airflow, bearer, f"/api/v2/dags/{RETRAINING}/dagRuns")["dag_runs"]
+                for run in runs:
+                    if run["run_type"] == "scheduled" and run["state"] in ("queued", "running"):
+                        api(airflow, bearer, run_path(RETRAINING, run["dag_run_id"]),
+                            method="PATCH", data={"state": "failed"})
+                manual = [r for r in runs if r["run_type"] == "manual"]
+                if manual:
+                    assert len(manual) == 1, manual
+                    run_id, state = manual[0]["dag_run_id"], manual[0]["state"]
+                    assert manual[0]["conf"]["as_of"] == RETRAIN_CONF["as_of"]
+                    if state in ("success", "failed"):
+                        break
+                time.sleep(3)
+            assert run_id is not None, "the trigger form made no manual run"
+            if state != "success":
+                print(task_logs(airflow, bearer, RETRAINING, run_id))
+            assert state == "success", f"run {run_id} is {state}: the task logs are above"
+
+            page.goto(url + f"/dags/{RETRAINING}/runs/{urllib.parse.quote(run_id, safe='')}")
+            page.get_by_text("success").first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "06-run-succeeded.png"), full_page=True)
+
+            # The champion that run promoted, by the registry and the run.
+            champion = registry.champion()
+            assert champion is not None
+            gated = api(airflow, bearer, run_path(RETRAINING, run_id)
+                        + "/taskInstances/evaluate_and_gate/xcomEntries/return_value")
+            decision = gated["value"]
+            if isinstance(decision, str):
+                decision = json.loads(decision)
+            assert decision["decision"] == "promoted", decision["reasons"]
+            assert decision["champion_after"] == champion
+            [promotion] = [e for e in registry.audit_log(champion) if e.action == "promote"]
+            assert promotion.reason.strip()
+
+            frame = open_lamina_page_from_the_nav(page)
+            section = frame.locator("#registry")
+            section.get_by_text("Champion and promotion history").wait_for()
+            text = " ".join(section.inner_text().split())
+            assert f"champion version {champion} " in text, text
+            history = section.locator("tr", has_text="promote")
+            assert history.count() == 1
+            row = [" ".join(c.split()) for c in history.first.locator("td").all_inner_texts()]
+            assert row[1:3] == ["promote", str(champion)], row
+            assert " ".join(promotion.reason.split()) in row, row
+            page.screenshot(path=str(ARTIFACTS / "07-lamina-new-champion.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "retraining-failure.png"), full_page=True)
+            raise
         finally:
             browser.close()
     print(f"screenshots in {ARTIFACTS}")

@@ -116,3 +116,18 @@ def test_status_reads_the_state_file_of_a_dead_airflow_as_not_running(tmp_path):
         "dags_folder": "", "started_at": 0.0}))
     status = runner.airflow_status(settings)
     assert status["running"] is False and status["healthy"] is False
+
+
+def test_an_earlier_starts_shutdown_line_in_the_appended_log_does_not_end_a_new_start(tmp_path):
+    # `up` appends to standalone.log: a second `up` after a failed one
+    # must judge only what its own standalone wrote.
+    log_file = tmp_path / runner.LOG_FILE
+    log_file.write_text("standalone | Starting components\n"
+                        "standalone | Shutting down components\n")
+    this_start = log_file.stat().st_size
+    with open(log_file, "a") as out:
+        out.write("standalone | Starting components\nscheduler | starting\n")
+    assert not runner._gave_up(log_file, since=this_start)
+    with open(log_file, "a") as out:
+        out.write("standalone | Shutting down components\n")
+    assert runner._gave_up(log_file, since=this_start)
