@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,13 @@ def exact_at(t: int, now: int) -> bool:
 def test_served_features_equal_a_full_recomputation_for_a_random_tile_aligned_cutoff(
         kafka: Any, spark: Any, tmp_path_factory: pytest.TempPathFactory, seed: int,
         cutoff_day: int, data: st.DataObject) -> None:
-    folder = tmp_path_factory.mktemp("lambda")
+    lambda_equation_holds(kafka, spark, tmp_path_factory.mktemp("lambda"), seed, cutoff_day,
+                          data.draw)
+
+
+def lambda_equation_holds(kafka: Any, spark: Any, folder: Path, seed: int, cutoff_day: int,
+                          draw: Callable[..., Any]) -> None:
+    """One example of the test above (``draw``: hypothesis' ``data.draw``)."""
     cutoff = START + cutoff_day * DAY_MS
     assert cutoff % CARD_VIEWS.cutoff_alignment_ms() == 0  # what the publish requires
     records = generated(seed)
@@ -183,9 +189,9 @@ def test_served_features_equal_a_full_recomputation_for_a_random_tile_aligned_cu
     now = newest(events) + 1
     assert cutoff <= now < view.horizon_ms
     cards = cards_of(events)
-    picked = data.draw(st.lists(st.sampled_from(cards), min_size=6, max_size=6, unique=True),
+    picked = draw(st.lists(st.sampled_from(cards), min_size=6, max_size=6, unique=True),
                        label="cards")
-    drawn = data.draw(st.lists(st.integers(cutoff, now), min_size=3, max_size=3), label="times")
+    drawn = draw(st.lists(st.integers(cutoff, now), min_size=3, max_size=3), label="times")
     edges = [cutoff, cutoff + 1, cutoff + 5 * MINUTE_MS - 1, cutoff + 5 * MINUTE_MS,
              cutoff + 10 * MINUTE_MS, cutoff + HOUR_MS, cutoff + 24 * HOUR_MS,  # window edges
              cutoff + DAY_MS + 1, cutoff + 2 * DAY_MS, now - 1, now]
