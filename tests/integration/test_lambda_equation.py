@@ -337,16 +337,19 @@ def every_card_now(url: str, cards: list[str]) -> dict[str, Any]:
 
 
 def feed(bootstrap: str, topic: str, records: list[GeneratedRecord], chunks: int,
-         done: threading.Event) -> None:
-    """Produce ``records`` in ``chunks`` parts a little apart, so the speed
-    layer writes micro-batches while the batch layer publishes."""
+         fed: threading.Event, stop: threading.Event) -> None:
+    """Produce ``records`` in ``chunks`` parts a little apart (then set
+    ``fed``), and go on resending a few of them (same bytes: duplicates,
+    which change no value) until ``stop``: the speed layer keeps writing
+    micro-batches however long the batch layer takes to publish."""
     size = max(1, len(records) // chunks + 1)
-    try:
-        for i in range(0, len(records), size):
-            produce_all(bootstrap, topic, [(r.key, r.value) for r in records[i:i + size]])
-            time.sleep(0.3)
-    finally:
-        done.set()
+    for i in range(0, len(records), size):
+        produce_all(bootstrap, topic, [(r.key, r.value) for r in records[i:i + size]])
+        time.sleep(0.3)
+    fed.set()
+    resends = [r for r in records if r.kind == "valid"][:10]
+    while not stop.wait(0.3):
+        produce_all(bootstrap, topic, [(r.key, r.value) for r in resends])
 
 
 def wait_for(condition: Any, what: str) -> None:
@@ -366,9 +369,9 @@ def test_queries_across_a_publication_and_the_speed_layers_switch_see_every_even
     layer, speed_store = speed_layer(live.bootstrap, live.topic, live.db)
     outcome: list[Any] = []
     speed = threading.Thread(target=lambda: outcome.append(layer.run()), name="speed")
-    fed = threading.Event()
+    fed, stop_feeding = threading.Event(), threading.Event()
     feeder = threading.Thread(target=feed, args=(live.bootstrap, live.topic,
-                                                 live.held_records, 8, fed))
+                                                 live.held_records, 8, fed, stop_feeding))
     try:
         with served(app) as url:
             speed.start()
@@ -377,15 +380,17 @@ def test_queries_across_a_publication_and_the_speed_layers_switch_see_every_even
                 with SqliteTileStore(live.db) as store:
                     second = batch_and_publish(spark, live.master_uri, live.views_uri, store,
                                                later)
-                feeder.join(DEADLINE_S)
-                # The speed layer notices the new view and catches up.
+                # The speed layer notices the new view, then catches up.
                 wait_for(lambda: layer.stats.cutoff_ms == later, "the speed layer's switch")
+                stop_feeding.set()
+                feeder.join(DEADLINE_S)
                 wait_for(lambda: speed_store.read_offsets(SPEED_GROUP)
                          == end_offsets(live.bootstrap, live.topic), "the speed layer")
                 wait_for(lambda: len(queries.seen) > 0 and queries.seen[-1][1] == later,
                          "a query under the new view")
             after = every_card_now(url, cards)
     finally:
+        stop_feeding.set()
         layer.stop()
         speed.join(DEADLINE_S)
         speed_store.close()
