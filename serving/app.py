@@ -134,7 +134,8 @@ class RealtimeInfo(BaseModel):
 
 
 _EXACT = Field(description="true: every feature covers exactly the events strictly before "
-                            "as_of_ms (as_of_ms is now, or on a tile edge of every hop). false: "
+                            "as_of_ms (as_of_ms is now or later, or on a tile edge of every "
+                            "hop). false: "
                             "as_of_ms is a past time inside a tile, and a window's head tile "
                             "may include events at or after it (the store keeps partials per "
                             "tile); ask at a tile edge or use a point-in-time training set")
@@ -259,7 +260,7 @@ class _Group:
 
 def exact_at(group: GroupBy, t: int, *, now: bool) -> bool:
     """Whether a lookup at ``t`` is exact (see ``FeaturesResponse.exact``):
-    "now" (no event of the stream can be at or after it), or a tile edge of
+    "now" or later (no applied event can be at or after it), or a tile edge of
     the largest hop (the group's hops divide one another, so of every hop)."""
     return now or t % max(group.hops()) == 0
 
@@ -437,9 +438,10 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         cutoff, read as one snapshot."""
         found = group_of(group)
         t = clock_ms() if as_of_ms is None else as_of_ms
+        now = as_of_ms is None or as_of_ms >= clock_ms()
         if on_loop:
-            return lookup(found, group, entity, t, as_of_ms is None)
-        return await run_in_threadpool(lookup, found, group, entity, t, as_of_ms is None)
+            return lookup(found, group, entity, t, now)
+        return await run_in_threadpool(lookup, found, group, entity, t, now)
 
     def lookup(found: _Group, group: str, entity: str, t: int, now: bool) -> FeaturesResponse:
         snapshot = store.read_entity(group, entity, t, found.reader.spans)
@@ -486,7 +488,8 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                 batch=_view_info(snapshot.view),
                 realtime=realtime_info(snapshot, offsets) if hit else None))
         return BatchLookupResponse(group=group, as_of_ms=t,
-                                   exact=exact_at(found.group, t, now=request.as_of_ms is None),
+                                   exact=exact_at(found.group, t, now=request.as_of_ms is None
+                                                  or request.as_of_ms >= clock_ms()),
                                    snapshot="one_view" if one_view else "per_entity",
                                    batch=_view_info(snapshots[0].view) if one_view else None,
                                    results=results)
