@@ -534,7 +534,7 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str]) -> Pa
 
     def response() -> bytes:
         model = FeaturesResponse(group=GROUP, entity=sample.entity, as_of_ms=data.now_ms,
-                                 features=values, batch=BatchViewInfo(**batch),
+                                 exact=True, features=values, batch=BatchViewInfo(**batch),
                                  realtime=RealtimeInfo(**realtime))
         return model.model_dump_json().encode()
 
