@@ -767,11 +767,18 @@ def measure_freshness(data: Any, workdir: Path, token: str, events: int,
         # Warm-up: the speed layer's group join and the consumer's assignment.
         _produce_until_visible(producer, topic, template, rng.choice(cards), base_time, server,
                                token, data, timeout_s=300, received=None)
-        reader = threading.Thread(target=consume, daemon=True)
-        reader.start()
+        # Join the group before the reader thread starts: confluent-kafka's
+        # assignment() waits behind a poll in another thread, so asking it
+        # from here while the reader polls hung the run. Nothing is produced
+        # until then, so this poll drops no record.
         deadline = time.monotonic() + 30
         while not consumer.assignment() and time.monotonic() < deadline:
-            time.sleep(0.05)
+            consumer.poll(0.05)
+        if not consumer.assignment():
+            raise BenchmarkError("the produce->consume reference consumer got no partition "
+                                 f"of {topic} within 30 s")
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
         time.sleep(1.0)
         visible, kafka, polls, missing = _fresh_events(producer, topic, template, cards, rng,
                                                        base_time + 1000, server, token, data,
