@@ -141,6 +141,10 @@ class ServingSettings:
     # Attempts at reading every entity of a batch lookup under one batch view
     # when a publish switches views mid-request.
     batch_snapshot_attempts: int = field(default=3, metadata=_at_least(1))
+    # Parsed batch records each view group keeps in memory (least recently
+    # used out; 0: none), and four realtime tiles per record: a lookup of an
+    # entity read recently skips parsing and decoding them (docs/decisions.md).
+    record_cache: int = field(default=4096, metadata=_at_least(0))
 
 
 @dataclass(frozen=True)
