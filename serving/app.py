@@ -23,10 +23,11 @@ What each answer guarantees
   boundary of every hop; the past belongs to point-in-time training sets.
   Every answer says which it is (``exact``), so a past time inside a tile
   is never a silently wrong answer.
-* A batch lookup reads every entity under the **same batch view**: when a
-  publish switches views mid-request it reads them all again (up to
-  ``[serving] batch_snapshot_attempts``), and otherwise says per entity
-  which view it used (``snapshot: "per_entity"``).
+* A batch lookup reads every entity as **one store snapshot**
+  (``TileStore.read_entities``: one SQLite read transaction, one Redis
+  MULTI/EXEC), so under one batch view even while a publish switches views
+  (``snapshot: "one_view"``; ``"per_entity"`` is kept in the schema for a
+  store that could not, and names each entity's view).
 * Scores are the speed layer's, stored with its tiles (``latest_scores``).
 * An ad-hoc score takes the features strictly before the event through the
   speed layer's path (the store snapshot seeds an ``OnlineState``, then
@@ -336,7 +337,6 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     speed_consumer = settings.speed.group
     lateness = settings.speed.allowed_lateness_ms
     max_entities = settings.serving.max_batch_entities
-    attempts = settings.serving.batch_snapshot_attempts
 
     # The embedded store answers in tens of µs: a lookup on the event loop
     # is cheaper than a thread-pool hop. A networked store (Redis) waits on
@@ -505,11 +505,11 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     @app.post("/v1/features/{group}:batch", tags=["features"], dependencies=auth,
               response_model=BatchLookupResponse,
               responses={**_ERRORS, 404: {"model": ErrorBody, "description": "unknown group"}})
-    def features_batch(group: Annotated[str, Path(min_length=1, max_length=64)],
-                       request: BatchLookupRequest) -> BatchLookupResponse:
-        """Many entities in one request, all under one batch view when the
-        store allows (see the module docstring); an unknown entity is
-        ``found: false``, not an error."""
+    async def features_batch(group: Annotated[str, Path(min_length=1, max_length=64)],
+                             request: BatchLookupRequest) -> BatchLookupResponse:
+        """Many entities in one request, all read as one store snapshot
+        under one batch view (see the module docstring); an unknown entity
+        is ``found: false``, not an error."""
         found = group_of(group)
         if len(request.entities) > max_entities:
             raise HTTPException(422, [{"loc": ["body", "entities"], "type": "too_long",
@@ -517,14 +517,16 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                                               f"([serving] max_batch_entities), got "
                                               f"{len(request.entities)}"}])
         t = clock_ms() if request.as_of_ms is None else request.as_of_ms
-        snapshots: list[EntitySnapshot] = []
-        for _ in range(attempts):
-            snapshots = [store.read_entity(group, e, t, found.reader.spans)
-                         for e in request.entities]
-            if len({s.view.generation for s in snapshots}) == 1:
-                break
+        now = request.as_of_ms is None or request.as_of_ms >= clock_ms()
+        if on_loop:
+            return batch_lookup(found, group, request.entities, t, now)
+        return await run_in_threadpool(batch_lookup, found, group, request.entities, t, now)
+
+    def batch_lookup(found: _Group, group: str, entities: list[str], t: int,
+                     now: bool) -> BatchLookupResponse:
+        snapshots = store.read_entities(group, entities, t, found.reader.spans)
         offsets = store.read_offsets(speed_consumer)
-        one_view = len({s.view.generation for s in snapshots}) == 1
+        one_view = len({s.view.generation for s in snapshots}) == 1  # read_entities: always
         results = []
         for snapshot in snapshots:
             hit = known(snapshot)
@@ -533,9 +535,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                 features=as_list(found.reader.features(snapshot)) if hit else None,
                 batch=_view_info(snapshot.view),
                 realtime=realtime_info(snapshot, offsets) if hit else None))
-        return BatchLookupResponse(group=group, as_of_ms=t,
-                                   exact=found.exact(t, now=request.as_of_ms is None
-                                                  or request.as_of_ms >= clock_ms()),
+        return BatchLookupResponse(group=group, as_of_ms=t, exact=found.exact(t, now=now),
                                    snapshot="one_view" if one_view else "per_entity",
                                    batch=_view_info(snapshots[0].view) if one_view else None,
                                    results=results)
