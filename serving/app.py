@@ -227,6 +227,10 @@ class _RequestMetrics:
         self.app = app
         self.requests = requests
         self.latency = latency
+        # The labelled children per (route, method, status): ``labels()``
+        # validates and locks on every call, a good share of a lookup's time
+        # (as many children as the registry itself keeps).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,8 +252,13 @@ class _RequestMetrics:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
             elapsed = time.perf_counter() - began
-            self.requests.labels(route, method, str(status)).inc()
-            self.latency.labels(route, method).observe(elapsed)
+            children = self._children.get((route, method, status))
+            if children is None:
+                children = self._children[(route, method, status)] = (
+                    self.requests.labels(route, method, str(status)),
+                    self.latency.labels(route, method))
+            children[0].inc()
+            children[1].observe(elapsed)
             log.debug("request", route=route, method=method, status=status,
                       ms=round(elapsed * 1000, 3))
 
