@@ -498,9 +498,12 @@ def _median_us(call: Callable[[], Any], n: int) -> float:
     return statistics.median(samples) * 1e6
 
 
-def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str]) -> Parts:
+def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str],
+                  calls: int = 1000) -> Parts:
     """The route's parts timed one by one in this process (see the module
-    docstring), and the whole app and the constant app called as ASGI."""
+    docstring), ``calls`` times each (the ASGI calls 1.5 times as many),
+    and the whole app and the constant app called as ASGI.
+    BenchmarkError if the app answers anything but 200 or 404, or never 200."""
     import dataclasses
 
     from lamina.config import Settings
@@ -519,9 +522,9 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str]) -> Pa
     snapshots = [store.read_entity(GROUP, c, data.now_ms, reader.spans) for c in picks[:200]]
     found = [s for s in snapshots if s.batch_record is not None or s.tiles]
     read_entity = _median_us(lambda: store.read_entity(GROUP, card(), data.now_ms,
-                                                       reader.spans), 1000)
-    read_offsets = _median_us(lambda: store.read_offsets("lamina-speed"), 1000)
-    features = _median_us(lambda: reader.features(found[next(it) % len(found)]), 1000)
+                                                       reader.spans), calls)
+    read_offsets = _median_us(lambda: store.read_offsets("lamina-speed"), calls)
+    features = _median_us(lambda: reader.features(found[next(it) % len(found)]), calls)
     sample = found[0]
     values = {k: list(v) if isinstance(v, tuple) else v
               for k, v in reader.features(sample).items()}
@@ -538,7 +541,7 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str]) -> Pa
                                  realtime=RealtimeInfo(**realtime))
         return model.model_dump_json().encode()
 
-    response_us = _median_us(response, 1000)
+    response_us = _median_us(response, calls)
     settings = Settings()
     settings = dataclasses.replace(settings, serving=dataclasses.replace(
         settings.serving, token=token, score=False))
@@ -568,15 +571,20 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str]) -> Pa
         query = f"as_of_ms={data.now_ms}".encode()
         paths = [f"/v1/features/{GROUP}/{c}" for c in picks]
         samples, constants = [], []
-        for n in range(1500):
+        answered = 0
+        for n in range(calls * 3 // 2):
             began = time.perf_counter()
             status = await asgi(app, paths[n % len(paths)], query)
             samples.append(time.perf_counter() - began)
             if status not in (200, 404):
                 raise BenchmarkError(f"the app called as ASGI answered {status}")
+            answered += status == 200
             began = time.perf_counter()
-            await asgi(constant, "/constant", b"")
+            if await asgi(constant, "/constant", b"") != 200:
+                raise BenchmarkError("the constant app called as ASGI did not answer 200")
             constants.append(time.perf_counter() - began)
+        if not answered:
+            raise BenchmarkError("the app called as ASGI answered no lookup with 200")
         return statistics.median(samples) * 1e6, statistics.median(constants) * 1e6
 
     import uvloop

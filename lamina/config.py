@@ -138,9 +138,13 @@ class ServingSettings:
     champion_poll_s: float = field(default=5.0, metadata=_at_least(0))
     # Entities per batch lookup (POST /v1/features/{group}:batch).
     max_batch_entities: int = field(default=1000, metadata=_at_least(1))
-    # Attempts at reading every entity of a batch lookup under one batch view
-    # when a publish switches views mid-request.
+    # Unused since a batch lookup reads one store snapshot (read_entities);
+    # kept so settings files that name it still load.
     batch_snapshot_attempts: int = field(default=3, metadata=_at_least(1))
+    # Parsed batch records each view group keeps in memory (least recently
+    # used out; 0: none), and four realtime tiles per record: a lookup of an
+    # entity read recently skips parsing and decoding them (docs/decisions.md).
+    record_cache: int = field(default=4096, metadata=_at_least(0))
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ What each answer guarantees
   boundary of every hop; the past belongs to point-in-time training sets.
   Every answer says which it is (``exact``), so a past time inside a tile
   is never a silently wrong answer.
-* A batch lookup reads every entity under the **same batch view**: when a
-  publish switches views mid-request it reads them all again (up to
-  ``[serving] batch_snapshot_attempts``), and otherwise says per entity
-  which view it used (``snapshot: "per_entity"``).
+* A batch lookup reads every entity as **one store snapshot**
+  (``TileStore.read_entities``: one SQLite read transaction, one Redis
+  MULTI/EXEC), so under one batch view even while a publish switches views
+  (``snapshot: "one_view"``; ``"per_entity"`` is kept in the schema for a
+  store that could not, and names each entity's view).
 * Scores are the speed layer's, stored with its tiles (``latest_scores``).
 * An ad-hoc score takes the features strictly before the event through the
   speed layer's path (the store snapshot seeds an ``OnlineState``, then
@@ -39,9 +40,10 @@ What each answer guarantees
 from __future__ import annotations
 
 import hmac
+import inspect
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -225,6 +227,10 @@ class _RequestMetrics:
         self.app = app
         self.requests = requests
         self.latency = latency
+        # The labelled children per (route, method, status): ``labels()``
+        # validates and locks on every call, a good share of a lookup's time
+        # (as many children as the registry itself keeps).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -246,16 +252,48 @@ class _RequestMetrics:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
             elapsed = time.perf_counter() - began
-            self.requests.labels(route, method, str(status)).inc()
-            self.latency.labels(route, method).observe(elapsed)
+            children = self._children.get((route, method, status))
+            if children is None:
+                children = self._children[(route, method, status)] = (
+                    self.requests.labels(route, method, str(status)),
+                    self.latency.labels(route, method))
+            children[0].inc()
+            children[1].observe(elapsed)
             log.debug("request", route=route, method=method, status=status,
                       ms=round(elapsed * 1000, 3))
+
+
+class _FastPath:
+    """A pure-ASGI handler in front of FastAPI for the hottest route:
+    ``handle(scope, receive, send)`` answers a request and returns True, or
+    returns False (having sent nothing) to leave it to FastAPI. FastAPI's
+    per-request machinery (dependency resolution, parameter validation,
+    response-model validation and encoding) costs several times the lookup
+    itself (docs/benchmarks.md); the route stays declared in FastAPI, which
+    answers everything the fast path does not take and documents it."""
+
+    def __init__(self, app: ASGIApp, *,
+                 handle: Callable[[Scope, Receive, Send], Awaitable[bool]]) -> None:
+        self.app = app
+        self.handle = handle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and await self.handle(scope, receive, send):
+            return
+        await self.app(scope, receive, send)
 
 
 @dataclass
 class _Group:
     group: GroupBy
     reader: FeatureReader
+
+    def __post_init__(self) -> None:
+        self.largest_hop = max(self.group.hops())
+
+    def exact(self, t: int, *, now: bool) -> bool:
+        """``exact_at`` with the largest hop computed once."""
+        return now or t % self.largest_hop == 0
 
 
 def exact_at(group: GroupBy, t: int, *, now: bool) -> bool:
@@ -302,12 +340,12 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     store = store if store is not None else _store_from_settings(settings)
     if settings.serving.score and champions is None:
         champions = _champions_from_settings(settings, contract)
-    groups = {g.name: _Group(g, FeatureReader(g)) for g in contract.groups}
+    groups = {g.name: _Group(g, FeatureReader(g, record_cache=settings.serving.record_cache))
+              for g in contract.groups}
     validator = EventValidator(max_event_bytes=settings.lander.max_event_bytes)
     speed_consumer = settings.speed.group
     lateness = settings.speed.allowed_lateness_ms
     max_entities = settings.serving.max_batch_entities
-    attempts = settings.serving.batch_snapshot_attempts
 
     # The embedded store answers in tens of µs: a lookup on the event loop
     # is cheaper than a thread-pool hop. A networked store (Redis) waits on
@@ -326,6 +364,8 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     app.state.store = store
     app.state.metrics = metrics
 
+    # Inner first: the metrics middleware wraps the fast path too.
+    app.add_middleware(_FastPath, handle=lambda *call: fast_features(*call))
     app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
 
     async def authorised(request: Request, credentials: Annotated[
@@ -443,27 +483,42 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
             return lookup(found, group, entity, t, now)
         return await run_in_threadpool(lookup, found, group, entity, t, now)
 
-    def lookup(found: _Group, group: str, entity: str, t: int, now: bool) -> FeaturesResponse:
+    def answer(found: _Group, group: str, entity: str, t: int, now: bool) -> dict[str, Any]:
+        """The features answer as plain data, in ``FeaturesResponse``'s field
+        order (the route validates it into the model, the fast path dumps it
+        with orjson: one answer, two encoders). HTTPException 404 for an
+        unknown entity; the store's errors propagate."""
         snapshot = store.read_entity(group, entity, t, found.reader.spans)
         if not known(snapshot):
             raise HTTPException(404, f"entity {entity!r} is unknown to view {group!r}: no batch "
                                      "record and no realtime tile in the windows as of "
                                      f"{t} (batch version {snapshot.view.batch_version})")
         values = found.reader.features(snapshot)
-        return FeaturesResponse(group=group, entity=entity, as_of_ms=t,
-                                exact=exact_at(found.group, t, now=now),
-                                features=as_list(values), batch=_view_info(snapshot.view),
-                                realtime=realtime_info(snapshot,
-                                                       store.read_offsets(speed_consumer)))
+        view = snapshot.view
+        starts = [start for _, start in snapshot.tiles]
+        offsets = store.read_offsets(speed_consumer)
+        return {"group": group, "entity": entity, "as_of_ms": t,
+                "exact": found.exact(t, now=now), "features": as_list(values),
+                "batch": {"batch_version": view.batch_version, "cutoff_ms": view.cutoff_ms,
+                          "horizon_ms": view.horizon_ms, "generation": view.generation,
+                          "published_at_ms": view.published_at_ms},
+                "realtime": {"tiles": len(snapshot.tiles),
+                             "newest_tile_start_ms": max(starts) if starts else None,
+                             "speed_offsets": {f"{topic}:{partition}": position
+                                               for (topic, partition), position
+                                               in sorted(offsets.items())}}}
+
+    def lookup(found: _Group, group: str, entity: str, t: int, now: bool) -> FeaturesResponse:
+        return FeaturesResponse.model_validate(answer(found, group, entity, t, now))
 
     @app.post("/v1/features/{group}:batch", tags=["features"], dependencies=auth,
               response_model=BatchLookupResponse,
               responses={**_ERRORS, 404: {"model": ErrorBody, "description": "unknown group"}})
-    def features_batch(group: Annotated[str, Path(min_length=1, max_length=64)],
-                       request: BatchLookupRequest) -> BatchLookupResponse:
-        """Many entities in one request, all under one batch view when the
-        store allows (see the module docstring); an unknown entity is
-        ``found: false``, not an error."""
+    async def features_batch(group: Annotated[str, Path(min_length=1, max_length=64)],
+                             request: BatchLookupRequest) -> BatchLookupResponse:
+        """Many entities in one request, all read as one store snapshot
+        under one batch view (see the module docstring); an unknown entity
+        is ``found: false``, not an error."""
         found = group_of(group)
         if len(request.entities) > max_entities:
             raise HTTPException(422, [{"loc": ["body", "entities"], "type": "too_long",
@@ -471,14 +526,16 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                                               f"([serving] max_batch_entities), got "
                                               f"{len(request.entities)}"}])
         t = clock_ms() if request.as_of_ms is None else request.as_of_ms
-        snapshots: list[EntitySnapshot] = []
-        for _ in range(attempts):
-            snapshots = [store.read_entity(group, e, t, found.reader.spans)
-                         for e in request.entities]
-            if len({s.view.generation for s in snapshots}) == 1:
-                break
+        now = request.as_of_ms is None or request.as_of_ms >= clock_ms()
+        if on_loop:
+            return batch_lookup(found, group, request.entities, t, now)
+        return await run_in_threadpool(batch_lookup, found, group, request.entities, t, now)
+
+    def batch_lookup(found: _Group, group: str, entities: list[str], t: int,
+                     now: bool) -> BatchLookupResponse:
+        snapshots = store.read_entities(group, entities, t, found.reader.spans)
         offsets = store.read_offsets(speed_consumer)
-        one_view = len({s.view.generation for s in snapshots}) == 1
+        one_view = len({s.view.generation for s in snapshots}) == 1  # read_entities: always
         results = []
         for snapshot in snapshots:
             hit = known(snapshot)
@@ -487,9 +544,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
                 features=as_list(found.reader.features(snapshot)) if hit else None,
                 batch=_view_info(snapshot.view),
                 realtime=realtime_info(snapshot, offsets) if hit else None))
-        return BatchLookupResponse(group=group, as_of_ms=t,
-                                   exact=exact_at(found.group, t, now=request.as_of_ms is None
-                                                  or request.as_of_ms >= clock_ms()),
+        return BatchLookupResponse(group=group, as_of_ms=t, exact=found.exact(t, now=now),
                                    snapshot="one_view" if one_view else "per_entity",
                                    batch=_view_info(snapshots[0].view) if one_view else None,
                                    results=results)
@@ -560,6 +615,78 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         return AdHocScoreResponse(event_id=valid.event_id, entity=valid.entity_key,
                                   event_time_ms=t, score=value, model_version=champion.version,
                                   batch=_view_info(used), features=vector)
+
+    # --- the fast path of GET /v1/features/{group}/{entity} ------------------------
+    # It takes exactly the requests whose answer needs none of FastAPI's
+    # machinery to be the same: GET, the route's path, a known group, both
+    # parameters within their lengths, no query or a plain `as_of_ms=<digits>`,
+    # the right bearer token. Anything else goes to FastAPI before any work
+    # (a wrong token, so FastAPI logs and answers the 401). Its errors go
+    # through the app's own exception handlers, so bodies are identical; the
+    # answer is the route's (`answer`), dumped by orjson instead of validated
+    # into FeaturesResponse and encoded again (tests/unit/test_serving_fast.py
+    # checks both give the same JSON).
+    features_route = next(r for r in app.router.routes
+                          if getattr(r, "path", None) == "/v1/features/{group}/{entity}")
+    # A non-ASCII token is left to FastAPI, which compares decoded headers.
+    bearer = b"Bearer " + expected if token.isascii() else None
+    handlers = app.exception_handlers
+
+    def fast_request(scope: Scope) -> tuple[_Group, str, str, int | None] | None:
+        if scope["method"] != "GET" or scope.get("root_path") or bearer is None:
+            return None
+        parts = scope["path"].split("/")
+        if len(parts) != 5 or parts[0] or parts[1] != "v1" or parts[2] != "features":
+            return None
+        group, entity = parts[3], parts[4]
+        found = groups.get(group)
+        if found is None or not 1 <= len(group) <= 64 or not 1 <= len(entity) <= 256:
+            return None
+        query: bytes = scope["query_string"]
+        as_of_ms: int | None = None
+        if query:
+            digits = query[9:]
+            if not query.startswith(b"as_of_ms=") or not digits.isdigit() \
+                    or len(digits) > 18 or (digits[0] == 48 and len(digits) > 1):
+                return None
+            as_of_ms = int(digits)
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return (found, group, entity, as_of_ms) \
+                    if hmac.compare_digest(value, bearer) else None
+        return None
+
+    async def fast_features(scope: Scope, receive: Receive, send: Send) -> bool:
+        asked = fast_request(scope)
+        if asked is None:
+            return False
+        found, group, entity, as_of_ms = asked
+        scope["route"] = features_route  # the metrics' label, as the router sets it
+        try:
+            t = clock_ms() if as_of_ms is None else as_of_ms
+            now = as_of_ms is None or as_of_ms >= clock_ms()
+            if on_loop:
+                body = answer(found, group, entity, t, now)
+            else:
+                body = await run_in_threadpool(answer, found, group, entity, t, now)
+        except Exception as exc:
+            # As Starlette's ExceptionMiddleware picks (Exception itself is the
+            # server-error handler's, outside it).
+            handler = next((handlers[c] for c in type(exc).__mro__
+                            if c in handlers and c is not Exception), None)
+            if handler is None:
+                raise
+            response = handler(Request(scope, receive), exc)
+            if inspect.isawaitable(response):
+                response = await response
+            await response(scope, receive, send)
+            return True
+        data = orjson.dumps(body)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(data)).encode()),
+                                (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": data})
+        return True
 
     return app
 

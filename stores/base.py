@@ -41,7 +41,8 @@ test_tile_store_contract.py`` holds both to them):
    batch rewrites the same tiles).
 3. ``read_entity`` returns one consistent snapshot: the view, that view's
    batch record of the entity, and the entity's realtime tiles at or after
-   that view's cutoff, all read at one instant. Realtime tiles before the
+   that view's cutoff, all read at one instant; ``read_entities`` reads
+   many entities at one instant (one view for all). Realtime tiles before the
    cutoff stop counting the moment a view with that cutoff is published;
    ``drop_realtime_before`` removes them later.
    The scores given to ``write_tiles`` are part of its transaction too.
@@ -390,6 +391,18 @@ class TileStore(ABC):
 
         Raises ``NoPublishedView`` before the first publish and
         ``AsOfOutOfRange`` unless ``cutoff_ms <= as_of_ms < horizon_ms``.
+        """
+
+    @abstractmethod
+    def read_entities(self, group: str, entities: Iterable[str], as_of_ms: int,
+                      spans: RealtimeSpans) -> list[EntitySnapshot]:
+        """``read_entity`` of every entity (in order, duplicates repeated), all
+        read at **one** instant: every snapshot has the same view, even
+        while a publish switches views (a batch lookup is never split
+        across two views). ``entities`` is consumed once, before or inside
+        the read; empty reads nothing and returns ``[]``.
+
+        Raises ``NoPublishedView`` and ``AsOfOutOfRange`` as ``read_entity``.
         """
 
     @abstractmethod

@@ -68,7 +68,9 @@ wrongly; pick ``H`` with slack (``horizon_ms``).
 from __future__ import annotations
 
 import bisect
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -210,20 +212,126 @@ def batch_records(group: GroupBy, tiles_by_hop: Mapping[int, Tiles], cutoff_ms: 
             yield BatchRecord(entity, payload)
 
 
-def _pick(entries: list[list[Any]], start: int | None) -> Any:
-    """The stored partial of the first entry at or after ``start``."""
-    if start is None:
-        return entries[0][1]
-    for entry_start, stored in entries:
-        if entry_start >= start:
-            return stored
-    return _MISSING
+#: Decoded batch records a ``FeatureReader`` keeps by default (LRU).
+DEFAULT_RECORD_CACHE: Final = 4096
+#: Parsed realtime tiles kept per cached record (an entity has a few).
+TILES_PER_RECORD: Final = 4
+
+
+class _Entries:
+    """One feature's entries of a decoded batch record: the starts
+    ascending (``[None]`` for a lifetime window), the stored partials, and
+    each partial decoded and presented when first needed. Partials are
+    immutable values (ints, tuples, frozen dataclasses, bytes), so a decoded
+    one is shared between lookups."""
+
+    __slots__ = ("starts", "stored", "decoded", "presented")
+
+    def __init__(self, entries: list[list[Any]]) -> None:
+        self.starts = [start for start, _ in entries]
+        self.stored = [stored for _, stored in entries]
+        self.decoded: list[Any] = [_MISSING] * len(entries)
+        self.presented: list[Any] = [_MISSING] * len(entries)
+
+    def pick(self, start: int | None) -> int:
+        """The index of the first entry at or after ``start`` (-1: none)."""
+        if start is None:
+            return 0
+        i = bisect.bisect_left(self.starts, start)
+        return i if i < len(self.starts) else -1
+
+    def partial(self, i: int, codec: PartialCodec) -> Any:
+        value = self.decoded[i]
+        if value is _MISSING:
+            value = self.decoded[i] = codec.load(self.stored[i])
+        return value
+
+    def present(self, i: int, codec: PartialCodec) -> Any:
+        value = self.presented[i]
+        if value is _MISSING:
+            value = self.presented[i] = codec.aggregation.present(self.partial(i, codec))
+        return value
+
+
+class _Lru:
+    """A bounded map, least recently used out (``size`` 0: keeps nothing);
+    safe to share between threads."""
+
+    __slots__ = ("size", "_items", "_lock")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes, make: Any) -> Any:
+        """The value of ``key``, made with ``make(key)`` on a miss."""
+        if not self.size:
+            return make(key)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        value = make(key)
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _Tile:
+    """A realtime tile parsed once; each aggregate's partial decoded when
+    first needed (a tile's bytes are its content: the cache key)."""
+
+    __slots__ = ("stored", "decoded")
+
+    def __init__(self, data: bytes) -> None:
+        self.stored: dict[str, Any] = orjson.loads(data)
+        self.decoded: dict[str, Any] = {}
+
+    def partial(self, name: str, codec: PartialCodec) -> Any:
+        value = self.decoded.get(name, _MISSING)
+        if value is _MISSING:
+            value = self.decoded[name] = codec.load(self.stored.get(name))
+        return value
+
+
+class _Record:
+    """A batch record parsed once: its cutoff, horizon and entries."""
+
+    __slots__ = ("fmt", "cutoff", "horizon", "entries")
+
+    def __init__(self, payload: bytes) -> None:
+        record = orjson.loads(payload)
+        self.fmt = record.get("f")
+        self.cutoff = record.get("c")
+        self.horizon = record.get("h")
+        stored = record.get("w") or {}
+        self.entries = {feature: _Entries(entries) for feature, entries in stored.items()
+                        if entries}
 
 
 class FeatureReader:
-    """Features of one view from an ``EntitySnapshot``; build once per view."""
+    """Features of one view from an ``EntitySnapshot``; build once per view.
 
-    def __init__(self, group: GroupBy) -> None:
+    It keeps up to ``record_cache`` parsed batch records (least recently
+    used out; 0: none), keyed by the record's bytes: a lookup that reads
+    the same record again (a batch record does not change within a
+    published generation) skips parsing and decoding it. Keyed by content,
+    not by (generation, entity), a hit can never serve another record:
+    not after a store is recreated and its generations start again, nor
+    across two stores. Safe to share between threads.
+    """
+
+    def __init__(self, group: GroupBy, *, record_cache: int = DEFAULT_RECORD_CACHE) -> None:
+        if isinstance(record_cache, bool) or not isinstance(record_cache, int) \
+                or record_cache < 0:
+            raise ValueError(f"record_cache must be an integer >= 0, got {record_cache!r}")
         self.group = group
         self.codec = TileCodec(group)
         self.spans: RealtimeSpans = realtime_spans(group)
@@ -231,6 +339,12 @@ class FeatureReader:
         self._windows = [(a.name, a.feature_name(w), w.length_ms, w.hop_ms,
                           self.codec.partials[a.name])
                          for a in group.aggregates for w in a.windows]
+        # Per window: the feature with no part at all (the monoid's zero presented).
+        self._empty = [codec.aggregation.present(codec.aggregation.merge_all([]))
+                       for _, _, _, _, codec in self._windows]
+        self.record_cache = record_cache
+        self._records = _Lru(record_cache)
+        self._tiles = _Lru(TILES_PER_RECORD * record_cache)
 
     def features(self, snapshot: EntitySnapshot) -> dict[str, FeatureValue]:
         """Every feature of the snapshot's entity just before
@@ -249,52 +363,47 @@ class FeatureReader:
                 f"{view.definition}, this reader has {self.fingerprint}; publish the view "
                 "again with this definition")
         cutoff = view.cutoff_ms
-        entries: Mapping[str, list[list[Any]]] = {}
+        entries: Mapping[str, _Entries] = {}
         if snapshot.batch_record is not None:
-            record = orjson.loads(snapshot.batch_record)
-            if record.get("f") != RECORD_FORMAT or record.get("c") != cutoff \
-                    or record.get("h") != view.horizon_ms:
+            record = self._records.get(snapshot.batch_record, _Record)
+            if record.fmt != RECORD_FORMAT or record.cutoff != cutoff \
+                    or record.horizon != view.horizon_ms:
                 raise StoreError(
                     f"view {self.group.name!r}: the batch record of {snapshot.entity!r} was "
-                    f"built for cutoff {record.get('c')} and horizon {record.get('h')}, the "
+                    f"built for cutoff {record.cutoff} and horizon {record.horizon}, the "
                     f"view has {cutoff} and {view.horizon_ms}; publish the view again")
-            entries = record["w"]
-        # Realtime tiles per hop, in time order, parsed once; each
-        # aggregate's partial of a tile is decoded when a window first needs it.
-        by_hop: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+            entries = record.entries
+        # Realtime tiles per hop, in time order, each parsed once (kept in
+        # the tile cache: older tiles do not change between lookups).
+        by_hop: dict[int, list[tuple[int, _Tile]]] = {}
+        tile_of = self._tiles.get
         for (hop, start), data in snapshot.tiles.items():
             if cutoff <= start < t:
-                by_hop.setdefault(hop, []).append((start, orjson.loads(data)))
+                by_hop.setdefault(hop, []).append((start, tile_of(data, _Tile)))
         starts_by_hop: dict[int, list[int]] = {}
         for hop, tiles in by_hop.items():
             tiles.sort(key=lambda item: item[0])
             starts_by_hop[hop] = [start for start, _ in tiles]
-        decoded: dict[tuple[int, str], list[Any]] = {}
 
         out: dict[str, FeatureValue] = {}
-        for name, feature, length, hop, codec in self._windows:
+        for index, (name, feature, length, hop, codec) in enumerate(self._windows):
             # window_range: the window starts at floor((t - W) / h) * h
             # (None: lifetime); a realtime store holds tiles from the cutoff.
             start = None if length is None else (t - length) // hop * hop
-            parts = []
             stored = entries.get(feature)
-            if stored:
-                value = _pick(stored, start)
-                if value is not _MISSING:
-                    parts.append(codec.load(value))
+            pick = -1 if stored is None else stored.pick(start)
             starts = starts_by_hop.get(hop)
-            if starts:
-                first = bisect.bisect_left(starts, cutoff if start is None else max(cutoff, start))
-                if first < len(starts):
-                    cache = decoded.get((hop, name))
-                    if cache is None:
-                        cache = decoded[(hop, name)] = [_MISSING] * len(starts)
-                    tiles = by_hop[hop]
-                    for i in range(first, len(starts)):
-                        partial = cache[i]
-                        if partial is _MISSING:
-                            partial = cache[i] = codec.load(tiles[i][1].get(name))
-                        parts.append(partial)
+            first = -1 if not starts else bisect.bisect_left(
+                starts, cutoff if start is None else max(cutoff, start))
+            if starts is None or not 0 <= first < len(starts):
+                # No realtime part: the batch entry alone (presented once
+                # per record), or nothing.
+                out[feature] = self._empty[index] if pick < 0 or stored is None \
+                    else stored.present(pick, codec)
+                continue
+            parts = [] if pick < 0 or stored is None else [stored.partial(pick, codec)]
+            for _, tile in by_hop[hop][first:]:
+                parts.append(tile.partial(name, codec))
             monoid = codec.aggregation
             # zero() is the identity: one part needs no merge.
             merged = parts[0] if len(parts) == 1 else monoid.merge_all(parts)

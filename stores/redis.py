@@ -443,13 +443,15 @@ class RedisTileStore(TileStore):
             self._call(self._redis.unlink, *(self._key("batch", group, g) for g in stale))
             self._call(self._redis.srem, gens_key, *stale)
 
-    def read_entity(self, group: str, entity: str, as_of_ms: int,
-                    spans: RealtimeSpans) -> EntitySnapshot:
+    def _read_args(self, group: str, entity: str, as_of_ms: int,
+                   spans: RealtimeSpans) -> tuple[list[str], list[Any]]:
         args: list[Any] = [self._key("batch", group, ""), entity, as_of_ms]
         for hop, lookback in sorted(spans.items()):
             args += (hop, -1 if lookback is None else lookback)
-        reply = self._call(self._read_script,
-                           keys=[self._key("view", group), self._key("rt", group)], args=args)
+        return [self._key("view", group), self._key("rt", group)], args
+
+    def _snapshot(self, group: str, entity: str, as_of_ms: int, reply: Any) -> EntitySnapshot:
+        """The snapshot from the read script's reply."""
         view = self._view(group, reply[0]) if reply else None
         if view is None:
             raise NoPublishedView(f"view {group!r}: no batch view is published in the redis "
@@ -465,3 +467,24 @@ class RedisTileStore(TileStore):
                 tiles[(int(hop), int(start))] = value
         return EntitySnapshot(view, entity, as_of_ms, record, tiles)
 
+    def read_entity(self, group: str, entity: str, as_of_ms: int,
+                    spans: RealtimeSpans) -> EntitySnapshot:
+        keys, args = self._read_args(group, entity, as_of_ms, spans)
+        reply = self._call(self._read_script, keys=keys, args=args)
+        return self._snapshot(group, entity, as_of_ms, reply)
+
+    def read_entities(self, group: str, entities: Iterable[str], as_of_ms: int,
+                      spans: RealtimeSpans) -> list[EntitySnapshot]:
+        wanted = list(entities)
+        if not wanted:
+            return []
+        # One MULTI/EXEC of one read script per entity: Redis runs the
+        # transaction's commands with nothing in between (a publish switch
+        # lands before or after all of them), in one round trip.
+        pipe = self._redis.pipeline(transaction=True)
+        for entity in wanted:
+            keys, args = self._read_args(group, entity, as_of_ms, spans)
+            self._read_script(keys=keys, args=args, client=pipe)
+        replies = self._call(pipe.execute)
+        return [self._snapshot(group, entity, as_of_ms, reply)
+                for entity, reply in zip(wanted, replies, strict=True)]

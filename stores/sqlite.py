@@ -419,27 +419,51 @@ class SqliteTileStore(TileStore):
                     spans: RealtimeSpans) -> EntitySnapshot:
         conn = self._conn()
         with self._transaction(conn, write=False):
-            row = self._view_row(conn, group)
-            if row is None:
-                raise NoPublishedView(f"view {group!r}: no batch view is published in "
-                                      f"{self.path}; run the batch layer first")
-            view = self._view_from_row(group, row)
-            check_as_of(view, as_of_ms)
-            record = conn.execute(
-                "SELECT payload FROM batch_records WHERE grp = ? AND generation = ? AND "
-                "entity = ?", (group, view.generation, entity)).fetchone()
-            ranges = realtime_ranges(view.cutoff_ms, as_of_ms, spans)
-            tiles: dict[TileSlot, bytes] = {}
-            if ranges:
-                sql = self._range_sql.get(len(ranges))
-                if sql is None:
-                    sql = self._range_sql[len(ranges)] = " UNION ALL ".join(
-                        [_TILE_RANGE] * len(ranges))
-                parameters: list[Any] = []
-                for hop, first, end in ranges:
-                    parameters += (group, entity, hop, first, end)
-                for hop, start, partials in conn.execute(sql, parameters):
-                    tiles[(hop, start)] = partials
+            view = self._view_at(conn, group, as_of_ms)
+            return self._entity_at(conn, view, entity, as_of_ms, spans)
+
+    def read_entities(self, group: str, entities: Iterable[str], as_of_ms: int,
+                      spans: RealtimeSpans) -> list[EntitySnapshot]:
+        conn = self._conn()
+        snapshots: list[EntitySnapshot] = []
+        # One read transaction: in WAL mode one snapshot of the database,
+        # whatever a publish commits meanwhile.
+        with self._transaction(conn, write=False):
+            view: PublishedView | None = None
+            for entity in entities:
+                if view is None:
+                    view = self._view_at(conn, group, as_of_ms)
+                snapshots.append(self._entity_at(conn, view, entity, as_of_ms, spans))
+        return snapshots
+
+    def _view_at(self, conn: sqlite3.Connection, group: str, as_of_ms: int) -> PublishedView:
+        """The published view (inside a read transaction), checked for ``as_of_ms``."""
+        row = self._view_row(conn, group)
+        if row is None:
+            raise NoPublishedView(f"view {group!r}: no batch view is published in "
+                                  f"{self.path}; run the batch layer first")
+        view = self._view_from_row(group, row)
+        check_as_of(view, as_of_ms)
+        return view
+
+    def _entity_at(self, conn: sqlite3.Connection, view: PublishedView, entity: str,
+                   as_of_ms: int, spans: RealtimeSpans) -> EntitySnapshot:
+        """One entity's record and tiles under ``view`` (inside a read transaction)."""
+        group = view.group
+        record = conn.execute(
+            "SELECT payload FROM batch_records WHERE grp = ? AND generation = ? AND "
+            "entity = ?", (group, view.generation, entity)).fetchone()
+        ranges = realtime_ranges(view.cutoff_ms, as_of_ms, spans)
+        tiles: dict[TileSlot, bytes] = {}
+        if ranges:
+            sql = self._range_sql.get(len(ranges))
+            if sql is None:
+                sql = self._range_sql[len(ranges)] = " UNION ALL ".join(
+                    [_TILE_RANGE] * len(ranges))
+            parameters: list[Any] = []
+            for hop, first, end in ranges:
+                parameters += (group, entity, hop, first, end)
+            for hop, start, partials in conn.execute(sql, parameters):
+                tiles[(hop, start)] = partials
         return EntitySnapshot(view, entity, as_of_ms, None if record is None else record[0],
                               tiles)
-

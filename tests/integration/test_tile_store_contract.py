@@ -623,3 +623,16 @@ def test_redis_runs_each_snapshot_write_and_switch_as_one_script(redis_url: str)
         assert f"HSET {view_key}" in inside, inside
     marker.close()
     client.close()
+
+
+def test_read_entities_reads_one_snapshot_of_many_entities(store: TileStore) -> None:
+    # The checks of tests/unit/test_store_read_entities.py, on each store.
+    from tests.unit import test_store_read_entities as batch
+
+    batch.check_same_as_per_entity_reads(store)
+
+
+def test_a_publish_while_reading_a_batch_cannot_split_it(store: TileStore) -> None:
+    from tests.unit import test_store_read_entities as batch
+
+    batch.check_a_publish_cannot_split_a_batch(store, batch.per_entity_loop_is_split)
