@@ -84,8 +84,9 @@ CAUSES: Final = (LATE_ARRIVAL, BEYOND_LATENESS, BATCH_CUTOFF)
 #: mismatched features (the rest are counted).
 MAX_EXAMPLES: Final = 50
 REPORT_NAME: Final = "consistency.json"
-#: Empty polls (of 1 s) in a row after which reading the scores gives up.
-_MAX_IDLE_POLLS: Final = 30
+#: Seconds of empty polls (of 1 s) in a row after which reading the scores
+#: gives up.
+_STALL_S: Final = 30.0
 
 
 def bits(value: float) -> str:
@@ -233,57 +234,37 @@ def read_scores(bootstrap: str, topic: str, *, since_ms: int, until_ms: int,
     until_ms)``, one per ``(event_id, model_version)``: read from the
     beginning to the end offsets taken when the read starts (records
     produced meanwhile wait for the next report)."""
-    from kafka import TopicPartition
-
     from lamina import kafkaio
+    from lamina.consumer import read_to_end
 
     consumer = kafkaio.make_consumer(bootstrap, group_id=None, consumer_timeout_ms=1000)
     out = ScoresRead()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        if not consumer.partitions_for_topic(topic):
             raise ConfigError(f"the scores topic {topic!r} does not exist on {bootstrap}: "
                               "start the speed layer with scoring on ([speed] scoring), or "
                               "set [kafka] scores_topic")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = {tp: n for tp, n in consumer.end_offsets(tps).items() if n > 0}
         seen: set[tuple[str, int]] = set()
-        idle_polls = 0
-        while ends:
-            polled = consumer.poll(timeout_ms=1000, max_records=10_000)
-            idle_polls = 0 if polled else idle_polls + 1
-            if idle_polls >= _MAX_IDLE_POLLS:
-                raise ConfigError(
-                    f"reading {topic} stalled short of its end offsets "
-                    f"({', '.join(f'{tp.partition}: {consumer.position(tp)}/{n}' for tp, n in ends.items())}):"  # noqa: E501
-                    " is the broker reachable and the topic's leader up? Run again when it is")
-            for tp, messages in polled.items():
-                for message in messages:
-                    if tp not in ends or message.offset >= ends[tp]:
-                        continue
-                    out.read += 1
-                    try:
-                        record = decode_score(message.value, features=contract.features)
-                    except ScoreRecordError as exc:
-                        out.undecodable += 1
-                        log.warning("score record not decodable", topic=topic,
-                                    partition=tp.partition, offset=message.offset,
-                                    reason=exc.reason)
-                        continue
-                    if not since_ms <= record.event_time < until_ms:
-                        out.outside_range += 1
-                        continue
-                    key = (record.event_id, record.model_version)
-                    if key in seen:
-                        out.duplicates += 1
-                        continue
-                    seen.add(key)
-                    out.records.append(record)
-            for tp in list(ends):
-                if consumer.position(tp) >= ends[tp]:
-                    del ends[tp]
+        for message in read_to_end(consumer, topic, stall_s=_STALL_S, poll_timeout_ms=1000,
+                                   max_records=10_000):
+            out.read += 1
+            try:
+                record = decode_score(message.value, features=contract.features)
+            except ScoreRecordError as exc:
+                out.undecodable += 1
+                log.warning("score record not decodable", topic=topic,
+                            partition=message.partition, offset=message.offset,
+                            reason=exc.reason)
+                continue
+            if not since_ms <= record.event_time < until_ms:
+                out.outside_range += 1
+                continue
+            key = (record.event_id, record.model_version)
+            if key in seen:
+                out.duplicates += 1
+                continue
+            seen.add(key)
+            out.records.append(record)
     finally:
         consumer.close()
     return out

@@ -143,10 +143,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from benchmarks import consume
 from benchmarks.common import (
@@ -255,10 +257,9 @@ REPORT = REPO / "docs" / "benchmarks.md"
 DEFAULT_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 ROUNDS = 2  # default; --rounds N on a busy machine
-SUITES = ("lander", "validation", "clients", "views", "training-set", "training", "stores",
-          "online-state", "speed", "dag-parse", "serving", "dag-run", "speed-latency",
-          "speed-recovery")
-KAFKA_SUITES = frozenset({"lander", "validation", "clients"})
+#: The suites measured together on one broker (the "kafka" entry of SUITE_TABLE).
+KAFKA_SUITE_NAMES = ("lander", "validation", "clients")
+KAFKA_SUITES = frozenset(KAFKA_SUITE_NAMES)
 LANDER_TARGET = 0.5
 LANDER_ATTEMPTS = 3  # per round: a stalled start (no partitions) is retried
 COMMIT_STEP_NOTES = {
@@ -479,39 +480,7 @@ def _rate_row(figure: str, runs: list[Timed], ref: Timed, target: str, note: str
                f"{note}{_cpu(best.cpu_share)}; {_runs([t.rate for t in runs])}")
 
 
-def build_rows(results: Results | None, loaded: LoadedTopic | None, suites: set[str],
-               training: TrainingResults | None = None,
-               views: ViewsResults | None = None,
-               stores: TileStoreResults | None = None,
-               training_set: TrainingSetResults | None = None,
-               online_state: OnlineStateResults | None = None,
-               speed: SpeedResults | None = None,
-               dag_parse: DagParseResults | None = None,
-               serving: ServingResults | None = None,
-               dag_run: DagRunResults | None = None) -> list[Row]:
-    rows = [] if results is None or loaded is None else kafka_rows(results, loaded, suites)
-    if views is not None:
-        rows += views_rows(views)
-    if training_set is not None:
-        rows += training_set_rows(training_set)
-    if training is not None:
-        rows += training_rows(training)
-    if stores is not None:
-        rows += tile_store_rows(stores)
-    if online_state is not None:
-        rows += online_state_rows(online_state)
-    if speed is not None:
-        rows += speed_rows(speed)
-    if dag_parse is not None:
-        rows += dag_parse_rows(dag_parse)
-    if serving is not None:
-        rows += serving_rows(serving)
-    if dag_run is not None:
-        rows += dag_run_rows(dag_run)
-    return rows
-
-
-def kafka_rows(results: Results, loaded: LoadedTopic, suites: set[str]) -> list[Row]:
+def kafka_rows(results: Results, loaded: LoadedTopic, suites: Collection[str]) -> list[Row]:
     ref = best_of(results.raw, lambda t: t.rate)
     rows = [Row("kafka-python raw consume (reference)", fmt_rate(ref.rate), "—", "1.00×", "—",
                 f"make_consumer settings, 3 partitions assigned, from the beginning; "
@@ -642,76 +611,72 @@ class RunContext:
     began: float = field(default_factory=time.monotonic)
 
 
-@dataclass
-class Measured:
-    """What a run measured: the Kafka figures (None if none was asked for)
-    and the training figures (None if not asked for)."""
+@dataclass(frozen=True)
+class KafkaFigures:
+    """What the Kafka suites measured together on one broker: the loaded
+    topic, every run, the pin note, which of them were asked for and the
+    generator's transactions (`--events`)."""
 
-    loaded: LoadedTopic | None = None
-    results: Results | None = None
-    pin_note: str = ""
-    training: TrainingResults | None = None
-    views: ViewsResults | None = None
-    stores: TileStoreResults | None = None
-    training_set: TrainingSetResults | None = None
-    online_state: OnlineStateResults | None = None
-    speed: SpeedResults | None = None
-    dag_parse: DagParseResults | None = None
-    serving: ServingResults | None = None
-    dag_run: DagRunResults | None = None
-    latency: LatencyResults | None = None
-    recovery: RecoveryResults | None = None
+    loaded: LoadedTopic
+    results: Results
+    pin_note: str
+    suites: frozenset[str]
+    events: int
+
+
+#: What a run measured: a suite's name -> its results, in measuring order.
+Measured = dict[str, Any]
+
+R = TypeVar("R")
+
+
+def _no_size(results: object) -> str | None:
+    return None
+
+
+def _no_facts(results: object) -> list[tuple[str, str]]:
+    return []
+
+
+@dataclass(frozen=True)
+class Suite(Generic[R]):
+    """One benchmark suite: everything `run.py` knows about it.
+
+    `measure(args, ctx)` runs it and returns its results; `rows` and `notes`
+    render them into the table and the notes; `size` is its phrase in the
+    section title (None: none); `facts` adds lines after "Versions".
+    `selected_by` are the `--only` names that run it (default: its name).
+    Rows and notes appear in SUITE_TABLE's order; `measure_rank` and
+    `title_rank` give the order it runs in and its phrase's place in the
+    title. `version_groups` name the library groups of `versions()` the
+    report lists for it ("views", "training").
+    """
+
+    name: str
+    measure: Callable[[argparse.Namespace, RunContext], R]
+    rows: Callable[[R], list[Row]]
+    notes: Callable[[R], list[str]]
+    measure_rank: int
+    title_rank: int
+    size: Callable[[R], str | None] = _no_size
+    facts: Callable[[R], list[tuple[str, str]]] = _no_facts
+    selected_by: tuple[str, ...] = ()
+    version_groups: tuple[str, ...] = ()
+
+    @property
+    def only_names(self) -> tuple[str, ...]:
+        """The `--only` names that select this suite."""
+        return self.selected_by or (self.name,)
 
 
 def run_all(args: argparse.Namespace, ctx: RunContext) -> Measured:
-    """The Kafka figures (broker up and down), then the training figures
-    with this process's affinity back to every core it had at start."""
-    measured = Measured()
-    if args.suites & KAFKA_SUITES:
-        measured.loaded, measured.results, measured.pin_note = run_benchmarks(args)
-    if "views" in args.suites:
-        views_dir = Path(tempfile.mkdtemp(prefix="lamina-bench-views-"))
-        try:
-            measured.views = measure_views(args.views_transactions, set(ctx.cores), args.rounds,
-                                           say, views_dir, naive=args.views_naive)
-        finally:
-            shutil.rmtree(views_dir, ignore_errors=True)
-    if "stores" in args.suites:
-        restore_affinity(set(ctx.cores))
-        measured.stores = measure_tile_stores(
-            STORE_QUICK_TRANSACTIONS if args.quick else STORE_TRANSACTIONS,
-            QUICK_LOOKUPS if args.quick else LOOKUPS)
-    if "training-set" in args.suites:
-        workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-training-set-"))
-        try:
-            measured.training_set = measure_training_set(
-                TRAINING_SET_TRANSACTIONS, set(ctx.cores), args.rounds, say, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if "online-state" in args.suites:
-        measured.online_state = measure_online_state(
-            ONLINE_QUICK_TRANSACTIONS if args.quick else ONLINE_TRANSACTIONS, args.rounds, say)
-    if "speed" in args.suites:
-        measured.speed = measure_speed(
-            args.speed_events or (SPEED_QUICK_STREAM if args.quick else SPEED_STREAM),
-            args.rounds, say, stores=args.speed_stores)
-        restore_affinity(set(ctx.cores))
-    if "speed-latency" in args.suites:
-        measured.latency = measure_latency(args.rounds, say, quick=args.quick,
-                                           stores=args.speed_stores)
-        restore_affinity(set(ctx.cores))
-    if "speed-recovery" in args.suites:
-        measured.recovery = measure_recovery(say, quick=args.quick, stores=args.speed_stores)
-        restore_affinity(set(ctx.cores))
-    if "dag-parse" in args.suites:
-        measured.dag_parse = measure_dag_parse(max(args.rounds, 3), say)
-    if "serving" in args.suites:
-        measured.serving = measure_serving(args.quick, args.rounds)
-        restore_affinity(set(ctx.cores))
-    if "dag-run" in args.suites:
-        measured.dag_run = measure_dag_run(args.rounds, say)
-    if "training" in args.suites:
-        measured.training = measure_training(set(ctx.cores), args.rounds, say)
+    """Every suite asked for, in `measure_rank` order: the Kafka figures
+    first (broker up and down), training last, with this process's affinity
+    back to every core it had at start."""
+    measured: Measured = {}
+    for suite in sorted(SUITE_TABLE, key=lambda s: s.measure_rank):
+        if args.suites & set(suite.only_names):
+            measured[suite.name] = suite.measure(args, ctx)
     return measured
 
 
@@ -744,31 +709,9 @@ def run_benchmarks(args: argparse.Namespace) -> tuple[LoadedTopic, Results, str]
 
 
 def report_notes(measured: Measured) -> list[str]:
-    notes = [] if measured.results is None else kafka_notes(measured.results,
-                                                            measured.pin_note)
-    if measured.views is not None:
-        notes += views_notes(measured.views)
-    if measured.training_set is not None:
-        notes += training_set_notes(measured.training_set)
-    if measured.training is not None:
-        notes += training_notes(measured.training)
-    if measured.stores is not None:
-        notes += tile_store_notes(measured.stores)
-    if measured.online_state is not None:
-        notes += online_state_notes(measured.online_state)
-    if measured.speed is not None:
-        notes += speed_notes(measured.speed)
-    if measured.dag_parse is not None:
-        notes += dag_parse_notes(measured.dag_parse)
-    if measured.serving is not None:
-        notes += serving_notes(measured.serving)
-    if measured.dag_run is not None:
-        notes += dag_run_notes(measured.dag_run)
-    if measured.latency is not None:
-        notes += latency_notes(measured.latency)
-    if measured.recovery is not None:
-        notes += recovery_notes(measured.recovery)
-    return notes
+    """The notes of every suite that ran, in SUITE_TABLE's order."""
+    return [note for suite in SUITE_TABLE if suite.name in measured
+            for note in suite.notes(measured[suite.name])]
 
 
 def kafka_notes(results: Results, pin_note: str) -> list[str]:
@@ -793,59 +736,26 @@ def kafka_notes(results: Results, pin_note: str) -> list[str]:
     return notes
 
 
-def render_report(ctx: RunContext, measured: Measured, suites: set[str]) -> str:
-    loaded = measured.loaded
+def render_report(ctx: RunContext, measured: Measured) -> str:
+    ran = [suite for suite in SUITE_TABLE if suite.name in measured]
+    groups = {group for suite in ran for group in suite.version_groups}
     facts = [
         ("Date", ctx.started.strftime("%Y-%m-%d %H:%M UTC")),
         ("Commit", f"`{ctx.commit}`"),
         ("Command", f"`{ctx.command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{ctx.load_before} at start, {load_average()} at end"),
-        ("Versions", versions(measured.training is not None,
-                              measured.views is not None or measured.training_set is not None)),
+        ("Versions", versions("training" in groups, "views" in groups)),
     ]
-    if loaded is not None:
-        facts.append(("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, "
-                              f"{loaded.describe()} (generator seed 42, defaults but "
-                              f"transactions={ctx.events:,}); loaded in {loaded.seconds:.1f} s, "
-                              "not a figure"))
+    for suite in ran:
+        facts += suite.facts(measured[suite.name])
     facts.append(("Duration", f"{time.monotonic() - ctx.began:.0f} s"))
-    sizes = []
-    if loaded is not None:
-        sizes.append(f"{ctx.events:,} records")
-    if measured.views is not None and measured.views.data is not None:
-        sizes.append(f"views over {measured.views.data.rows:,} transactions")
-    if measured.stores is not None:
-        sizes.append(f"tile stores over {measured.stores.data.transactions:,} transactions")
-    if measured.training_set is not None and measured.training_set.lamina:
-        sizes.append(f"training set of {measured.training_set.lamina[0].rows:,} rows")
-    if measured.online_state is not None:
-        sizes.append(f"online state over {measured.online_state.data.transactions:,} "
-                     "transactions")
-    if measured.speed is not None:
-        sizes.append(f"speed layer over {len(measured.speed.data.stream):,} records")
-    if measured.dag_parse is not None:
-        sizes.append(f"parse time of {len(measured.dag_parse.best_s) - 1} DAG files")
-    if measured.serving is not None:
-        sizes.append(f"serving over {measured.serving.data.transactions:,} transactions")
-    if measured.dag_run is not None:
-        sizes.append(f"retraining DAG vs CLI on {measured.dag_run.transactions:,} transactions")
-    if measured.latency is not None:
-        sizes.append("speed latency at 50 % load")
-    if measured.recovery is not None:
-        sizes.append("speed recovery after kill -9")
+    sizes = [phrase for suite in sorted(ran, key=lambda s: s.title_rank)
+             if (phrase := suite.size(measured[suite.name])) is not None]
     size = " + ".join(sizes) or "training only"
     title = f"{ctx.started:%Y-%m-%d %H:%M} UTC · {size} · `{ctx.commit}`"
-    return render_section(title, facts,
-                          build_rows(measured.results, loaded, suites, measured.training,
-                                     measured.views, measured.stores,
-                                     measured.training_set, measured.online_state,
-                                     measured.speed, measured.dag_parse, measured.serving,
-                                     measured.dag_run)
-                          + ([] if measured.latency is None else latency_rows(measured.latency))
-                          + ([] if measured.recovery is None
-                             else recovery_rows(measured.recovery)),
-                          report_notes(measured))
+    rows = [row for suite in ran for row in suite.rows(measured[suite.name])]
+    return render_section(title, facts, rows, report_notes(measured))
 
 
 def kafka_python_crc() -> str:
@@ -857,6 +767,130 @@ def kafka_python_crc() -> str:
         return "unknown"
     pure_python = getattr(util._crc32c, "__module__", "") == "kafka.record._crc32c"
     return "pure Python (no `crc32c` module)" if pure_python else "C (`crc32c` module)"
+
+
+# -- the suites ----------------------------------------------------------------
+
+
+def _measure_kafka(args: argparse.Namespace, ctx: RunContext) -> KafkaFigures:
+    loaded, results, pin_note = run_benchmarks(args)
+    return KafkaFigures(loaded, results, pin_note, frozenset(args.suites & KAFKA_SUITES),
+                        args.events)
+
+
+def _kafka_facts(kafka: KafkaFigures) -> list[tuple[str, str]]:
+    return [("Data", f"`{RAW_TOPIC}`, {RAW_PARTITIONS} partitions, "
+                     f"{kafka.loaded.describe()} (generator seed 42, defaults but "
+                     f"transactions={kafka.events:,}); loaded in {kafka.loaded.seconds:.1f} s, "
+                     "not a figure")]
+
+
+def _measure_views(args: argparse.Namespace, ctx: RunContext) -> ViewsResults:
+    views_dir = Path(tempfile.mkdtemp(prefix="lamina-bench-views-"))
+    try:
+        return measure_views(args.views_transactions, set(ctx.cores), args.rounds, say,
+                             views_dir, naive=args.views_naive)
+    finally:
+        shutil.rmtree(views_dir, ignore_errors=True)
+
+
+def _measure_stores(args: argparse.Namespace, ctx: RunContext) -> TileStoreResults:
+    restore_affinity(set(ctx.cores))
+    return measure_tile_stores(STORE_QUICK_TRANSACTIONS if args.quick else STORE_TRANSACTIONS,
+                               QUICK_LOOKUPS if args.quick else LOOKUPS)
+
+
+def _measure_training_set(args: argparse.Namespace, ctx: RunContext) -> TrainingSetResults:
+    workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-training-set-"))
+    try:
+        return measure_training_set(TRAINING_SET_TRANSACTIONS, set(ctx.cores), args.rounds,
+                                    say, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure_speed(args: argparse.Namespace, ctx: RunContext) -> SpeedResults:
+    results = measure_speed(args.speed_events or (SPEED_QUICK_STREAM if args.quick
+                                                  else SPEED_STREAM),
+                            args.rounds, say, stores=args.speed_stores)
+    restore_affinity(set(ctx.cores))
+    return results
+
+
+def _measure_latency(args: argparse.Namespace, ctx: RunContext) -> LatencyResults:
+    results = measure_latency(args.rounds, say, quick=args.quick, stores=args.speed_stores)
+    restore_affinity(set(ctx.cores))
+    return results
+
+
+def _measure_recovery(args: argparse.Namespace, ctx: RunContext) -> RecoveryResults:
+    results = measure_recovery(say, quick=args.quick, stores=args.speed_stores)
+    restore_affinity(set(ctx.cores))
+    return results
+
+
+def _measure_serving(args: argparse.Namespace, ctx: RunContext) -> ServingResults:
+    results = measure_serving(args.quick, args.rounds)
+    restore_affinity(set(ctx.cores))
+    return results
+
+
+#: Every suite, in the order its rows and notes appear in the report; a new
+#: suite is one entry here (the `--only` names, help and run follow from it).
+SUITE_TABLE: tuple[Suite[Any], ...] = (
+    Suite[KafkaFigures](
+        "kafka", _measure_kafka,
+        rows=lambda k: kafka_rows(k.results, k.loaded, k.suites),
+        notes=lambda k: kafka_notes(k.results, k.pin_note),
+        measure_rank=0, title_rank=0,
+        size=lambda k: f"{k.events:,} records", facts=_kafka_facts,
+        selected_by=KAFKA_SUITE_NAMES),
+    Suite[ViewsResults](
+        "views", _measure_views, views_rows, views_notes, measure_rank=1, title_rank=1,
+        size=lambda v: None if v.data is None else f"views over {v.data.rows:,} transactions",
+        version_groups=("views",)),
+    Suite[TrainingSetResults](
+        "training-set", _measure_training_set, training_set_rows, training_set_notes,
+        measure_rank=3, title_rank=3,
+        size=lambda t: f"training set of {t.lamina[0].rows:,} rows" if t.lamina else None,
+        version_groups=("views",)),
+    Suite[TrainingResults](
+        "training", lambda args, ctx: measure_training(set(ctx.cores), args.rounds, say),
+        training_rows, training_notes, measure_rank=11, title_rank=11,
+        version_groups=("training",)),
+    Suite[TileStoreResults](
+        "stores", _measure_stores, tile_store_rows, tile_store_notes,
+        measure_rank=2, title_rank=2,
+        size=lambda s: f"tile stores over {s.data.transactions:,} transactions"),
+    Suite[OnlineStateResults](
+        "online-state",
+        lambda args, ctx: measure_online_state(
+            ONLINE_QUICK_TRANSACTIONS if args.quick else ONLINE_TRANSACTIONS, args.rounds, say),
+        online_state_rows, online_state_notes, measure_rank=4, title_rank=4,
+        size=lambda o: f"online state over {o.data.transactions:,} transactions"),
+    Suite[SpeedResults](
+        "speed", _measure_speed, speed_rows, speed_notes, measure_rank=5, title_rank=5,
+        size=lambda s: f"speed layer over {len(s.data.stream):,} records"),
+    Suite[DagParseResults](
+        "dag-parse", lambda args, ctx: measure_dag_parse(max(args.rounds, 3), say),
+        dag_parse_rows, dag_parse_notes, measure_rank=8, title_rank=6,
+        size=lambda d: f"parse time of {len(d.best_s) - 1} DAG files"),
+    Suite[ServingResults](
+        "serving", _measure_serving, serving_rows, serving_notes, measure_rank=9, title_rank=7,
+        size=lambda s: f"serving over {s.data.transactions:,} transactions"),
+    Suite[DagRunResults](
+        "dag-run", lambda args, ctx: measure_dag_run(args.rounds, say),
+        dag_run_rows, dag_run_notes, measure_rank=10, title_rank=8,
+        size=lambda d: f"retraining DAG vs CLI on {d.transactions:,} transactions"),
+    Suite[LatencyResults](
+        "speed-latency", _measure_latency, latency_rows, latency_notes,
+        measure_rank=6, title_rank=9, size=lambda _: "speed latency at 50 % load"),
+    Suite[RecoveryResults](
+        "speed-recovery", _measure_recovery, recovery_rows, recovery_notes,
+        measure_rank=7, title_rank=10, size=lambda _: "speed recovery after kill -9"),
+)
+#: The `--only` names, in the table's order.
+SUITES = tuple(name for suite in SUITE_TABLE for name in suite.only_names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -871,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchmarkError, LaminaError) as exc:
         say(f"benchmark failed: {exc}")
         return 1
-    section = render_report(ctx, measured, args.suites)
+    section = render_report(ctx, measured)
     print(section)
     if not args.no_append:
         append_section(REPORT, section)

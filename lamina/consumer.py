@@ -8,6 +8,10 @@ What a consumer *does* with its records and where it keeps its offsets is
 its own business: the owner gets ``on_assigned`` (seek each partition to
 where its store says) and ``on_revoked`` (forget uncommitted work of those
 partitions) callbacks, and calls :meth:`ConsumerLoop.poll` in its own loop.
+
+Readers outside any group (the consistency report, the demo) use
+:func:`read_to_end`: a topic from its beginning to the end offsets taken
+when the read starts.
 """
 
 from __future__ import annotations
@@ -187,3 +191,61 @@ class ConsumerLoop:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def read_to_end(consumer: Any, topic: str, *, stall_s: float | None = None,
+                deadline_s: float | None = None, poll_timeout_ms: int = 1000,
+                max_records: int | None = None,
+                clock: Callable[[], float] = time.monotonic) -> Iterator[Any]:
+    """Every record of ``topic`` from the beginning up to the end offsets
+    taken when the read starts, for a reader outside any group.
+
+    Assigns all the topic's partitions to ``consumer`` (a kafka-python
+    consumer made with ``group_id=None``), seeks them to the beginning and
+    yields their records (kafka-python ``ConsumerRecord``: ``partition``,
+    ``offset``, ``value``) in poll order; the generator ends when every
+    partition's position reached its end offset. Partitions that never held
+    a record are not waited for; records produced after the read started
+    are not yielded (a later read gets them). The caller closes the consumer.
+
+    Raises InfraError if the topic has no partitions, if ``stall_s`` seconds
+    pass with polls that return nothing, or if the read is still short of
+    its end ``deadline_s`` seconds after it started (None: no limit); the
+    message names the topic and each unfinished partition's position/end.
+    """
+    from kafka import TopicPartition
+
+    started = clock()
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise InfraError(f"the topic {topic!r} does not exist (no partitions): create it, or "
+                         "check the topic setting")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = {tp: end for tp, end in consumer.end_offsets(tps).items() if end > 0}
+    last_progress = started
+    while ends:
+        now = clock()
+        if stall_s is not None and now - last_progress >= stall_s:
+            raise _short_of_end(consumer, topic, ends, f"nothing read for {stall_s:.0f} s")
+        if deadline_s is not None and now - started >= deadline_s:
+            raise _short_of_end(consumer, topic, ends, f"not done in {deadline_s:.0f} s")
+        polled = consumer.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
+        if polled:
+            last_progress = clock()
+        for tp, records in polled.items():
+            end = ends.get(tp)
+            for record in records:
+                if end is not None and record.offset < end:
+                    yield record
+        for tp in list(ends):
+            if consumer.position(tp) >= ends[tp]:
+                del ends[tp]
+
+
+def _short_of_end(consumer: Any, topic: str, ends: dict[Any, int], why: str) -> InfraError:
+    positions = ", ".join(f"partition {tp.partition} at {consumer.position(tp)} of end {end}"
+                          for tp, end in sorted(ends.items(), key=lambda item: item[0].partition))
+    return InfraError(f"reading {topic} stalled short of its end offsets ({why}; {positions}): "
+                      "is the broker reachable and the topic's leader up? Run again when it is")

@@ -417,27 +417,17 @@ def read_scores(bootstrap_servers: str, topic: str) -> dict[str, dict[str, Any]]
     """Every score record on ``topic`` (read from the start to the end
     offsets), one per event id: the latest scored (a replay after a crash
     may have scored an event twice)."""
-    from kafka import TopicPartition
-
+    from lamina.consumer import read_to_end
     from lamina.kafkaio import make_consumer
 
     consumer = make_consumer(bootstrap_servers, group_id=None)
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
         scores: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise InfraError(f"could not read {topic} to its end in 60 s")
-            for batch in consumer.poll(timeout_ms=500).values():
-                for message in batch:
-                    record = orjson.loads(message.value)
-                    kept = scores.get(record["event_id"])
-                    if kept is None or record["scored_at"] >= kept["scored_at"]:
-                        scores[record["event_id"]] = record
+        for message in read_to_end(consumer, topic, deadline_s=60, poll_timeout_ms=500):
+            record = orjson.loads(message.value)
+            kept = scores.get(record["event_id"])
+            if kept is None or record["scored_at"] >= kept["scored_at"]:
+                scores[record["event_id"]] = record
         return scores
     finally:
         consumer.close()

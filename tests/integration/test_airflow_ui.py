@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import pytest
 
 from lamina.config import load_settings
 from lamina.orchestration import airflow_runner as runner
+from tests.retraining_helpers import RETRAIN_CONF
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +41,11 @@ CHROMIUM = "/usr/bin/chromium"
 RETRAINING = "lamina_retraining"
 #: The smallest history tests/integration/test_dags_end_to_end.py retrains
 #: on: 8 days from 2026-01-01, ~4k transactions, a tenth of the cards
-#: compromised once (enough fraud in a 2-day backtest for the gate below).
+#: compromised once (enough fraud in a 2-day backtest for the gate of
+#: RETRAIN_CONF, the run typed into the trigger form).
 HISTORY = {"seed": 11, "cards": 400, "merchants": 100, "transactions": 4_000,
            "start": 1_767_225_600_000, "days": 8.0, "fraud_card_rate": 0.12,
            "drift_at": None}
-#: What the operator types into the trigger form's configuration JSON:
-#: labels as known at the end of the period, small training, the gate's
-#: absolute minimums lowered for small data (nothing else).
-RETRAIN_CONF = {
-    "as_of": "2026-01-09T00:00:00+00:00", "label_maturity_days": 1.0,
-    "backtest_days": 2.0, "train_days": 4.0, "workers": 1, "seed": 7,
-    "train_params": {"epochs": 2, "batch_size": 256, "hidden": [16]},
-    "gate_thresholds": {"min_examples": 200, "min_positives": 5, "min_roc_auc": 0.6,
-                        "max_ece": 0.2},
-}
 #: Generous: the machine is shared (no timing is asserted).
 RUN_DEADLINE_S = 1500
 
@@ -181,6 +174,35 @@ def log_in(page: Any, airflow: dict[str, Any], screenshot: str | None = None) ->
     page.wait_for_url(lambda u: "/auth/login" not in u)
 
 
+@contextmanager
+def logged_in_page(airflow: dict[str, Any], screenshot: str | None = None, *,
+                   failure_screenshot: str | None = None) -> Iterator[Any]:
+    """A page of Debian's chromium (headless, via Playwright) logged in to
+    Airflow as admin (the login form saved as ``screenshot`` under
+    ARTIFACTS if given); if the login or the block raises, the page is saved
+    as ``failure_screenshot`` (if given) and the error goes on. The browser
+    is closed when the block ends. Fails the test if chromium is missing."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: infra/bootstrap.sh installs Debian's chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(90_000)
+            try:
+                log_in(page, airflow, screenshot)
+                yield page
+            except Exception:
+                if failure_screenshot:
+                    page.screenshot(path=str(ARTIFACTS / failure_screenshot), full_page=True)
+                raise
+        finally:
+            browser.close()
+
+
 def open_lamina_page_from_the_nav(page: Any) -> Any:
     page.get_by_role("button", name="Browse").first.click()
     page.get_by_role("menuitem", name="Lamina").first.click()
@@ -232,142 +254,115 @@ def test_the_lamina_page_refuses_anonymous_and_forged_tokens_and_accepts_a_real_
 
 
 def test_a_browser_logs_in_sees_the_dags_and_opens_the_lamina_page_from_the_nav(airflow):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: infra/bootstrap.sh installs Debian's chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     url = airflow["url"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(90_000)
-            log_in(page, airflow, "01-login.png")
-            page.goto(url + "/dags")
-            page.get_by_role("heading", name="Dags").first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / "02-dags.png"))
-            frame = open_lamina_page_from_the_nav(page)
-            frame.get_by_text("Champion and promotion history").wait_for()
-            frame.get_by_text("Consistency report").wait_for()
-            page.screenshot(path=str(ARTIFACTS / "03-lamina-page.png"), full_page=True)
-        finally:
-            browser.close()
+    with logged_in_page(airflow, "01-login.png") as page:
+        page.goto(url + "/dags")
+        page.get_by_role("heading", name="Dags").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "02-dags.png"))
+        frame = open_lamina_page_from_the_nav(page)
+        frame.get_by_text("Champion and promotion history").wait_for()
+        frame.get_by_text("Consistency report").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "03-lamina-page.png"), full_page=True)
     print(f"screenshots in {ARTIFACTS}")
 
 
 @pytest.mark.timeout(RUN_DEADLINE_S + 600)
 def test_a_browser_triggers_retraining_sees_the_run_succeed_and_the_new_champion_on_the_page(
         airflow):
-    from playwright.sync_api import sync_playwright
-
     from lamina.batch.commands import open_registry
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: infra/bootstrap.sh installs Debian's chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     registry = open_registry(airflow["settings"].registry_uri)
     assert registry.champion() is None
     bearer = token(airflow)
     url = airflow["url"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(90_000)
-            log_in(page, airflow)
-            page.goto(url + "/dags")
-            page.get_by_role("heading", name="Dags").first.wait_for()
-            page.get_by_role("link", name=RETRAINING).first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / "04-dags-before-the-run.png"))
-            page.goto(url + f"/dags/{RETRAINING}")
-            page.get_by_text("build_training_sets").first.wait_for()
-            page.get_by_role("button", name="Trigger").first.click()
-            form = page.get_by_role("dialog")
-            form.get_by_text(f"Trigger Dag - {RETRAINING}").wait_for()
-            form.get_by_text("Run Parameters").wait_for()
-            submit = form.get_by_role("button", name="Trigger")
-            # The DAG's own defaults make a valid form (as_of may be empty).
-            assert submit.is_enabled()
-            # The operator's run: the configuration JSON under Advanced
-            # Options (a Monaco editor), which fills the parameters' fields.
-            form.get_by_role("button", name="Advanced Options").click()
-            editor = form.locator("[data-mode-id=json]").last
-            editor.scroll_into_view_if_needed()
-            editor.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.press("Delete")
-            page.keyboard.insert_text(json.dumps(RETRAIN_CONF))
-            form.get_by_text("Run Parameters").click()  # leaves the editor: it syncs
-            as_of = form.locator("input[name=element_as_of]")
-            deadline = time.monotonic() + 60
-            while as_of.input_value() != RETRAIN_CONF["as_of"] and time.monotonic() < deadline:
-                page.wait_for_timeout(200)
-            assert as_of.input_value() == RETRAIN_CONF["as_of"]
-            page.screenshot(path=str(ARTIFACTS / "05-trigger-form.png"), full_page=True)
-            assert submit.is_enabled()
-            submit.click()
-            form.wait_for(state="hidden")
+    with logged_in_page(airflow, failure_screenshot="retraining-failure.png") as page:
+        page.goto(url + "/dags")
+        page.get_by_role("heading", name="Dags").first.wait_for()
+        page.get_by_role("link", name=RETRAINING).first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "04-dags-before-the-run.png"))
+        page.goto(url + f"/dags/{RETRAINING}")
+        page.get_by_text("build_training_sets").first.wait_for()
+        page.get_by_role("button", name="Trigger").first.click()
+        form = page.get_by_role("dialog")
+        form.get_by_text(f"Trigger Dag - {RETRAINING}").wait_for()
+        form.get_by_text("Run Parameters").wait_for()
+        submit = form.get_by_role("button", name="Trigger")
+        # The DAG's own defaults make a valid form (as_of may be empty).
+        assert submit.is_enabled()
+        # The operator's run: the configuration JSON under Advanced
+        # Options (a Monaco editor), which fills the parameters' fields.
+        form.get_by_role("button", name="Advanced Options").click()
+        editor = form.locator("[data-mode-id=json]").last
+        editor.scroll_into_view_if_needed()
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Delete")
+        page.keyboard.insert_text(json.dumps(RETRAIN_CONF))
+        form.get_by_text("Run Parameters").click()  # leaves the editor: it syncs
+        as_of = form.locator("input[name=element_as_of]")
+        deadline = time.monotonic() + 60
+        while as_of.input_value() != RETRAIN_CONF["as_of"] and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        assert as_of.input_value() == RETRAIN_CONF["as_of"]
+        page.screenshot(path=str(ARTIFACTS / "05-trigger-form.png"), full_page=True)
+        assert submit.is_enabled()
+        submit.click()
+        form.wait_for(state="hidden")
 
-            # The manual run this trigger made (unpausing also makes
-            # Airflow schedule the latest 04:00 slot, catchup=False; with
-            # the defaults it cannot succeed on this history and, with
-            # max_active_runs=1, it would hold the manual run back through
-            # its retries: it is failed here, as an operator would).
-            run_id, state = None, None
-            deadline = time.monotonic() + RUN_DEADLINE_S
-            while time.monotonic() < deadline:
-                runs = api(airflow, bearer, f"/api/v2/dags/{RETRAINING}/dagRuns")["dag_runs"]
-                for run in runs:
-                    if run["run_type"] == "scheduled" and run["state"] in ("queued", "running"):
-                        api(airflow, bearer, run_path(RETRAINING, run["dag_run_id"]),
-                            method="PATCH", data={"state": "failed"})
-                manual = [r for r in runs if r["run_type"] == "manual"]
-                if manual:
-                    assert len(manual) == 1, manual
-                    run_id, state = manual[0]["dag_run_id"], manual[0]["state"]
-                    assert manual[0]["conf"]["as_of"] == RETRAIN_CONF["as_of"]
-                    if state in ("success", "failed"):
-                        break
-                time.sleep(3)
-            assert run_id is not None, "the trigger form made no manual run"
-            if state != "success":
-                print(task_logs(airflow, bearer, RETRAINING, run_id))
-            assert state == "success", f"run {run_id} is {state}: the task logs are above"
+        # The manual run this trigger made (unpausing also makes
+        # Airflow schedule the latest 04:00 slot, catchup=False; with
+        # the defaults it cannot succeed on this history and, with
+        # max_active_runs=1, it would hold the manual run back through
+        # its retries: it is failed here, as an operator would).
+        run_id, state = None, None
+        deadline = time.monotonic() + RUN_DEADLINE_S
+        while time.monotonic() < deadline:
+            runs = api(airflow, bearer, f"/api/v2/dags/{RETRAINING}/dagRuns")["dag_runs"]
+            for run in runs:
+                if run["run_type"] == "scheduled" and run["state"] in ("queued", "running"):
+                    api(airflow, bearer, run_path(RETRAINING, run["dag_run_id"]),
+                        method="PATCH", data={"state": "failed"})
+            manual = [r for r in runs if r["run_type"] == "manual"]
+            if manual:
+                assert len(manual) == 1, manual
+                run_id, state = manual[0]["dag_run_id"], manual[0]["state"]
+                assert manual[0]["conf"]["as_of"] == RETRAIN_CONF["as_of"]
+                if state in ("success", "failed"):
+                    break
+            time.sleep(3)
+        assert run_id is not None, "the trigger form made no manual run"
+        if state != "success":
+            print(task_logs(airflow, bearer, RETRAINING, run_id))
+        assert state == "success", f"run {run_id} is {state}: the task logs are above"
 
-            page.goto(url + f"/dags/{RETRAINING}/runs/{urllib.parse.quote(run_id, safe='')}")
-            page.get_by_text("success").first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / "06-run-succeeded.png"), full_page=True)
+        page.goto(url + f"/dags/{RETRAINING}/runs/{urllib.parse.quote(run_id, safe='')}")
+        page.get_by_text("success").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "06-run-succeeded.png"), full_page=True)
 
-            # The champion that run promoted, by the registry and the run.
-            champion = registry.champion()
-            assert champion is not None
-            gated = api(airflow, bearer, run_path(RETRAINING, run_id)
-                        + "/taskInstances/evaluate_and_gate/xcomEntries/return_value")
-            decision = gated["value"]
-            if isinstance(decision, str):
-                decision = json.loads(decision)
-            assert decision["decision"] == "promoted", decision["reasons"]
-            assert decision["champion_after"] == champion
-            [promotion] = [e for e in registry.audit_log(champion) if e.action == "promote"]
-            assert promotion.reason.strip()
+        # The champion that run promoted, by the registry and the run.
+        champion = registry.champion()
+        assert champion is not None
+        gated = api(airflow, bearer, run_path(RETRAINING, run_id)
+                    + "/taskInstances/evaluate_and_gate/xcomEntries/return_value")
+        decision = gated["value"]
+        if isinstance(decision, str):
+            decision = json.loads(decision)
+        assert decision["decision"] == "promoted", decision["reasons"]
+        assert decision["champion_after"] == champion
+        [promotion] = [e for e in registry.audit_log(champion) if e.action == "promote"]
+        assert promotion.reason.strip()
 
-            frame = open_lamina_page_from_the_nav(page)
-            section = frame.locator("#registry")
-            section.get_by_text("Champion and promotion history").wait_for()
-            text = " ".join(section.inner_text().split())
-            assert f"champion version {champion} " in text, text
-            history = section.locator("tr", has_text="promote")
-            assert history.count() == 1
-            row = [" ".join(c.split()) for c in history.first.locator("td").all_inner_texts()]
-            assert row[1:3] == ["promote", str(champion)], row
-            assert " ".join(promotion.reason.split()) in row, row
-            page.screenshot(path=str(ARTIFACTS / "07-lamina-new-champion.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "retraining-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
+        frame = open_lamina_page_from_the_nav(page)
+        section = frame.locator("#registry")
+        section.get_by_text("Champion and promotion history").wait_for()
+        text = " ".join(section.inner_text().split())
+        assert f"champion version {champion} " in text, text
+        history = section.locator("tr", has_text="promote")
+        assert history.count() == 1
+        row = [" ".join(c.split()) for c in history.first.locator("td").all_inner_texts()]
+        assert row[1:3] == ["promote", str(champion)], row
+        assert " ".join(promotion.reason.split()) in row, row
+        page.screenshot(path=str(ARTIFACTS / "07-lamina-new-champion.png"), full_page=True)
     print(f"screenshots in {ARTIFACTS}")
 
 

@@ -31,6 +31,7 @@ from lamina.config import load_settings
 from lamina.generator import GeneratorConfig, produce
 from lamina.runners import run_lander
 from lamina.schemas.topics import default_topics
+from tests.retraining_helpers import RETRAIN_CONF
 
 #: The machine is shared: a generous per-test limit (no timing is asserted).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
@@ -40,22 +41,13 @@ RUNNER = Path(__file__).with_name("airflow_dag_runner.py")
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY_MS = 86_400_000
 #: 8 days, a tenth of the cards compromised once: ~4k transactions, enough
-#: fraud in a 2-day backtest for the relaxed gate below.
+#: fraud in a 2-day backtest for the relaxed gate of
+#: tests/retraining_helpers.RETRAIN_CONF.
 EVENTS = GeneratorConfig(seed=11, cards=400, merchants=100, transactions=4_000,
                          start=START_MS, days=8.0, fraud_card_rate=0.12, drift_at=None)
 #: Landed later, in the kill test: a new snapshot with a day of events.
 LATER_EVENTS = GeneratorConfig(seed=12, cards=60, merchants=30, transactions=300,
                                start=START_MS + 7 * DAY_MS, days=1.0, drift_at=None)
-#: Labels as known at the end of the period, mature after one day: backtest
-#: days 5-7, training days 1-5 (see tasks.retraining_windows).
-RETRAIN_CONF = {
-    "as_of": "2026-01-09T00:00:00+00:00", "label_maturity_days": 1.0,
-    "backtest_days": 2.0, "train_days": 4.0, "workers": 1, "seed": 7,
-    "train_params": {"epochs": 2, "batch_size": 256, "hidden": [16]},
-    # Small data: the absolute minimums are lowered, nothing else.
-    "gate_thresholds": {"min_examples": 200, "min_positives": 5, "min_roc_auc": 0.6,
-                        "max_ece": 0.2},
-}
 
 
 def _now() -> datetime:
