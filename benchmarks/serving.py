@@ -587,9 +587,15 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str],
             raise BenchmarkError("the app called as ASGI answered no lookup with 200")
         return statistics.median(samples) * 1e6, statistics.median(constants) * 1e6
 
+    import concurrent.futures
+
     import uvloop
 
-    asgi_us, constant_us = uvloop.run(time_asgi())
+    # A loop of its own in a thread of its own: the caller's thread may
+    # already run one (a test process after Playwright's sync API), where
+    # uvloop.run refuses to start.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        asgi_us, constant_us = pool.submit(lambda: uvloop.run(time_asgi())).result()
     return Parts(read_entity, read_offsets, features, response_us, asgi_us, constant_us)
 
 

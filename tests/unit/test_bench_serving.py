@@ -2,12 +2,17 @@
 ``measure_parts``) runs on tiny data: the route's parts, the whole app and
 the constant app called as ASGI, so a change to the app or its response
 model cannot break the benchmark unnoticed (it once crashed on a new
-required field of FeaturesResponse). No timing is asserted."""
+required field of FeaturesResponse). It is called from inside a running
+event loop, as in a test process after Playwright's sync API, where it once
+failed (uvloop.run refuses a thread that runs a loop). No timing is
+asserted."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from benchmarks.serving import fill_store, measure_parts
 from benchmarks.tile_store import prepare_data
@@ -17,7 +22,10 @@ def test_measure_parts_runs_every_part_on_tiny_data(tmp_path: Path) -> None:
     data = prepare_data(300)
     store, _ = fill_store("sqlite", data, tmp_path, None)
     try:
-        parts = measure_parts(store, data, "bench-token", data.cards, calls=20)
+        async def inside_a_running_loop() -> Any:
+            return measure_parts(store, data, "bench-token", data.cards, calls=20)
+
+        parts = asyncio.run(inside_a_running_loop())
     finally:
         store.close()
     figures = dataclasses.asdict(parts)
