@@ -363,13 +363,16 @@ def test_a_lander_holding_no_partition_rejoins_and_landing_stays_exactly_once(ka
     try:
         produce_all(bootstrap, raw, [(b"card-1", orjson.dumps(tx(n))) for n in range(300)])
         threads[0].start()
-        wait_for(lambda: landed_count(master) == 300, 60, "lander A to land the first 300 events")
+        # Generous deadlines: a watchdog of 0.5 s doubling its wait needs a join
+        # to finish inside one window, slow on a loaded machine (CI).
+        wait_for(lambda: landed_count(master) == 300, 240,
+                 "lander A to land the first 300 events")
         threads[1].start()
-        wait_for(lambda: a.stats.rejoins + b.stats.rejoins >= 2, 60,
+        wait_for(lambda: a.stats.rejoins + b.stats.rejoins >= 2, 240,
                  "the lander without a partition to rejoin twice")
         produce_all(bootstrap, raw, [(b"card-1", orjson.dumps(tx(n)))
                                      for n in range(300, 600)])
-        wait_for(lambda: len(landed_ids(master)) == 600, 90, "all 600 events to land")
+        wait_for(lambda: len(landed_ids(master)) == 600, 240, "all 600 events to land")
     finally:
         a.stop()
         b.stop()
