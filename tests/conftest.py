@@ -6,15 +6,12 @@ functions, Delta tables on local disk) for the inner loop. A test that uses
 one of the component fixtures without the marker fails collection, so the
 fast tier never starts a component by accident.
 
-`make test` runs the tiers in two pytest-xdist workers (``-n 2 --dist
-loadfile``) with a scheduler of our own (``pytest_xdist_make_scheduler``):
-the integration folder is two work units. ``OWN_PROCESSES`` are the modules
-that run Lamina's commands as subprocesses (standalone Airflow, ``dag.test()``
-runners, the demo); they are one unit, in collection order. Every other
-integration module is the other unit, in collection order, so the kill,
-rebalance and outage tests keep one broker and one Spark session per worker
-as a serial run has them. The two units start first, one per worker; the fast
-tier's files fill each worker when its unit is done.
+`make test` runs the two tiers side by side in two pytest-xdist workers
+(``-n 2 --dist loadfile``): every integration module goes to one worker, in
+collection order, exactly as a serial run would run them (the components
+they start are sized for a 2-core machine and several tests time a kill or a
+rebalance), while the other worker takes the fast tier's modules. A test
+that needs its own machine is therefore never run beside another component.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if misplaced:
         raise pytest.UsageError(
             f"these tests are under {INTEGRATION_DIR} but not marked @pytest.mark.integration "
-            "(make test schedules that folder as the integration work units):\n  "
+            "(make test runs that folder in one worker, the rest beside it):\n  "
             + "\n  ".join(misplaced))
     unmarked = [
         item.nodeid for item in items
@@ -51,50 +48,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 INTEGRATION_DIR = "tests/integration/"
 
 
-#: Integration modules that start Lamina's own processes (standalone Airflow,
-#: ``dag.test()`` in a subprocess, ``lamina demo``): one work unit, run beside
-#: the rest of the integration folder (see the module docstring).
-OWN_PROCESSES = frozenset({"test_airflow_summary.py", "test_airflow_ui.py",
-                           "test_dags_end_to_end.py", "test_demo.py",
-                           "test_demo_report_browser.py"})
-OWN_PROCESSES_UNIT = INTEGRATION_DIR + "[own processes]"
-
-
-def integration_unit(nodeid: str) -> str | None:
-    """The integration work unit of a test id, or None for the fast tier."""
-    if not nodeid.startswith(INTEGRATION_DIR):
-        return None
-    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-    return OWN_PROCESSES_UNIT if module in OWN_PROCESSES else INTEGRATION_DIR
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """With ``--dist loadfile``: the two integration units first, one per
-    worker, then one unit per fast-tier file (see the module docstring)."""
+    """With ``--dist loadfile``: one work unit for the whole integration
+    folder, one per fast-tier file (see the module docstring)."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class IntegrationUnitsFirst(LoadFileScheduling):
-        ordered = False
-
+    class IntegrationInOneWorker(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return integration_unit(nodeid) or super()._split_scope(nodeid)
+            if nodeid.startswith(INTEGRATION_DIR):
+                return INTEGRATION_DIR
+            return super()._split_scope(nodeid)
 
-        def _assign_work_unit(self, node: object) -> None:
-            if not self.ordered:
-                # xdist orders units by test count; the two long units go
-                # first so that neither waits behind the other.
-                self.ordered = True
-                first = [u for u in (INTEGRATION_DIR, OWN_PROCESSES_UNIT) if u in self.workqueue]
-                rest = [(u, tests) for u, tests in self.workqueue.items() if u not in first]
-                ordered = [(u, self.workqueue[u]) for u in first] + rest
-                self.workqueue.clear()
-                self.workqueue.update(ordered)
-            super()._assign_work_unit(node)  # type: ignore[arg-type]
-
-    return IntegrationUnitsFirst(config, log)  # type: ignore[arg-type]
+    return IntegrationInOneWorker(config, log)  # type: ignore[arg-type]
 
 
 def _components_started() -> set[str]:
