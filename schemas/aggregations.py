@@ -198,6 +198,12 @@ class Aggregation(ABC, Generic[P]):
             result = self.merge(result, partial)
         return result
 
+    def present_all(self, partials: Sequence[P]) -> FeatureValue:
+        """``present(merge_all(partials))``; an aggregation may answer it
+        without building the merged partial (a read path that only presents
+        calls this)."""
+        return self.present(self.merge_all(partials))
+
     def aggregate(self, events: Iterable[tuple[Any, int, str]]) -> P:
         """The partial of a whole stream of ``(value, event_time_ms, event_id)``."""
         return self.merge_all(self.lift(v, t, i) for v, t, i in events)
@@ -313,6 +319,9 @@ class Count(Aggregation[int]):
     def merge(self, a: int, b: int) -> int:
         return a + b
 
+    def merge_all(self, partials: Iterable[int]) -> int:
+        return sum(partials)
+
     def present(self, partial: int) -> int:
         return partial
 
@@ -342,6 +351,9 @@ class Sum(Aggregation[int]):
 
     def merge(self, a: int, b: int) -> int:
         return a + b
+
+    def merge_all(self, partials: Iterable[int]) -> int:
+        return sum(partials)
 
     def present(self, partial: int) -> float:
         return present_units(partial, self.scale)
@@ -437,6 +449,13 @@ class Mean(Aggregation[MeanPartial]):
 
     def merge(self, a: MeanPartial, b: MeanPartial) -> MeanPartial:
         return MeanPartial(a.sum + b.sum, a.count + b.count)
+
+    def merge_all(self, partials: Iterable[MeanPartial]) -> MeanPartial:
+        total = count = 0
+        for partial in partials:
+            total += partial.sum
+            count += partial.count
+        return MeanPartial(total, count)
 
     def present(self, partial: MeanPartial) -> float | None:
         if partial.count == 0:
@@ -642,6 +661,20 @@ class ApproxDistinct(Aggregation[bytes | None]):
             return last  # already canonical (or zero)
         return _canonical_image(union.get_result(_HLL_8))
 
+    def present_all(self, partials: Sequence[bytes | None]) -> int:
+        # Sparse images (at most a few hundred values each) present as a
+        # function of their distinct coupons alone (``sparse_present``): no
+        # union is built unless one is dense or their union would be.
+        coupons: set[int] = set()
+        for partial in partials:
+            if partial is not None:
+                held = hll_coupons(partial)
+                if held is None:
+                    return self.present(self.merge_all(partials))
+                coupons.update(held)
+        value = sparse_present(len(coupons))
+        return self.present(self.merge_all(partials)) if value is None else value
+
     def present(self, partial: bytes | None) -> int:
         if partial is None:
             return 0
@@ -692,6 +725,18 @@ class Histogram(Aggregation[tuple[int, ...]]):
 
     def merge(self, a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(x + y for x, y in zip(a, b, strict=True))
+
+    def merge_all(self, partials: Iterable[tuple[int, ...]]) -> tuple[int, ...]:
+        parts = list(partials)
+        if not parts:
+            return self.zero()
+        if len(parts) == 1:
+            return parts[0]
+        buckets = len(self.bounds) + 1
+        if any(len(part) != buckets for part in parts):
+            raise ValueError(f"histogram: partials of {sorted({len(p) for p in parts})} "
+                             f"buckets, the definition has {buckets}")
+        return tuple(map(sum, zip(*parts, strict=True)))
 
     def present(self, partial: tuple[int, ...]) -> tuple[int, ...]:
         return partial

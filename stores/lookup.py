@@ -37,8 +37,11 @@ The read (``FeatureReader.features``)
 ------------------------------------
 For each window: the batch record's entry for ``start(t)`` (none if
 ``start(t) >= T``: the window is all realtime), then the realtime tiles
-with ``max(T, start(t)) <= tile_start < t`` in time order, merged with the
-aggregation's ``merge_all`` and presented. The realtime tiles a store reads
+with ``max(T, start(t)) <= tile_start < t`` in time order, presented as
+one merge (the aggregation's ``present_all``: sums added as integers, sparse
+HLL images by their distinct coupons, no sketch built). A window's start
+moves only at its hop's edge, so a parsed record keeps its batch entries
+(decoded and presented) per set of window starts, for the last few. The realtime tiles a store reads
 per hop are bounded by the longest window at that hop and by ``H - T``
 (``realtime_spans``, ``lamina.stores.base.realtime_ranges``).
 
@@ -304,7 +307,7 @@ class _Tile:
 class _Record:
     """A batch record parsed once: its cutoff, horizon and entries."""
 
-    __slots__ = ("fmt", "cutoff", "horizon", "entries")
+    __slots__ = ("fmt", "cutoff", "horizon", "entries", "_at")
 
     def __init__(self, payload: bytes) -> None:
         record = orjson.loads(payload)
@@ -314,6 +317,32 @@ class _Record:
         stored = record.get("w") or {}
         self.entries = {feature: _Entries(entries) for feature, entries in stored.items()
                         if entries}
+        self._at: dict[tuple[int | None, ...], tuple[list[Any], list[Any]]] = {}
+
+    def batch_parts(self, starts: tuple[int | None, ...], reader: FeatureReader
+                    ) -> tuple[list[Any], list[Any]]:
+        """Per window of ``reader`` (its index), the batch partial for the
+        window starts ``starts`` (one per ``reader._plan`` entry) or
+        ``_MISSING``, and that partial presented (the empty feature where
+        it is missing). A pure function of the record and the starts,
+        which move only at a hop edge: kept for the last few."""
+        found = self._at.get(starts)
+        if found is not None:
+            return found
+        partials: list[Any] = [_MISSING] * len(reader._empty)
+        presented = list(reader._empty)
+        entries = self.entries
+        for (_, _, windows), start in zip(reader._plan, starts, strict=True):
+            for index, _, feature, codec in windows:
+                stored = entries.get(feature)
+                pick = -1 if stored is None else stored.pick(start)
+                if stored is not None and pick >= 0:
+                    partials[index] = stored.partial(pick, codec)
+                    presented[index] = stored.present(pick, codec)
+        if len(self._at) >= 4:
+            self._at.clear()
+        found = self._at[starts] = (partials, presented)
+        return found
 
 
 class FeatureReader:
@@ -342,6 +371,13 @@ class FeatureReader:
         # Per window: the feature with no part at all (the monoid's zero presented).
         self._empty = [codec.aggregation.present(codec.aggregation.merge_all([]))
                        for _, _, _, _, codec in self._windows]
+        self._features = [feature for _, feature, _, _, _ in self._windows]
+        # The windows by (length, hop): a window's start and its realtime
+        # tiles are found once per such pair, not once per feature.
+        plan: dict[tuple[int | None, int], list[tuple[int, str, str, PartialCodec]]] = {}
+        for index, (name, feature, length, hop, codec) in enumerate(self._windows):
+            plan.setdefault((length, hop), []).append((index, name, feature, codec))
+        self._plan = [(length, hop, windows) for (length, hop), windows in plan.items()]
         self.record_cache = record_cache
         self._records = _Lru(record_cache)
         self._tiles = _Lru(TILES_PER_RECORD * record_cache)
@@ -363,7 +399,11 @@ class FeatureReader:
                 f"{view.definition}, this reader has {self.fingerprint}; publish the view "
                 "again with this definition")
         cutoff = view.cutoff_ms
-        entries: Mapping[str, _Entries] = {}
+        # window_range: each window starts at floor((t - W) / h) * h (None:
+        # lifetime), computed once per (length, hop).
+        starts = tuple(None if length is None else (t - length) // hop * hop
+                       for length, hop, _ in self._plan)
+        partials: list[Any] | None = None
         if snapshot.batch_record is not None:
             record = self._records.get(snapshot.batch_record, _Record)
             if record.fmt != RECORD_FORMAT or record.cutoff != cutoff \
@@ -372,43 +412,40 @@ class FeatureReader:
                     f"view {self.group.name!r}: the batch record of {snapshot.entity!r} was "
                     f"built for cutoff {record.cutoff} and horizon {record.horizon}, the "
                     f"view has {cutoff} and {view.horizon_ms}; publish the view again")
-            entries = record.entries
+            partials, presented = record.batch_parts(starts, self)
+            values = list(presented)
+        else:
+            values = list(self._empty)
+        if not snapshot.tiles:
+            return dict(zip(self._features, values, strict=True))
         # Realtime tiles per hop, in time order, each parsed once (kept in
-        # the tile cache: older tiles do not change between lookups).
+        # the tile cache: older tiles do not change between lookups); a
+        # realtime store holds tiles from the cutoff.
         by_hop: dict[int, list[tuple[int, _Tile]]] = {}
         tile_of = self._tiles.get
         for (hop, start), data in snapshot.tiles.items():
             if cutoff <= start < t:
                 by_hop.setdefault(hop, []).append((start, tile_of(data, _Tile)))
-        starts_by_hop: dict[int, list[int]] = {}
-        for hop, tiles in by_hop.items():
+        for tiles in by_hop.values():
             tiles.sort(key=lambda item: item[0])
-            starts_by_hop[hop] = [start for start, _ in tiles]
-
-        out: dict[str, FeatureValue] = {}
-        for index, (name, feature, length, hop, codec) in enumerate(self._windows):
-            # window_range: the window starts at floor((t - W) / h) * h
-            # (None: lifetime); a realtime store holds tiles from the cutoff.
-            start = None if length is None else (t - length) // hop * hop
-            stored = entries.get(feature)
-            pick = -1 if stored is None else stored.pick(start)
-            starts = starts_by_hop.get(hop)
-            first = -1 if not starts else bisect.bisect_left(
-                starts, cutoff if start is None else max(cutoff, start))
-            if starts is None or not 0 <= first < len(starts):
-                # No realtime part: the batch entry alone (presented once
-                # per record), or nothing.
-                out[feature] = self._empty[index] if pick < 0 or stored is None \
-                    else stored.present(pick, codec)
+        for (_, hop, windows), start in zip(self._plan, starts, strict=True):
+            held = by_hop.get(hop)
+            if not held:
+                continue  # the batch part alone (presented once per record), or nothing
+            first = cutoff if start is None else max(cutoff, start)
+            tail = [tile for tile_start, tile in held if tile_start >= first]
+            if not tail:
                 continue
-            parts = [] if pick < 0 or stored is None else [stored.partial(pick, codec)]
-            for _, tile in by_hop[hop][first:]:
-                parts.append(tile.partial(name, codec))
-            monoid = codec.aggregation
-            # zero() is the identity: one part needs no merge.
-            merged = parts[0] if len(parts) == 1 else monoid.merge_all(parts)
-            out[feature] = monoid.present(merged)
-        return out
+            for index, name, _, codec in windows:
+                batch = _MISSING if partials is None else partials[index]
+                parts = [] if batch is _MISSING else [batch]
+                for tile in tail:
+                    value = tile.decoded.get(name, _MISSING)
+                    if value is _MISSING:
+                        value = tile.partial(name, codec)
+                    parts.append(value)
+                values[index] = codec.aggregation.present_all(parts)
+        return dict(zip(self._features, values, strict=True))
 
 
 class FeatureLookup:

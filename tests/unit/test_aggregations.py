@@ -413,3 +413,43 @@ def test_a_mean_presents_the_float_nearest_the_exact_quotient() -> None:
     assert MEAN.present(partial) == float(Decimal(50) / Decimal(300))
     # A value below half a cent adds nothing but still counts.
     assert MEAN.aggregate([(0.001, 0, "a"), (1.0, 0, "b")]) == MeanPartial(100, 2)
+
+
+def _fold(monoid: Aggregation[Any], parts: list[Any]) -> Any:
+    result = monoid.zero()
+    for part in parts:
+        result = monoid.merge(result, part)
+    return result
+
+
+@pytest.mark.parametrize(("monoid", "values"), CASES, ids=IDS)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_merge_all_and_present_all_equal_the_fold_of_merge(
+        monoid: Aggregation[Any], values: Any, data: st.DataObject) -> None:
+    # The fast merge_all overrides (sums, means, histograms) and present_all
+    # (the lookup's read path) are shortcuts of the pairwise fold, never
+    # other values.
+    parts = data.draw(st.lists(partial_of(monoid, values), max_size=6))
+    folded = _fold(monoid, parts)
+    assert monoid.merge_all(parts) == folded
+    assert monoid.merge_all(iter(parts)) == folded
+    assert repr(monoid.present_all(parts)) == repr(monoid.present(folded))
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(0, 400), min_size=1, max_size=4),
+       offsets=st.lists(st.integers(0, 600), min_size=4, max_size=4))
+def test_present_all_of_sparse_and_dense_sketches_equals_present_of_their_union(
+        sizes: list[int], offsets: list[int]) -> None:
+    # Overlapping ranges of integers: unions that stay sparse, cross the
+    # dense threshold (385 distinct values at lg_k 12), or start dense.
+    parts = [APPROX_DISTINCT.aggregate([(value, 0, "e") for value in range(o, o + n)])
+             for n, o in zip(sizes, offsets, strict=False)]
+    assert APPROX_DISTINCT.present_all(parts) == APPROX_DISTINCT.present(
+        APPROX_DISTINCT.merge_all(parts))
+
+
+def test_histogram_merge_all_refuses_partials_of_another_length() -> None:
+    with pytest.raises(ValueError, match="buckets"):
+        HISTOGRAM.merge_all([(1, 0, 0, 0, 0), (1, 0)])

@@ -268,3 +268,34 @@ def test_the_codec_refuses_an_aggregate_the_hop_does_not_store() -> None:
     # A missing aggregate is stored as zero (and reads back as zero).
     decoded = codec.decode(DAY_MS, codec.encode(DAY_MS, {}))
     assert decoded["last_event_time"] is None and sum(decoded["hour_histogram"]) == 0
+
+
+# One reader per group for every example: its record and tile caches, and
+# each record's batch parts kept per window starts, are shared across
+# entities, events and query times, as in a serving process.
+SHARED_READERS = {g.name: FeatureReader(g) for g in (ALL_OPS, CARD_VIEWS, REHOPPED)}
+
+
+@pytest.mark.parametrize("group", [ALL_OPS, CARD_VIEWS, REHOPPED], ids=lambda g: g.name)
+@settings(max_examples=40, deadline=None)
+@given(events=st.lists(event_strategy, max_size=30).map(_resends),
+       interval=interval_strategy, data=st.data(), entity=st.sampled_from(["c1", "c2"]))
+def test_one_reader_answers_many_query_times_of_one_record_exactly(
+    group: GroupBy, events: list[dict[str, Any]], interval: int, data: st.DataObject,
+    entity: str,
+) -> None:
+    horizon = CUTOFF + interval
+    # Query times in any order, many of them just either side of a hop edge,
+    # so the record's batch parts are taken again for starts seen before.
+    times = data.draw(st.lists(st.one_of(
+        st.integers(CUTOFF, horizon - 1),
+        st.integers(0, (interval - 1) // (5 * MINUTE_MS)).flatmap(
+            lambda k: st.sampled_from([CUTOFF + k * 5 * MINUTE_MS,
+                                       max(CUTOFF, CUTOFF + k * 5 * MINUTE_MS - 1)]))),
+        min_size=2, max_size=6), label="times")
+    reader = SHARED_READERS[group.name]
+    for t in times:
+        seen = [e for e in events if e["event_time"] < t]
+        expected = features_from_events(group, seen, entity, t)
+        snapshot = snapshot_of(group, events, entity, CUTOFF, horizon, t)
+        assert reader.features(snapshot) == expected, t
