@@ -124,6 +124,18 @@ _TRIM_SCORES: Final = (
     f"{_SCORES_ORDER} LIMIT ?2)")
 _VIEW_COLUMNS: Final = ("generation, cutoff_ms, horizon_ms, batch_version, definition, lineage, "
                         "published_at_ms")
+# read_entity's one statement: the view row (kind 0), the entity's record
+# of that view's generation (1), and its realtime tiles per hop (2), all
+# read from one snapshot. Seven value columns, the last the payload.
+_ENTITY_VIEW: Final = f"SELECT 0, {_VIEW_COLUMNS} FROM batch_views WHERE grp = ?"
+_ENTITY_RECORD: Final = ("SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, r.payload "
+                         "FROM batch_records r JOIN batch_views v ON v.grp = r.grp "
+                         "AND v.generation = r.generation WHERE r.grp = ? AND r.entity = ?")
+_ENTITY_TILES: Final = ("SELECT 2, t.hop_ms, t.tile_start, NULL, NULL, NULL, NULL, t.partials "
+                        "FROM realtime_tiles t JOIN batch_views v ON v.grp = t.grp "
+                        "WHERE t.grp = ? AND t.entity = ? AND t.hop_ms = ? "
+                        "AND t.tile_start >= MAX(v.cutoff_ms, ?) AND t.tile_start < ?")
+_NO_BOUND: Final = -(2**62)
 _TILE_RANGE: Final = ("SELECT hop_ms, tile_start, partials FROM realtime_tiles "
                       "WHERE grp = ? AND entity = ? AND hop_ms = ? AND tile_start >= ? "
                       "AND tile_start < ?")
@@ -162,6 +174,7 @@ class SqliteTileStore(TileStore):
         self._closed = False
         self._views: dict[str, tuple[tuple[Any, ...], PublishedView]] = {}
         self._range_sql: dict[int, str] = {}
+        self._entity_sql: dict[int, str] = {}
         self._setup(self._conn())
 
     # -- connections and transactions ------------------------------------------
@@ -417,10 +430,37 @@ class SqliteTileStore(TileStore):
 
     def read_entity(self, group: str, entity: str, as_of_ms: int,
                     spans: RealtimeSpans) -> EntitySnapshot:
-        conn = self._conn()
-        with self._transaction(conn, write=False):
-            view = self._view_at(conn, group, as_of_ms)
-            return self._entity_at(conn, view, entity, as_of_ms, spans)
+        # One SELECT: in autocommit mode a statement is its own read
+        # transaction, one snapshot of the database (the view, its record
+        # and the tiles, whatever a publish or a speed layer commits
+        # meanwhile), without the BEGIN and COMMIT round of three more.
+        hops = sorted(spans.items())
+        sql = self._entity_sql.get(len(hops))
+        if sql is None:
+            sql = self._entity_sql[len(hops)] = " UNION ALL ".join(
+                [_ENTITY_VIEW, _ENTITY_RECORD, *[_ENTITY_TILES] * len(hops)])
+        parameters: list[Any] = [group, group, entity]
+        for hop, lookback in hops:
+            # realtime_ranges: from the later of the cutoff and the longest
+            # window's start at this hop, up to the head.
+            lowest = _NO_BOUND if lookback is None else (as_of_ms - lookback) // hop * hop
+            parameters += (group, entity, hop, lowest, as_of_ms)
+        view_row: tuple[Any, ...] | None = None
+        record: bytes | None = None
+        tiles: dict[TileSlot, bytes] = {}
+        for kind, *columns, data in self._conn().execute(sql, parameters):
+            if kind == 0:
+                view_row = (*columns, data)
+            elif kind == 1:
+                record = data
+            else:
+                tiles[(columns[0], columns[1])] = data
+        if view_row is None:
+            raise NoPublishedView(f"view {group!r}: no batch view is published in "
+                                  f"{self.path}; run the batch layer first")
+        view = self._view_from_row(group, view_row)
+        check_as_of(view, as_of_ms)
+        return EntitySnapshot(view, entity, as_of_ms, record, tiles)
 
     def read_entities(self, group: str, entities: Iterable[str], as_of_ms: int,
                       spans: RealtimeSpans) -> list[EntitySnapshot]:
