@@ -48,8 +48,8 @@ Figures
 * Where a request's time goes: the server's CPU per request (its
   /proc/<pid>/stat utime + stime over the run, divided by the requests),
   split by timing the route's parts in this process on the same store:
-  `read_entity`, `read_offsets`, `FeatureReader.features`, the response
-  model built, and the whole app called as ASGI (no socket) -- the rest
+  `read_entity` (with the speed offsets), `FeatureReader.features`, the answer
+  dumped as JSON, and the whole app called as ASGI (no socket) -- the rest
   of the server's CPU per request is uvicorn's HTTP handling.
 * Batch lookup: `POST /v1/features/card_transactions:batch` with 1,000
   random cards, p50/p99 of BATCH_REQUESTS requests, next to 1,000 single
@@ -443,7 +443,6 @@ class Parts:
     this process on the same store."""
 
     read_entity_us: float
-    read_offsets_us: float
     features_us: float
     response_us: float
     asgi_us: float
@@ -508,7 +507,7 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str],
 
     from lamina.config import Settings
     from lamina.schemas.card_views import CARD_VIEWS
-    from lamina.serving.app import BatchViewInfo, FeaturesResponse, RealtimeInfo, create_app
+    from lamina.serving.app import create_app
     from lamina.stores.lookup import FeatureReader
 
     reader = FeatureReader(CARD_VIEWS)
@@ -521,13 +520,13 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str],
 
     snapshots = [store.read_entity(GROUP, c, data.now_ms, reader.spans) for c in picks[:200]]
     found = [s for s in snapshots if s.batch_record is not None or s.tiles]
+    # As the route reads: the snapshot with the speed layer's offsets in it.
     read_entity = _median_us(lambda: store.read_entity(GROUP, card(), data.now_ms,
-                                                       reader.spans), calls)
-    read_offsets = _median_us(lambda: store.read_offsets("lamina-speed"), calls)
+                                                       reader.spans, offsets_of="lamina-speed"),
+                             calls)
     features = _median_us(lambda: reader.features(found[next(it) % len(found)]), calls)
     sample = found[0]
-    values = {k: list(v) if isinstance(v, tuple) else v
-              for k, v in reader.features(sample).items()}
+    values = reader.features(sample)
     view = sample.view
     batch = {"batch_version": view.batch_version, "cutoff_ms": view.cutoff_ms,
              "horizon_ms": view.horizon_ms, "generation": view.generation,
@@ -535,11 +534,12 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str],
     realtime: dict[str, Any] = {"tiles": len(sample.tiles), "newest_tile_start_ms": None,
                                 "speed_offsets": {}}
 
+    # The fast path's answer: the same fields as FeaturesResponse, as plain
+    # data, dumped by orjson (the model is built only by FastAPI's route).
     def response() -> bytes:
-        model = FeaturesResponse(group=GROUP, entity=sample.entity, as_of_ms=data.now_ms,
-                                 exact=True, features=values, batch=BatchViewInfo(**batch),
-                                 realtime=RealtimeInfo(**realtime))
-        return model.model_dump_json().encode()
+        return orjson.dumps({"group": GROUP, "entity": sample.entity, "as_of_ms": data.now_ms,
+                             "exact": True, "features": values, "batch": batch,
+                             "realtime": realtime})
 
     response_us = _median_us(response, calls)
     settings = Settings()
@@ -596,7 +596,7 @@ def measure_parts(store: Any, data: Any, token: str, cards: Sequence[str],
     # uvloop.run refuses to start.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         asgi_us, constant_us = pool.submit(lambda: uvloop.run(time_asgi())).result()
-    return Parts(read_entity, read_offsets, features, response_us, asgi_us, constant_us)
+    return Parts(read_entity, features, response_us, asgi_us, constant_us)
 
 
 def raw_reads(store_name: str, options: dict[str, Any], store: Any, data: Any,
@@ -1080,13 +1080,12 @@ def serving_rows(results: ServingResults) -> list[Row]:
             constant_cpu = max(results.constant[8], key=lambda r: r.rate
                                ).server_cpu_per_request_us or 0.0
             steps = [
-                ("store.read_entity (the snapshot)", p.read_entity_us),
-                ("store.read_offsets (the speed offsets)", p.read_offsets_us),
+                ("store.read_entity (the snapshot with the speed offsets)", p.read_entity_us),
                 ("FeatureReader.features (decode, merge, present)", p.features_us),
-                ("FeaturesResponse built + JSON", p.response_us),
-                ("FastAPI/Starlette rest (ASGI call minus the parts above)",
-                 p.asgi_us - p.read_entity_us - p.read_offsets_us - p.features_us
-                 - p.response_us),
+                ("the answer as JSON (orjson, the fast path's encoder)", p.response_us),
+                ("ASGI rest: middleware, metrics, path and token checks (ASGI call minus "
+                 "the parts above)",
+                 p.asgi_us - p.read_entity_us - p.features_us - p.response_us),
                 ("uvicorn HTTP + event loop (server CPU minus the ASGI call)",
                  total - p.asgi_us),
             ]

@@ -132,7 +132,8 @@ class RealtimeInfo(BaseModel):
                     "cutoff)")
     speed_offsets: dict[str, int] = Field(
         description="'topic:partition' -> position the speed layer stored with its last "
-                    "tiles: everything before it is in the store")
+                    "tiles: everything before it is in the store (single lookups read it "
+                    "in the same snapshot as the tiles)")
 
 
 _EXACT = Field(description="true: every feature covers exactly the events strictly before "
@@ -488,7 +489,9 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         order (the route validates it into the model, the fast path dumps it
         with orjson: one answer, two encoders). HTTPException 404 for an
         unknown entity; the store's errors propagate."""
-        snapshot = store.read_entity(group, entity, t, found.reader.spans)
+        # The speed layer's offsets in the same snapshot: what its tiles reflect.
+        snapshot = store.read_entity(group, entity, t, found.reader.spans,
+                                     offsets_of=speed_consumer)
         if not known(snapshot):
             raise HTTPException(404, f"entity {entity!r} is unknown to view {group!r}: no batch "
                                      "record and no realtime tile in the windows as of "
@@ -496,7 +499,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         values = found.reader.features(snapshot)
         view = snapshot.view
         starts = [start for _, start in snapshot.tiles]
-        offsets = store.read_offsets(speed_consumer)
+        offsets = snapshot.offsets
         return {"group": group, "entity": entity, "as_of_ms": t,
                 "exact": found.exact(t, now=now), "features": as_list(values),
                 "batch": {"batch_version": view.batch_version, "cutoff_ms": view.cutoff_ms,

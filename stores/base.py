@@ -220,13 +220,16 @@ class EntitySnapshot:
     its ``batch_record`` of ``entity`` (None: the entity has no batch
     events the view's windows need) and the entity's realtime ``tiles``,
     ``(hop_ms, tile_start_ms) -> partials``, with ``view.cutoff_ms <=
-    tile_start_ms < as_of_ms`` and within the spans asked for."""
+    tile_start_ms < as_of_ms`` and within the spans asked for; with
+    ``offsets_of``, that consumer's stored ``offsets`` at the same instant
+    (what the realtime tiles read reflect), else empty."""
 
     view: PublishedView
     entity: str
     as_of_ms: int
     batch_record: bytes | None
     tiles: Mapping[TileSlot, bytes] = field(default_factory=dict)
+    offsets: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
 
 def realtime_ranges(cutoff_ms: int, as_of_ms: int, spans: RealtimeSpans
@@ -384,10 +387,12 @@ class TileStore(ABC):
 
     @abstractmethod
     def read_entity(self, group: str, entity: str, as_of_ms: int,
-                    spans: RealtimeSpans) -> EntitySnapshot:
+                    spans: RealtimeSpans, *, offsets_of: str | None = None) -> EntitySnapshot:
         """One consistent snapshot of ``entity`` for a lookup at
         ``as_of_ms`` (see ``EntitySnapshot``; the tiles read are
-        ``realtime_ranges(view.cutoff_ms, as_of_ms, spans)``).
+        ``realtime_ranges(view.cutoff_ms, as_of_ms, spans)``), with the
+        offsets of consumer ``offsets_of`` (``read_offsets``) in the same
+        snapshot when given.
 
         Raises ``NoPublishedView`` before the first publish and
         ``AsOfOutOfRange`` unless ``cutoff_ms <= as_of_ms < horizon_ms``.

@@ -197,6 +197,7 @@ for i = 4, #ARGV, 2 do
 end
 local tiles = {}
 if #fields > 0 then tiles = redis.call('HMGET', KEYS[2], unpack(fields)) end
+if KEYS[3] then return {v, record, fields, tiles, redis.call('HGETALL', KEYS[3])} end
 return {v, record, fields, tiles}
 """.replace("__FIELDS__", _LUA_VIEW_FIELDS)
 
@@ -231,6 +232,15 @@ def _score_member(event_id: str, model_version: int) -> str:
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
+
+
+def _offsets(stored: Iterable[tuple[Any, Any]]) -> dict[tuple[str, int], int]:
+    """A consumer's offsets from its hash's ``topic:partition -> position``."""
+    out: dict[tuple[str, int], int] = {}
+    for field, position in stored:
+        topic, _, partition = _text(field).rpartition(":")
+        out[(topic, int(partition))] = int(position)
+    return out
 
 class RedisTileStore(TileStore):
     """``TileStore`` in Redis (see the module docstring)."""
@@ -341,12 +351,7 @@ class RedisTileStore(TileStore):
         return [decode_score(record) for record in records if record is not None]
 
     def read_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
-        stored = self._call(self._redis.hgetall, self._key("offsets", consumer))
-        out: dict[tuple[str, int], int] = {}
-        for field, position in stored.items():
-            topic, _, partition = _text(field).rpartition(":")
-            out[(topic, int(partition))] = int(position)
-        return out
+        return _offsets(self._call(self._redis.hgetall, self._key("offsets", consumer)).items())
 
     def read_tiles(self, group: str, entity: str, slots: Iterable[TileSlot]
                    ) -> dict[TileSlot, bytes]:
@@ -443,12 +448,15 @@ class RedisTileStore(TileStore):
             self._call(self._redis.unlink, *(self._key("batch", group, g) for g in stale))
             self._call(self._redis.srem, gens_key, *stale)
 
-    def _read_args(self, group: str, entity: str, as_of_ms: int,
-                   spans: RealtimeSpans) -> tuple[list[str], list[Any]]:
+    def _read_args(self, group: str, entity: str, as_of_ms: int, spans: RealtimeSpans,
+                   offsets_of: str | None = None) -> tuple[list[str], list[Any]]:
         args: list[Any] = [self._key("batch", group, ""), entity, as_of_ms]
         for hop, lookback in sorted(spans.items()):
             args += (hop, -1 if lookback is None else lookback)
-        return [self._key("view", group), self._key("rt", group)], args
+        keys = [self._key("view", group), self._key("rt", group)]
+        if offsets_of is not None:
+            keys.append(self._key("offsets", offsets_of))
+        return keys, args
 
     def _snapshot(self, group: str, entity: str, as_of_ms: int, reply: Any) -> EntitySnapshot:
         """The snapshot from the read script's reply."""
@@ -459,17 +467,20 @@ class RedisTileStore(TileStore):
         if len(reply) == 1:
             check_as_of(view, as_of_ms)  # raises: the script found it out of range
             raise StoreError(f"view {group!r}: the store refused as of {as_of_ms}")
-        _, record, fields, values = reply
+        _, record, fields, values = reply[:4]
         tiles: dict[TileSlot, bytes] = {}
         for field, value in zip(fields, values, strict=True):
             if value is not None:
                 hop, start, _ = _text(field).split(":", 2)
                 tiles[(int(hop), int(start))] = value
-        return EntitySnapshot(view, entity, as_of_ms, record, tiles)
+        # HGETALL from a script: field, value, field, value, ...
+        offsets = _offsets(zip(reply[4][::2], reply[4][1::2], strict=True)) \
+            if len(reply) > 4 else {}
+        return EntitySnapshot(view, entity, as_of_ms, record, tiles, offsets)
 
     def read_entity(self, group: str, entity: str, as_of_ms: int,
-                    spans: RealtimeSpans) -> EntitySnapshot:
-        keys, args = self._read_args(group, entity, as_of_ms, spans)
+                    spans: RealtimeSpans, *, offsets_of: str | None = None) -> EntitySnapshot:
+        keys, args = self._read_args(group, entity, as_of_ms, spans, offsets_of)
         reply = self._call(self._read_script, keys=keys, args=args)
         return self._snapshot(group, entity, as_of_ms, reply)
 

@@ -126,7 +126,8 @@ _VIEW_COLUMNS: Final = ("generation, cutoff_ms, horizon_ms, batch_version, defin
                         "published_at_ms")
 # read_entity's one statement: the view row (kind 0), the entity's record
 # of that view's generation (1), and its realtime tiles per hop (2), all
-# read from one snapshot. Seven value columns, the last the payload.
+# read from one snapshot, and a consumer's offsets when asked (3). Seven
+# value columns, the last the payload.
 _ENTITY_VIEW: Final = f"SELECT 0, {_VIEW_COLUMNS} FROM batch_views WHERE grp = ?"
 _ENTITY_RECORD: Final = ("SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, r.payload "
                          "FROM batch_records r JOIN batch_views v ON v.grp = r.grp "
@@ -135,6 +136,8 @@ _ENTITY_TILES: Final = ("SELECT 2, t.hop_ms, t.tile_start, NULL, NULL, NULL, NUL
                         "FROM realtime_tiles t JOIN batch_views v ON v.grp = t.grp "
                         "WHERE t.grp = ? AND t.entity = ? AND t.hop_ms = ? "
                         "AND t.tile_start >= MAX(v.cutoff_ms, ?) AND t.tile_start < ?")
+_ENTITY_OFFSETS: Final = ("SELECT 3, topic, kafka_partition, NULL, NULL, NULL, NULL, position "
+                          "FROM consumer_offsets WHERE consumer = ?")
 _NO_BOUND: Final = -(2**62)
 _TILE_RANGE: Final = ("SELECT hop_ms, tile_start, partials FROM realtime_tiles "
                       "WHERE grp = ? AND entity = ? AND hop_ms = ? AND tile_start >= ? "
@@ -174,7 +177,7 @@ class SqliteTileStore(TileStore):
         self._closed = False
         self._views: dict[str, tuple[tuple[Any, ...], PublishedView]] = {}
         self._range_sql: dict[int, str] = {}
-        self._entity_sql: dict[int, str] = {}
+        self._entity_sql: dict[tuple[int, bool], str] = {}
         self._setup(self._conn())
 
     # -- connections and transactions ------------------------------------------
@@ -429,38 +432,45 @@ class SqliteTileStore(TileStore):
                         break
 
     def read_entity(self, group: str, entity: str, as_of_ms: int,
-                    spans: RealtimeSpans) -> EntitySnapshot:
+                    spans: RealtimeSpans, *, offsets_of: str | None = None) -> EntitySnapshot:
         # One SELECT: in autocommit mode a statement is its own read
         # transaction, one snapshot of the database (the view, its record
         # and the tiles, whatever a publish or a speed layer commits
         # meanwhile), without the BEGIN and COMMIT round of three more.
         hops = sorted(spans.items())
-        sql = self._entity_sql.get(len(hops))
+        shape = (len(hops), offsets_of is not None)
+        sql = self._entity_sql.get(shape)
         if sql is None:
-            sql = self._entity_sql[len(hops)] = " UNION ALL ".join(
-                [_ENTITY_VIEW, _ENTITY_RECORD, *[_ENTITY_TILES] * len(hops)])
+            sql = self._entity_sql[shape] = " UNION ALL ".join(
+                [_ENTITY_VIEW, _ENTITY_RECORD, *[_ENTITY_TILES] * len(hops),
+                 *([_ENTITY_OFFSETS] if offsets_of is not None else [])])
         parameters: list[Any] = [group, group, entity]
         for hop, lookback in hops:
             # realtime_ranges: from the later of the cutoff and the longest
             # window's start at this hop, up to the head.
             lowest = _NO_BOUND if lookback is None else (as_of_ms - lookback) // hop * hop
             parameters += (group, entity, hop, lowest, as_of_ms)
+        if offsets_of is not None:
+            parameters.append(offsets_of)
         view_row: tuple[Any, ...] | None = None
         record: bytes | None = None
         tiles: dict[TileSlot, bytes] = {}
+        offsets: dict[tuple[str, int], int] = {}
         for kind, *columns, data in self._conn().execute(sql, parameters):
             if kind == 0:
                 view_row = (*columns, data)
             elif kind == 1:
                 record = data
-            else:
+            elif kind == 2:
                 tiles[(columns[0], columns[1])] = data
+            else:
+                offsets[(columns[0], columns[1])] = data
         if view_row is None:
             raise NoPublishedView(f"view {group!r}: no batch view is published in "
                                   f"{self.path}; run the batch layer first")
         view = self._view_from_row(group, view_row)
         check_as_of(view, as_of_ms)
-        return EntitySnapshot(view, entity, as_of_ms, record, tiles)
+        return EntitySnapshot(view, entity, as_of_ms, record, tiles, offsets)
 
     def read_entities(self, group: str, entities: Iterable[str], as_of_ms: int,
                       spans: RealtimeSpans) -> list[EntitySnapshot]:

@@ -521,6 +521,35 @@ def test_a_snapshot_reads_the_tiles_the_spans_ask_for_and_nothing_else(
         store.read_entity("g", "a", cutoff + DAY_MS, spans)
 
 
+def test_a_snapshot_can_carry_a_consumers_offsets_read_with_it(store: TileStore) -> None:
+    cutoff = C0
+    store.publish_batch(view(cutoff, 1, days=1), [BatchRecord("a", b"batch-a")])
+    spans = {FIVE_MIN: HOUR_MS, HOUR_MS: None}
+    t = cutoff + 30 * MINUTE_MS
+    # Without offsets_of: none read. A consumer that stored none: empty.
+    assert store.read_entity("g", "a", t, spans).offsets == {}
+    assert store.read_entity("g", "a", t, spans, offsets_of="speed").offsets == {}
+    store.write_tiles([tile("a", cutoff + FIVE_MIN, b"5m", hop=FIVE_MIN)], consumer="speed",
+                      offsets={("events.raw", 0): 41, ("events.raw", 2): 7})
+    store.write_tiles([], consumer="other", offsets={("events.raw", 0): 3})
+    plain = store.read_entity("g", "a", t, spans)
+    with_offsets = store.read_entity("g", "a", t, spans, offsets_of="speed")
+    assert with_offsets.offsets == store.read_offsets("speed") == {
+        ("events.raw", 0): 41, ("events.raw", 2): 7}
+    # The rest of the snapshot is the same with or without them.
+    assert (with_offsets.view, with_offsets.batch_record, dict(with_offsets.tiles)) == (
+        plain.view, plain.batch_record, dict(plain.tiles))
+    assert dict(plain.tiles) == {(FIVE_MIN, cutoff + FIVE_MIN): b"5m"}
+    # The tiles and the offsets move together: a later write shows in both.
+    store.write_tiles([tile("a", cutoff + 2 * FIVE_MIN, b"5m-2", hop=FIVE_MIN)],
+                      consumer="speed", offsets={("events.raw", 0): 50})
+    later = store.read_entity("g", "a", t, spans, offsets_of="speed")
+    assert later.offsets[("events.raw", 0)] == 50
+    assert (FIVE_MIN, cutoff + 2 * FIVE_MIN) in later.tiles
+    with pytest.raises(AsOfOutOfRange):
+        store.read_entity("g", "a", cutoff - 1, spans, offsets_of="speed")
+
+
 # --- lookups through the store ------------------------------------------------------
 
 

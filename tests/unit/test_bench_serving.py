@@ -33,6 +33,6 @@ def test_measure_parts_runs_every_part_on_tiny_data(tmp_path: Path) -> None:
     finally:
         store.close()
     figures = dataclasses.asdict(parts)
-    assert set(figures) == {"read_entity_us", "read_offsets_us", "features_us", "response_us",
+    assert set(figures) == {"read_entity_us", "features_us", "response_us",
                             "asgi_us", "constant_asgi_us"}
     assert all(value > 0 for value in figures.values()), figures
