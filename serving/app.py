@@ -487,8 +487,9 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
     def answer(found: _Group, group: str, entity: str, t: int, now: bool) -> dict[str, Any]:
         """The features answer as plain data, in ``FeaturesResponse``'s field
         order (the route validates it into the model, the fast path dumps it
-        with orjson: one answer, two encoders). HTTPException 404 for an
-        unknown entity; the store's errors propagate."""
+        with orjson: one answer, two encoders; a histogram stays a tuple, which
+        both encode as an array). HTTPException 404 for an unknown entity;
+        the store's errors propagate."""
         # The speed layer's offsets in the same snapshot: what its tiles reflect.
         snapshot = store.read_entity(group, entity, t, found.reader.spans,
                                      offsets_of=speed_consumer)
@@ -501,7 +502,7 @@ def create_app(settings: Settings, *, store: TileStore | None = None,
         starts = [start for _, start in snapshot.tiles]
         offsets = snapshot.offsets
         return {"group": group, "entity": entity, "as_of_ms": t,
-                "exact": found.exact(t, now=now), "features": as_list(values),
+                "exact": found.exact(t, now=now), "features": values,
                 "batch": {"batch_version": view.batch_version, "cutoff_ms": view.cutoff_ms,
                           "horizon_ms": view.horizon_ms, "generation": view.generation,
                           "published_at_ms": view.published_at_ms},
