@@ -1,5 +1,6 @@
 """A lagging partition across the cutoff switch (invariant 4, issue 14), on
-the session broker, a SQLite tile store on disk and the serving app.
+the session broker, each tile store (SQLite on disk, Redis on the
+session's redis-server) and the serving app.
 
 The speed layer runs under a batch view with cutoff T and reads a
 3-partition topic; one partition lags: the consumer itself pauses it
@@ -48,10 +49,10 @@ from lamina.schemas.validation import EventValidator
 from lamina.schemas.view_definitions import DAY_MS, HOUR_MS, MINUTE_MS
 from lamina.serving.app import create_app
 from lamina.speed.realtime import RealtimeTiles, SpeedLayer, SpeedStats
-from lamina.stores.sqlite import SqliteTileStore
+from lamina.stores import open_store
 from tests.integration.test_speed_realtime import end_offsets, new_topic
 from tests.lambda_helpers import exact_features
-from tests.speed_helpers import expected_tiles, stored_tiles
+from tests.speed_helpers import StoredTiles, expected_tiles, stored_tiles
 from tests.unit.test_speed_realtime import publish
 
 pytestmark = pytest.mark.integration
@@ -111,9 +112,12 @@ class LaggingSpeedLayer(SpeedLayer):
         self._done = asked
 
 
-def wait_for(condition: Any, what: str) -> None:
+def wait_for(condition: Any, what: str, worker: threading.Thread | None = None) -> None:
+    """Poll ``condition`` until true; fails after DEADLINE_S, or as soon as
+    ``worker`` (the speed layer's thread) has ended."""
     deadline = time.monotonic() + DEADLINE_S
     while not condition():
+        assert worker is None or worker.is_alive(), f"the speed layer stopped before {what}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)
 
@@ -144,12 +148,31 @@ def features_now(client: TestClient, cards: list[str], as_of_ms: int | None = No
     return {r["entity"]: r["features"] for r in answer["results"]}
 
 
+def all_realtime_tiles(store: TileStoreSettings) -> StoredTiles:
+    """Every realtime tile the store holds, whatever the published cutoff."""
+    if store.kind == "sqlite":
+        return stored_tiles(Path(store.options["path"]), CARD_VIEWS)
+    import redis
+
+    client = redis.Redis.from_url(store.options["url"])
+    try:
+        fields = client.hgetall(f"{store.options['prefix']}:rt:{CARD_VIEWS.name}")
+    finally:
+        client.close()
+    out: StoredTiles = {}
+    for name, data in fields.items():
+        hop, start, entity = name.decode().split(":", 2)
+        out[(entity, int(hop), int(start))] = bytes(data)
+    return out
+
+
 def transactions(part: list[tuple[int, GeneratedRecord]]) -> int:
     return sum(orjson.loads(r.value)["event_type"] == "transaction" for _, r in part)
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
 def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
-        kafka: Any, tmp_path: Path) -> None:
+        kafka: Any, tmp_path: Path, request: pytest.FixtureRequest, store_kind: str) -> None:
     records = list(generate(GeneratorConfig(
         seed=1414, cards=24, merchants=10, transactions=900, days=3.0,
         max_lateness_ms=20 * MINUTE_MS, late_fraction=0.02, duplicate_fraction=0.0,
@@ -179,19 +202,26 @@ def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
     assert all(transactions(part) > 10 for part in (read_early, unread_before, unread_after,
                                                     held_back))
 
-    db = tmp_path / "tiles.db"
+    if store_kind == "sqlite":
+        tile_store = TileStoreSettings(kind="sqlite", options={"path": str(tmp_path / "tiles.db")})
+    else:
+        tile_store = TileStoreSettings(kind="redis", options={
+            "url": request.getfixturevalue("redis_url"), "prefix": "lagging"})
     settings = dataclasses.replace(
         Settings(home=tmp_path), serving=ServingSettings(token=TOKEN, score=False),
         speed=SpeedSettings(group=CONSUMER, allowed_lateness_ms=LATENESS),
-        tile_store=TileStoreSettings(kind="sqlite", options={"path": str(db)}))
+        tile_store=tile_store)
     bootstrap = kafka.bootstrap_servers
     topic = new_topic(bootstrap, PARTITIONS)
     from kafka import TopicPartition
 
-    with SqliteTileStore(db) as store:
+    # The batch layer's client of the store (it publishes; the test reads
+    # offsets through it) and the speed layer's own.
+    with open_store(tile_store.kind, **tile_store.options) as store, \
+            open_store(tile_store.kind, **tile_store.options) as speed_store:
         publish(store, events, CUTOFF, 1)
-        tiles = RealtimeTiles(store, CARD_VIEWS, consumer=CONSUMER, validator=EventValidator(),
-                              allowed_lateness_ms=LATENESS)
+        tiles = RealtimeTiles(speed_store, CARD_VIEWS, consumer=CONSUMER,
+                              validator=EventValidator(), allowed_lateness_ms=LATENESS)
         consumer = kafkaio.make_consumer(bootstrap, group_id=f"{CONSUMER}-{topic}",
                                          session_timeout_ms=6000)
         layer = LaggingSpeedLayer(lagging=TopicPartition(topic, LAGGING), consumer=consumer,
@@ -206,7 +236,7 @@ def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
             ends = end_offsets(bootstrap, topic)
             speed.start()
             wait_for(lambda: store.read_offsets(CONSUMER) == ends,
-                     "the speed layer to read everything produced")
+                     "the speed layer to read everything produced", speed)
             layer.lag(True)
             produce_to(bootstrap, topic, unread_before + unread_after)
             # The batch layer has every event before T' (the lander read the
@@ -216,7 +246,7 @@ def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
             ends = end_offsets(bootstrap, topic)
             wait_for(lambda: layer.stats.cutoff_switches == 1 and all(
                 store.read_offsets(CONSUMER).get(tp) == n for tp, n in ends.items()
-                if tp[1] != LAGGING), "the switch and the other partitions")
+                if tp[1] != LAGGING), "the switch and the other partitions", speed)
             # Still lagging: nothing after what was read before the pause.
             assert store.read_offsets(CONSUMER)[(topic, LAGGING)] == len(read_early)
             unread = {r.event_id for _, r in unread_after}
@@ -227,7 +257,7 @@ def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
 
                 layer.lag(False)
                 wait_for(lambda: store.read_offsets(CONSUMER) == ends,
-                         "the lagging partition to catch up")
+                         "the lagging partition to catch up", speed)
                 assert features_now(client, cards) == \
                     {c: exact_features(CARD_VIEWS, events, c, now) for c in cards}
                 assert features_now(client, cards, NEW_CUTOFF) == \
@@ -238,7 +268,7 @@ def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
             app.state.store.close()
     # Every realtime tile left is at or after T', and they are exactly the
     # tiles of the events from T' on: nothing before T' was written again.
-    assert stored_tiles(db, CARD_VIEWS) == expected_tiles(CARD_VIEWS, events, NEW_CUTOFF)
+    assert all_realtime_tiles(tile_store) == expected_tiles(CARD_VIEWS, events, NEW_CUTOFF)
     stats = outcome[0]
     assert (stats.cutoff_switches, stats.cutoff_ms) == (1, NEW_CUTOFF)
     assert stats.before_cutoff == transactions(unread_before)
