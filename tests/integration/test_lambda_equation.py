@@ -1,17 +1,19 @@
 """The lambda equation (invariant 4) on the real system: generated events
 landed into the master dataset (the importer: the lander's validation,
 dedup and commit), the Spark batch-views job at a tile-aligned cutoff T and
-its publish into a SQLite tile store, the events at or after T (with
-resends, malformed records and resends of events before T) streamed
-through the speed layer on the real broker, and the serving app under
-uvicorn on a loopback port answering over HTTP.
+its publish into the tile store, the events at or after T (with resends,
+malformed records and resends of events before T) streamed through the
+speed layer on the real broker, and the serving app under uvicorn on a
+loopback port answering over HTTP.
 
-* Any cutoff: for many (card, as_of) pairs the served features equal a
+* Any cutoff, on both tile stores (SQLite on disk; Redis on the session's
+  redis-server, opened from ``[tile_store]`` settings as ``lamina serve``
+  opens it): for many (card, as_of) pairs the served features equal a
   full recomputation over every event strictly before as_of -- "now", at T,
   at day boundaries; at other times (just after T, at window edges) the
   recomputation that reads each window's head tile whole, as serving
   documents (``lamina.stores.lookup``). Before T is refused, naming the range.
-* Across a publication: while queries run, the batch job at T' = T + 1 d
+* Across a publication (SQLite): while queries run, the batch job at T' = T + 1 d
   publishes and the live speed layer switches; every answer equals the
   recomputation and names the old or the new (batch version, cutoff).
 * A failed batch run (its store publish dies half-way) leaves the previous
@@ -23,6 +25,7 @@ The time rules, and why a past as_of is compared tile-wise: docs/decisions.md.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +42,7 @@ from hypothesis import strategies as st
 from lamina import kafkaio
 from lamina.batch.store_publish import publish_to_store
 from lamina.batch.views import run_batch_views
-from lamina.config import ServingSettings, Settings
+from lamina.config import ServingSettings, Settings, TileStoreSettings
 from lamina.generator import GeneratedRecord, GeneratorConfig, generate
 from lamina.master.dataset import MasterDataset
 from lamina.master.importer import import_files
@@ -48,6 +51,7 @@ from lamina.schemas.validation import EventValidator
 from lamina.schemas.view_definitions import DAY_MS, HOUR_MS, MINUTE_MS
 from lamina.serving.app import create_app
 from lamina.speed.realtime import RealtimeTiles, SpeedLayer, SpeedStats
+from lamina.stores import TileStore, open_store
 from lamina.stores.base import PublishedView
 from lamina.stores.sqlite import SqliteTileStore
 from tests.integration.test_speed_realtime import end_offsets, new_topic, produce_all
@@ -83,7 +87,7 @@ def land(records: list[GeneratedRecord], folder: Path) -> str:
     return uri
 
 
-def batch_and_publish(spark: Any, master_uri: str, views_uri: str, store: SqliteTileStore,
+def batch_and_publish(spark: Any, master_uri: str, views_uri: str, store: TileStore,
                       cutoff: int) -> PublishedView:
     """The batch layer's two steps (orchestration.tasks: batch_views, then
     publish_to_tile_store) on the test's Spark session."""
@@ -111,22 +115,17 @@ def valid_events(records: list[GeneratedRecord]) -> list[dict[str, Any]]:
     return first_copies(orjson.loads(r.value) for r in records if r.kind == "valid")
 
 
-def speed_layer(bootstrap: str, topic: str, db: Path) -> tuple[SpeedLayer, SqliteTileStore]:
-    store = SqliteTileStore(db)
+def speed_layer(bootstrap: str, topic: str, store: TileStore) -> SpeedLayer:
     tiles = RealtimeTiles(store, CARD_VIEWS, consumer=SPEED_GROUP, validator=EventValidator(),
                           allowed_lateness_ms=LATENESS)
     consumer = kafkaio.make_consumer(bootstrap, group_id=f"{SPEED_GROUP}-{topic}",
                                      session_timeout_ms=6000)
     return SpeedLayer(consumer=consumer, topic=topic, tiles=tiles, batch_max_events=300,
-                      batch_max_wait_s=0.1), store
+                      batch_max_wait_s=0.1)
 
 
-def run_speed_until_idle(bootstrap: str, topic: str, db: Path) -> SpeedStats:
-    layer, store = speed_layer(bootstrap, topic, db)
-    try:
-        return layer.run(idle_exit_s=2.0)
-    finally:
-        store.close()
+def run_speed_until_idle(bootstrap: str, topic: str, store: TileStore) -> SpeedStats:
+    return speed_layer(bootstrap, topic, store).run(idle_exit_s=2.0)
 
 
 def cards_of(events: list[dict[str, Any]]) -> list[str]:
@@ -152,37 +151,57 @@ def exact_at(t: int, now: int) -> bool:
 
 # --- 1. any tile-aligned cutoff ------------------------------------------------------
 
+#: Examples per store. Each runs the Spark job twice; the Redis leg runs the
+#: first example of the same derandomised sequence (the same data on the
+#: other store), to keep the suite's time down.
+EXAMPLES = {"sqlite": 3, "redis": 1}
+_redis_prefixes = itertools.count()
 
-# Each example runs the Spark job twice: no shrinking (a failure reports its
-# example as drawn), a fixed derandomised sequence, no example database.
-@settings(max_examples=3, deadline=None, derandomize=True, database=None,
-          phases=(Phase.explicit, Phase.generate),
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(seed=st.integers(1, 2**20), cutoff_day=st.integers(1, 3), data=st.data())
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
 def test_served_features_equal_a_full_recomputation_for_a_random_tile_aligned_cutoff(
-        kafka: Any, spark: Any, tmp_path_factory: pytest.TempPathFactory, seed: int,
-        cutoff_day: int, data: st.DataObject) -> None:
-    lambda_equation_holds(kafka, spark, tmp_path_factory.mktemp("lambda"), seed, cutoff_day,
-                          data.draw)
+        kafka: Any, spark: Any, tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest, store_kind: str) -> None:
+    redis_url = request.getfixturevalue("redis_url") if store_kind == "redis" else ""
+
+    # No shrinking (a failure reports its example as drawn), a fixed
+    # derandomised sequence, no example database.
+    @settings(max_examples=EXAMPLES[store_kind], deadline=None, derandomize=True,
+              database=None, phases=(Phase.explicit, Phase.generate),
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(seed=st.integers(1, 2**20), cutoff_day=st.integers(1, 3), data=st.data())
+    def example(seed: int, cutoff_day: int, data: st.DataObject) -> None:
+        folder = tmp_path_factory.mktemp("lambda")
+        if store_kind == "sqlite":
+            store = TileStoreSettings(kind="sqlite", options={"path": str(folder / "tiles.db")})
+        else:  # each example in a key space of its own
+            store = TileStoreSettings(kind="redis", options={
+                "url": redis_url, "prefix": f"lambda{next(_redis_prefixes)}"})
+        lambda_equation_holds(kafka, spark, folder, store, seed, cutoff_day, data.draw)
+
+    example()
 
 
-def lambda_equation_holds(kafka: Any, spark: Any, folder: Path, seed: int, cutoff_day: int,
-                          draw: Callable[..., Any]) -> None:
-    """One example of the test above (``draw``: hypothesis' ``data.draw``)."""
+def lambda_equation_holds(kafka: Any, spark: Any, folder: Path, tile_store: TileStoreSettings,
+                          seed: int, cutoff_day: int, draw: Callable[..., Any]) -> None:
+    """One example of the test above (``draw``: hypothesis' ``data.draw``)
+    on the store ``tile_store`` names: the batch layer, the speed layer and
+    serving each open it from these settings, as their commands do."""
     cutoff = START + cutoff_day * DAY_MS
     assert cutoff % CARD_VIEWS.cutoff_alignment_ms() == 0  # what the publish requires
     records = generated(seed)
     events = valid_events(records)
     master_uri = land(records, folder)
-    db = folder / "tiles.db"
-    with SqliteTileStore(db) as store:
+    lamina_settings = dataclasses.replace(SETTINGS, home=folder, tile_store=tile_store)
+    with open_store(tile_store.kind, **lamina_settings.tile_store_options()) as store:
         view = batch_and_publish(spark, master_uri, str(folder / "views"), store, cutoff)
     assert view.cutoff_ms == cutoff
 
     bootstrap = kafka.bootstrap_servers
     topic = new_topic(bootstrap)
     produce_all(bootstrap, topic, [(r.key, r.value) for r in stream_after(records, cutoff)])
-    stats = run_speed_until_idle(bootstrap, topic, db)
+    with open_store(tile_store.kind, **lamina_settings.tile_store_options()) as store:
+        stats = run_speed_until_idle(bootstrap, topic, store)
     assert stats.before_cutoff == RESENT_BEFORE_CUTOFF and stats.duplicates > 0
     assert stats.late == 0 and stats.invalid > 0
 
@@ -197,7 +216,7 @@ def lambda_equation_holds(kafka: Any, spark: Any, folder: Path, seed: int, cutof
              cutoff + DAY_MS + 1, cutoff + 2 * DAY_MS, now - 1, now]
     times = sorted({t for t in edges + drawn if cutoff <= t <= now})
 
-    app = create_app(SETTINGS, store=SqliteTileStore(db), clock_ms=lambda: now)
+    app = create_app(lamina_settings, clock_ms=lambda: now)  # the store from the settings
     with served(app) as url, httpx.Client(base_url=url, timeout=30,
                                           headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         path = f"/v1/features/{CARD_VIEWS.name}"
@@ -283,7 +302,8 @@ def live(kafka: Any, spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Li
     bootstrap = kafka.bootstrap_servers
     topic = new_topic(bootstrap)
     produce_all(bootstrap, topic, [(r.key, r.value) for r in stream if not is_held(r)])
-    run_speed_until_idle(bootstrap, topic, db)
+    with SqliteTileStore(db) as store:
+        run_speed_until_idle(bootstrap, topic, store)
     return Live(records, events, master_uri, views_uri, db, bootstrap, topic, cutoff, first,
                 held, [r for r in stream if is_held(r)], newest(events) + 1)
 
@@ -368,7 +388,8 @@ def test_queries_across_a_publication_and_the_speed_layers_switch_see_every_even
     expected = {c: exact_features(CARD_VIEWS, live.events, c, live.now) for c in cards}
     later = live.cutoff + DAY_MS
     app = create_app(SETTINGS, store=SqliteTileStore(live.db), clock_ms=lambda: live.now)
-    layer, speed_store = speed_layer(live.bootstrap, live.topic, live.db)
+    speed_store = SqliteTileStore(live.db)
+    layer = speed_layer(live.bootstrap, live.topic, speed_store)
     outcome: list[Any] = []
     speed = threading.Thread(target=lambda: outcome.append(layer.run()), name="speed")
     fed, stop_feeding = threading.Event(), threading.Event()
@@ -417,7 +438,8 @@ def test_a_failed_batch_run_leaves_the_previous_view_serving_and_the_answers_exa
 
     # The speed layer is caught up on every card (the held ones too).
     produce_all(live.bootstrap, live.topic, [(r.key, r.value) for r in live.held_records])
-    run_speed_until_idle(live.bootstrap, live.topic, live.db)
+    with SqliteTileStore(live.db) as store:
+        run_speed_until_idle(live.bootstrap, live.topic, store)
     cards = cards_of(live.events)
     expected = {c: exact_features(CARD_VIEWS, live.events, c, live.now) for c in cards}
     with SqliteTileStore(live.db) as store:
