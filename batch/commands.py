@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,7 @@ def train_command(
     workers: int = 0,
     spark: Any = None,
     spark_master: str = "local[2]",
+    spark_conf: Mapping[str, str] | None = None,
     training_window: tuple[int, int] | None = None,
     contract: FeatureContract = CARD_FRAUD,
 ) -> dict[str, Any]:
@@ -159,7 +160,9 @@ def train_command(
     int); by default the one in the training set's own lineage, and refused
     if it differs from it (see `training_set_snapshot`).
     `workers=0` trains in this process; `workers>=1` on that many Spark
-    barrier tasks (`spark` or a session on `spark_master`). The model is
+    barrier tasks (`spark`, or a session on `spark_master` with `spark_conf`
+    started only if the model is not trained yet, and stopped before this
+    returns unless it was already running in this process). The model is
     saved under `models_dir/<run key>/`; the training window defaults to the
     training set's event-time range. `features` default to
     `contract.features`; the registered lineage names the contract and its
@@ -194,13 +197,21 @@ def train_command(
     else:
         from lamina.batch.distributed import train_distributed
 
-        session = spark
+        session, own = spark, False
         if session is None:
+            from pyspark.sql import SparkSession
+
             from lamina.batch.spark import spark_session
 
-            session = spark_session(spark_master)
-        result = train_distributed(session, frame, features, p, seed, num_workers=workers,
-                                   model_dir=target)
+            own = SparkSession.getActiveSession() is None
+            session = spark_session(spark_master, app_name="lamina-train",
+                                    extra_conf=spark_conf)
+        try:
+            result = train_distributed(session, frame, features, p, seed, num_workers=workers,
+                                       model_dir=target)
+        finally:
+            if own:
+                session.stop()
         history = result.history
     # The drift reference (covered feature bins, training scores and AUC).
     drift.save_model_reference(target, frame, features, span=training_window,

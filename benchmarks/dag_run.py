@@ -17,7 +17,7 @@ the seed master dataset, so both start from the same table, an empty
 registry and no training sets or models (nothing is found already done):
 
 * **DAG** (the figure): ``lamina_retraining`` with ``dag.test()`` in a
-  fresh interpreter, as tests/integration/test_dags_end_to_end.py runs it:
+  fresh interpreter, as tests/integration/test_dags_end_to_end.py runs its DAGs:
   build_training_sets (one Spark driver process for the training set and
   the backtest) -> train (a Spark driver, one barrier worker) ->
   evaluate_and_gate (backtest against the champion, the gate promotes or

@@ -144,23 +144,14 @@ def _training_sets(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
 def _train(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
     from lamina.batch.commands import train_command
 
-    workers = args.get("workers", 0)
-    spark = None
-    if workers:
-        from lamina.batch.spark import spark_session
-
-        # Built here, not by train_command, so the step's conf (and its GPU
-        # requests) reach the session.
-        spark = spark_session(settings.spark.master, app_name="lamina-train",
-                              extra_conf=step_conf(settings, "train"))
-    try:
-        return train_command(args["training_set"], models_dir=settings.models_uri,
-                             registry=settings.registry_uri, snapshot_id=args["snapshot"],
-                             params=args.get("params"), seed=args.get("seed", 42),
-                             workers=workers, spark=spark, spark_master=settings.spark.master)
-    finally:
-        if spark is not None:
-            spark.stop()
+    # train_command starts the session (with the step's conf and its GPU
+    # requests) only if the model is not trained yet: a retry after the
+    # model was saved starts no JVM.
+    return train_command(args["training_set"], models_dir=settings.models_uri,
+                         registry=settings.registry_uri, snapshot_id=args["snapshot"],
+                         params=args.get("params"), seed=args.get("seed", 42),
+                         workers=args.get("workers", 0), spark_master=settings.spark.master,
+                         spark_conf=step_conf(settings, "train"))
 
 
 def _consistency(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:

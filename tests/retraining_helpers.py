@@ -1,8 +1,8 @@
-"""The small-data retraining run the DAG tests share
-(tests/integration/test_dags_end_to_end.py drives it with ``dag.test()``,
-tests/integration/test_airflow_ui.py types it into the trigger form).
+"""The small-data retraining run of the DAG tests
+(tests/integration/test_airflow_ui.py types it into the trigger form and
+runs each task function again with it).
 
-Both retrain on the same history: 8 days from 2026-01-01, ~4k transactions
+It retrains on this history: 8 days from 2026-01-01, ~4k transactions
 (generator seed 11, 400 cards, 100 merchants), a tenth of the cards
 compromised once.
 """
@@ -15,7 +15,7 @@ from typing import Any
 #: known at the end of the period, mature after one day (backtest days 5-7,
 #: training days 1-5, see tasks.retraining_windows), small training, and the
 #: gate's absolute minimums lowered for small data (nothing else). Read it,
-#: do not change it: both modules use the same dict.
+#: do not change it.
 RETRAIN_CONF: dict[str, Any] = {
     "as_of": "2026-01-09T00:00:00+00:00", "label_maturity_days": 1.0,
     "backtest_days": 2.0, "train_days": 4.0, "workers": 1, "seed": 7,

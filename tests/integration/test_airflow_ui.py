@@ -6,6 +6,13 @@ the nav, the retraining loop driven from the browser (trigger
 page names the champion it promoted and why), and `down` leaving no
 process behind.
 
+The retraining run is also this suite's end-to-end run of the retraining
+DAG (tests/integration/test_dags_end_to_end.py runs the views DAGs with
+``dag.test()``; a second retraining there trained the same small model a
+second time): its tasks' results (Airflow's XComs), the champion asset's
+event, and each task function run again for the same run giving the same
+result.
+
 The Lamina home `up` uses holds a small landed master dataset (imported
 from generated files before `up`: no Kafka, which the retraining tasks do
 not read). Screenshots go to ``.lamina/test-artifacts/airflow-ui/``
@@ -39,10 +46,10 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / ".lamina" / "test-artifacts" / "airflow-ui"
 CHROMIUM = "/usr/bin/chromium"
 RETRAINING = "lamina_retraining"
-#: The smallest history tests/integration/test_dags_end_to_end.py retrains
-#: on: 8 days from 2026-01-01, ~4k transactions, a tenth of the cards
-#: compromised once (enough fraud in a 2-day backtest for the gate of
-#: RETRAIN_CONF, the run typed into the trigger form).
+#: The history of tests/retraining_helpers: 8 days from 2026-01-01, ~4k
+#: transactions, a tenth of the cards compromised once (enough fraud in a
+#: 2-day backtest for the gate of RETRAIN_CONF, the run typed into the
+#: trigger form).
 HISTORY = {"seed": 11, "cards": 400, "merchants": 100, "transactions": 4_000,
            "start": 1_767_225_600_000, "days": 8.0, "fraud_card_rate": 0.12,
            "drift_at": None}
@@ -137,6 +144,13 @@ def api(airflow: dict[str, Any], bearer: str, path: str, *, method: str = "GET",
 
 def run_path(dag_id: str, run_id: str) -> str:
     return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+
+def xcom(airflow: dict[str, Any], bearer: str, dag_id: str, run_id: str, task_id: str) -> Any:
+    """The return value a task of a run pushed (Airflow's REST API)."""
+    got = api(airflow, bearer, run_path(dag_id, run_id)
+              + f"/taskInstances/{task_id}/xcomEntries/return_value")["value"]
+    return json.loads(got) if isinstance(got, str) else got
 
 
 def task_logs(airflow: dict[str, Any], bearer: str, dag_id: str, run_id: str) -> str:
@@ -268,7 +282,7 @@ def test_a_browser_logs_in_sees_the_dags_and_opens_the_lamina_page_from_the_nav(
 
 @pytest.mark.timeout(RUN_DEADLINE_S + 600)
 def test_a_browser_triggers_retraining_sees_the_run_succeed_and_the_new_champion_on_the_page(
-        airflow):
+        airflow, monkeypatch):
     from lamina.batch.commands import open_registry
 
     registry = open_registry(airflow["settings"].registry_uri)
@@ -308,13 +322,18 @@ def test_a_browser_triggers_retraining_sees_the_run_succeed_and_the_new_champion
         assert submit.is_enabled()
         submit.click()
         form.wait_for(state="hidden")
+        # The DAG's page refreshes its runs and tasks every few seconds:
+        # left open through the run, it keeps chromium and Airflow's API
+        # server busy on a core the run's Spark and TensorFlow need. The
+        # run is watched through the REST API; the page comes back after.
+        page.goto("about:blank")
 
         # The manual run this trigger made (unpausing also makes
         # Airflow schedule the latest 04:00 slot, catchup=False; with
         # the defaults it cannot succeed on this history and, with
         # max_active_runs=1, it would hold the manual run back through
         # its retries: it is failed here, as an operator would).
-        run_id, state = None, None
+        run_id, state, moment = None, None, None
         deadline = time.monotonic() + RUN_DEADLINE_S
         while time.monotonic() < deadline:
             runs = api(airflow, bearer, f"/api/v2/dags/{RETRAINING}/dagRuns")["dag_runs"]
@@ -326,6 +345,8 @@ def test_a_browser_triggers_retraining_sees_the_run_succeed_and_the_new_champion
             if manual:
                 assert len(manual) == 1, manual
                 run_id, state = manual[0]["dag_run_id"], manual[0]["state"]
+                # What its tasks read as the run's moment (dag_support.run_moment).
+                moment = manual[0]["logical_date"] or manual[0]["run_after"]
                 assert manual[0]["conf"]["as_of"] == RETRAIN_CONF["as_of"]
                 if state in ("success", "failed"):
                     break
@@ -339,18 +360,29 @@ def test_a_browser_triggers_retraining_sees_the_run_succeed_and_the_new_champion
         page.get_by_text("success").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "06-run-succeeded.png"), full_page=True)
 
-        # The champion that run promoted, by the registry and the run.
+        # The champion that run promoted, by the registry and the run: the
+        # training sets, the model trained on Spark, the gate's decision.
         champion = registry.champion()
         assert champion is not None
-        gated = api(airflow, bearer, run_path(RETRAINING, run_id)
-                    + "/taskInstances/evaluate_and_gate/xcomEntries/return_value")
-        decision = gated["value"]
-        if isinstance(decision, str):
-            decision = json.loads(decision)
+        sets = xcom(airflow, bearer, RETRAINING, run_id, "build_training_sets")
+        trained = xcom(airflow, bearer, RETRAINING, run_id, "train")
+        decision = xcom(airflow, bearer, RETRAINING, run_id, "evaluate_and_gate")
+        assert sets["sets"]["train"]["rows"] > 0 and sets["sets"]["backtest"]["rows"] > 0
+        assert trained["workers"] == 1 and trained["version"] is not None
+        assert decision["candidate"] == trained["version"]
+        assert decision["champion_before"] is None
         assert decision["decision"] == "promoted", decision["reasons"]
-        assert decision["champion_after"] == champion
+        assert decision["champion_after"] == champion == trained["version"]
+        assert decision["candidate_metrics"]["roc_auc"] >= 0.6
         [promotion] = [e for e in registry.audit_log(champion) if e.action == "promote"]
         assert promotion.reason.strip()
+        # The champion asset's event carries the decision.
+        [event] = api(airflow, bearer, f"/api/v2/assets/events?source_dag_id={RETRAINING}"
+                      f"&source_run_id={urllib.parse.quote(run_id, safe='')}")["asset_events"]
+        assert event["uri"] == "lamina://models/champion"
+        assert event["extra"]["decision"] == "promoted"
+        assert event["extra"]["champion"] == trained["version"]
+        assert event["extra"]["candidate_metrics"] == decision["candidate_metrics"]
 
         frame = open_lamina_page_from_the_nav(page)
         section = frame.locator("#registry")
@@ -364,6 +396,26 @@ def test_a_browser_triggers_retraining_sees_the_run_succeed_and_the_new_champion
         assert " ".join(promotion.reason.split()) in row, row
         page.screenshot(path=str(ARTIFACTS / "07-lamina-new-champion.png"), full_page=True)
     print(f"screenshots in {ARTIFACTS}")
+
+    # Clearing each task runs its function again for the same run (the
+    # environment Airflow's tasks have): same results, and the gate reads
+    # back the decision it recorded (the candidate is the champion now;
+    # nothing is decided twice).
+    monkeypatch.setenv("LAMINA_HOME", str(airflow["settings"].home.resolve()))
+    monkeypatch.setenv("LAMINA_SPARK_CONF", json.dumps({"spark.ui.enabled": "false"}))
+    from lamina.orchestration import tasks
+
+    assert tasks.build_training_sets(
+        None, logical_date=moment, as_of=RETRAIN_CONF["as_of"],
+        train_days=RETRAIN_CONF["train_days"], backtest_days=RETRAIN_CONF["backtest_days"],
+        label_maturity_days=RETRAIN_CONF["label_maturity_days"]) == sets
+    assert tasks.train_model(None, training_set=sets["sets"]["train"]["path"],
+                             snapshot=sets["snapshot"], params=RETRAIN_CONF["train_params"],
+                             seed=RETRAIN_CONF["seed"], workers=1) == trained
+    assert tasks.evaluate_and_gate(None, candidate=trained["version"],
+                                   backtest=sets["sets"]["backtest"]["path"],
+                                   thresholds=RETRAIN_CONF["gate_thresholds"]) == decision
+    assert [e.action for e in registry.audit_log(champion)].count("promote") == 1
 
 
 def test_down_stops_every_process_and_status_says_not_running(airflow):

@@ -447,3 +447,45 @@ def test_lamina_train_records_the_training_sets_snapshot_as_an_int(
     assert type(shown["lineage"]["snapshot_id"]) is int
     assert reg.lineage(trained["version"]).snapshot_id == 4
     assert reg.client.get_run(shown["run_id"]).data.params["snapshot_id"] == "4"
+
+
+@pytest.mark.integration
+def test_the_train_step_run_again_after_its_model_was_saved_starts_no_spark(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry of the DAG's train step (``spark_jobs._train``, ``workers=1``)
+    whose model is already saved under its run key registers it without
+    starting a Spark session: a JVM start was all such a retry did."""
+    from lamina.batch import spark as batch_spark
+    from lamina.batch.commands import data_fingerprint, run_key
+    from lamina.batch.model import TrainParams
+    from lamina.config import load_settings
+    from lamina.orchestration.spark_jobs import _train
+    from lamina.schemas.card_views import CARD_FRAUD
+
+    features = list(CARD_FRAUD.features)
+    rng = np.random.default_rng(9)
+    n = 1200
+    frame = pd.DataFrame(rng.normal(size=(n, len(features))), columns=features)
+    frame["label"] = (rng.random(n) < 1 / (1 + np.exp(3 - 1.5 * frame["amount"]))).astype(int)
+    frame["event_time"] = 1_767_225_600_000 + np.arange(n, dtype=np.int64) * 60_000
+    frame["event_id"] = [f"tx-{i}" for i in range(n)]
+    path = tmp_path / "train.parquet"
+    frame.to_parquet(path)
+    params = {"epochs": 1, "batch_size": 256, "hidden": [8]}
+    # The module's home: its MLflow schema is made already.
+    settings = load_settings(None, env={"LAMINA_HOME": str(store)})
+    # What a first attempt left: the model saved under the run key, then killed.
+    key = run_key(3, tuple(features), TrainParams.from_dict(params), 4, 1, code_version(),
+                  data_fingerprint(frame))
+    model, history = train_local(frame, features, params, seed=4)
+    save_model(model, Path(settings.models_uri) / key, features=features,
+               extra={"history": history, "snapshot_id": 3, "run_key": key})
+
+    def no_spark(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a Spark session was started for a model already trained")
+
+    monkeypatch.setattr(batch_spark, "spark_session", no_spark)
+    done = _train(settings, {"training_set": str(path), "snapshot": 3, "params": params,
+                             "seed": 4, "workers": 1})
+    assert done["run_key"] == key and done["version"] is not None
+    assert ModelRegistry.local(settings.home).lineage(done["version"]).snapshot_id == 3
