@@ -274,4 +274,11 @@ def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
     assert stats.before_cutoff == transactions(unread_before)
     assert (stats.late, stats.duplicates, stats.invalid, stats.future) == (0, 0, 0, 0)
     assert stats.applied == transactions(stream) - transactions(unread_before)
-    assert stats.consumed == len(stream)
+    # Every record ends in exactly one outcome. It may be consumed more than
+    # once: a batch read before a reset or a rebalance (a slow poll on a
+    # loaded machine, seen in CI: 749 consumed of 628) is read again and
+    # counted once, when it is stored.
+    outcomes = (stats.applied + stats.before_cutoff + stats.late + stats.duplicates
+                + stats.invalid + stats.future + stats.other_types)
+    assert outcomes == len(stream)
+    assert stats.consumed >= len(stream)

@@ -309,32 +309,25 @@ def test_a_gpu_key_only_in_the_wrong_place_is_caught(settings: Settings,
 
 def test_the_train_step_builds_its_session_with_the_training_conf(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The step hands the master and the training conf to train_command,
+    # which starts the session only when it has to train (a retry after the
+    # model was saved starts no JVM: test_registry.py checks that part).
     seen: dict[str, Any] = {}
 
-    class Session:
-        def stop(self) -> None:
-            seen["stopped"] = True
-
-    def fake_session(master: str, app_name: str = "", extra_conf: Any = None) -> Session:
-        seen["master"], seen["conf"] = master, dict(extra_conf or {})
-        return Session()
-
     def fake_train(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        seen["spark"] = kwargs["spark"]
+        seen.update(kwargs)
         return {"version": 1}
 
-    # Stand-ins for Spark and TensorFlow (this checks the wiring only; the
-    # integration tests train on real Spark). Modules, not attributes: the
-    # real ones import TensorFlow, seconds of a unit test.
-    monkeypatch.setitem(sys.modules, "lamina.batch.spark",
-                        types.SimpleNamespace(spark_session=fake_session))
+    # A stand-in for the training command (this checks the wiring only; the
+    # integration tests train on real Spark). A module, not an attribute:
+    # the real one imports TensorFlow, seconds of a unit test.
     monkeypatch.setitem(sys.modules, "lamina.batch.commands",
                         types.SimpleNamespace(train_command=fake_train))
     assert spark_jobs.STEPS["train"](settings, {"training_set": "t", "snapshot": 3,
                                                  "workers": 2}) == {"version": 1}
-    assert seen["master"] == settings.spark.master
-    assert seen["conf"] == {**settings.spark.conf, **settings.spark.train_conf}
-    assert isinstance(seen["spark"], Session) and seen["stopped"]
+    assert seen["spark_master"] == settings.spark.master
+    assert dict(seen["spark_conf"]) == {**settings.spark.conf, **settings.spark.train_conf}
+    assert seen["workers"] == 2 and "spark" not in seen
 
 
 def test_the_gpu_discovery_script_prints_what_spark_reads(tmp_path: Path) -> None:
