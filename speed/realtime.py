@@ -451,6 +451,7 @@ class SpeedLayer:
                                  on_revoked=self.on_partitions_revoked,
                                  name=f"speed:{topic}", rejoin_after_s=rejoin_after_s)
         self.metrics = metrics
+        self._assign_error: StoreError | None = None
         if metrics is not None:
             metrics.lag_source = lambda: consumer_lag(consumer)
 
@@ -468,7 +469,14 @@ class SpeedLayer:
 
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         assigned = list(assigned)
-        self._resume(assigned)
+        try:
+            self._resume(assigned)
+        except StoreError as exc:
+            # kafka-python would wrap it in a KafkaError ("User rebalance
+            # callback throws an error"), which no caller can tell from a
+            # broker fault: kept, and raised by the loop as it is, before
+            # any record of this assignment is used.
+            self._assign_error = exc
         # Another member may have written these entities' tiles meanwhile.
         self.tiles.reset()
 
@@ -503,6 +511,9 @@ class SpeedLayer:
                 began = time.perf_counter()
                 polled = loop.poll(timeout_ms=100, max_records=batch.max_events)
                 stats.poll_s += time.perf_counter() - began
+                if self._assign_error is not None:
+                    error, self._assign_error = self._assign_error, None
+                    raise error
                 stats.rejoins = loop.rejoins
                 now = time.monotonic()
                 for tp, records in polled.items():
