@@ -79,9 +79,13 @@ apt_tool() {
   command -v "$cmd" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "bootstrap: installing $packages with apt-get"
+    # Another apt-get (a second bootstrap, say) holds dpkg's lock: wait for
+    # it rather than fail (two bootstraps at once failed so here).
+    local wait=(-o DPkg::Lock::Timeout=300)
     # shellcheck disable=SC2086 # PACKAGES is a word list
-    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages; }
+    { DEBIAN_FRONTEND=noninteractive apt-get "${wait[@]}" install -y -qq $packages ||
+      { apt-get "${wait[@]}" update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get "${wait[@]}" install -y -qq $packages; }
     } >/dev/null 2>&1 ||
       echo "bootstrap: apt-get could not install $packages; $what will fail until it is" \
         "installed (apt-get install -y $packages)" >&2

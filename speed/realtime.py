@@ -199,7 +199,8 @@ class RealtimeTiles:
         self.stats = SpeedStats()
         self.view: PublishedView | None = None
         self._generation: int | None = None
-        self._view_read = False
+        self._view_read = False  # False again after reset(): re-read it
+        self._ever_read = False
         # Least recently touched first (a touched entity moves to the end).
         self._entities: dict[str, _Entity] = {}
 
@@ -218,7 +219,9 @@ class RealtimeTiles:
         generation = None if view is None else view.generation
         if self._view_read and generation == self._generation:
             return
-        if self._view_read:
+        # A switch is a generation other than the last one read, even when a
+        # reset (a rebalance) came between them and forced this re-read.
+        if self._ever_read and generation != self._generation:
             self.stats.cutoff_switches += 1
             log.info("batch view switched, re-seeding from the store", group=self.group.name,
                      cutoff_ms=None if view is None else view.cutoff_ms,
@@ -226,6 +229,7 @@ class RealtimeTiles:
                      entities_dropped=len(self._entities))
         self._entities.clear()
         self.view, self._generation, self._view_read = view, generation, True
+        self._ever_read = True
         self.stats.cutoff_ms = None if view is None else view.cutoff_ms
         if view is not None:
             try:  # no reader counts them any more; this only frees space

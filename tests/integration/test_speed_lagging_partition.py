@@ -89,6 +89,13 @@ class LaggingSpeedLayer(SpeedLayer):
 
         self.loop.poll = poll_with_lag  # type: ignore[method-assign]
 
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        # A rebalance (a missed heartbeat on a loaded machine, seen in CI)
+        # assigns the partitions unpaused; pause it again before this poll
+        # fetches anything of it.
+        super().on_partitions_assigned(assigned)
+        self._apply()
+
     def lag(self, paused: bool) -> None:
         """Pause (True) or resume the partition; returns once the polling
         thread did it."""

@@ -231,6 +231,27 @@ def test_a_new_cutoff_mid_stream_reseeds_and_realtime_tiles_before_it_go(
         and orjson.loads(r.value)["event_type"] == "transaction")
 
 
+def test_a_switch_is_counted_when_a_rebalance_came_between_the_two_views(store: TileStore):
+    # Seen in CI: a rebalance (``reset``) before the new view was read made
+    # the layer take it as its first one; the switch went uncounted.
+    records = generated(days=3.0, transactions=600)
+    events = valid_events(records)
+    start = GeneratorConfig().start
+    values = [r.value for r in records]
+    split = next(i for i, r in enumerate(records)
+                 if r.event_time_ms is not None and r.event_time_ms >= start + 2 * DAY_MS)
+    publish(store, events, start + DAY_MS, 1)
+    tiles = speed(store)
+    end = feed(tiles, values[:split])
+    tiles.reset()  # partitions assigned again
+    end = feed(tiles, values[split:split + 10], first=end)
+    assert tiles.stats.cutoff_switches == 0  # the same view, read again
+    tiles.reset()
+    publish(store, events, start + 2 * DAY_MS, 2)
+    feed(tiles, values[split + 10:], first=end)
+    assert tiles.stats.cutoff_switches == 1 and tiles.stats.cutoff_ms == start + 2 * DAY_MS
+
+
 def test_past_the_views_horizon_a_restarted_layer_still_writes_exact_tiles(
         store: TileStore, tmp_path: Path):
     records = generated(days=4.0, transactions=2500, duplicate_fraction=0.0)
