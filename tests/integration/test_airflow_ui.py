@@ -133,13 +133,29 @@ def token(airflow: dict[str, Any]) -> str:
 
 def api(airflow: dict[str, Any], bearer: str, path: str, *, method: str = "GET",
         data: Any = None) -> Any:
-    """One call to Airflow's REST API as the logged-in admin; its JSON."""
+    """One call to Airflow's REST API as the logged-in admin; its JSON.
+
+    A 5xx is tried again, up to 5 times, 2 s apart, as an operator would:
+    Airflow's API server (on its SQLite database) answered a PATCH of a
+    run with 500 once in CI, its reason not kept (every call here is
+    idempotent). Each server error's body is printed; the last is raised."""
     body = None if data is None else json.dumps(data).encode()
-    req = urllib.request.Request(airflow["url"] + path, data=body, method=method, headers={
-        "Authorization": f"Bearer {bearer}", "Accept": "application/json",
-        **({"Content-Type": "application/json"} if body else {})})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+    for attempt in range(5):
+        req = urllib.request.Request(airflow["url"] + path, data=body, method=method, headers={
+            "Authorization": f"Bearer {bearer}", "Accept": "application/json",
+            **({"Content-Type": "application/json"} if body else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                raise
+            print(f"{method} {path}: HTTP {exc.code} (try {attempt + 1} of 5): "
+                  f"{exc.read()[:2000]!r}")
+            if attempt == 4:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
 
 
 def run_path(dag_id: str, run_id: str) -> str:

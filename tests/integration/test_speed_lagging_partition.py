@@ -229,8 +229,9 @@ def test_a_partition_lagging_across_the_cutoff_switch_counts_each_event_once(
         publish(store, events, CUTOFF, 1)
         tiles = RealtimeTiles(speed_store, CARD_VIEWS, consumer=CONSUMER,
                               validator=EventValidator(), allowed_lateness_ms=LATENESS)
-        consumer = kafkaio.make_consumer(bootstrap, group_id=f"{CONSUMER}-{topic}",
-                                         session_timeout_ms=6000)
+        # kafka-python's default session (10 s, a heartbeat every 3 s): with
+        # 6 s a loaded CI machine missed heartbeats and rebalanced mid-test.
+        consumer = kafkaio.make_consumer(bootstrap, group_id=f"{CONSUMER}-{topic}")
         layer = LaggingSpeedLayer(lagging=TopicPartition(topic, LAGGING), consumer=consumer,
                                   topic=topic, tiles=tiles, batch_max_events=200,
                                   batch_max_wait_s=0.1)
