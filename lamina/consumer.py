@@ -83,6 +83,8 @@ class ConsumerLoop:
         self.assigned_at = 0.0
         self._rejoin_wait_s = rejoin_after_s
         self._unassigned_since: float | None = None
+        #: What the listener last handed this member and has not taken back.
+        self._owned: set[Any] = set()
         self._stop = threading.Event()
         self._broker_watch = BrokerWatch.of(consumer, name=name)
 
@@ -109,10 +111,12 @@ class ConsumerLoop:
 
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
+                loop._owned.difference_update(revoked)
                 loop._on_revoked(list(revoked))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 assigned = list(assigned)
+                loop._owned.update(assigned)
                 if assigned:
                     loop._on_assigned(assigned)
                     loop.assigned_at = time.monotonic()
@@ -125,7 +129,16 @@ class ConsumerLoop:
                 f"topic {self.topic} does not exist on the broker; create it with "
                 "`lamina infra up` (local) or your cluster's tooling"
             )
+        self._owned = set()
         self.consumer.subscribe([self.topic], listener=_Listener())
+
+    @property
+    def owned(self) -> set[Any]:
+        """The partitions this member owns: assigned by the last rebalance
+        and not revoked since. Not ``consumer.assignment()``: kafka-python
+        3.0.12 (eager protocol) keeps the revoked partitions there until the
+        next assignment completes, with their fetches stopped."""
+        return set(self._owned)
 
     def poll(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         """One poll; also runs the broker watch and the assignment watchdog."""
@@ -146,8 +159,13 @@ class ConsumerLoop:
         legitimately idle (more members than partitions) also rejoins, which
         costs the group a rebalance -- so the wait doubles after each try,
         up to MAX_REJOIN_S, and resets once partitions are assigned.
+
+        What counts is :attr:`owned`: after a revoke kafka-python still lists
+        the old partitions in ``assignment()`` while the join that follows
+        is pending, so a join that never completes looked like an owner
+        with nothing to read (the speed layer sat so for minutes in CI).
         """
-        if self.consumer.assignment():
+        if self._owned:
             self._unassigned_since = None
             self._rejoin_wait_s = self.rejoin_after_s
             return
@@ -167,7 +185,7 @@ class ConsumerLoop:
 
     def caught_up(self) -> bool:
         """True when the member owns partitions and has read each to its end."""
-        assigned = self.consumer.assignment()
+        assigned = self.owned
         if not assigned:
             return False
         ends = self.consumer.end_offsets(list(assigned))

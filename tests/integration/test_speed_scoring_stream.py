@@ -208,6 +208,8 @@ def test_lamina_speed_run_killed_9_times_scores_every_transaction_at_least_once(
     rng = random.Random(20261202)
     for _ in range(3):
         before = stored_position(home / "tiles.db", consumer)
+        if before >= len(stream):
+            break  # the killed runs read everything
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         target = before + rng.randint(300, 1500)
         deadline = time.monotonic() + 180  # TensorFlow and MLflow load first
@@ -225,7 +227,10 @@ def test_lamina_speed_run_killed_9_times_scores_every_transaction_at_least_once(
     final = subprocess.run([*command, "--idle-exit", "4"], env=env, stdout=subprocess.PIPE,
                            stderr=log, timeout=600)
     assert final.returncode == 0, f"see {tmp_path / 'speed.log'}"
-    assert orjson.loads(final.stdout)["model_version"] == version
+    # The summary names the model of the last batch it scored; the killed
+    # runs may have scored everything already (then there is none).
+    summary = orjson.loads(final.stdout)
+    assert summary["model_version"] == (version if summary["scored"] else None)
 
     applied = [events[r] for r in stream if r.kind == "valid"]
     reference = offline_reference(batch_events, applied)
