@@ -359,6 +359,19 @@ from lamina.stores import open_store
 from tests.integration.test_batch_views import ALL_OPS
 spark = spark_session("local[2]", app_name="lamina-store-kill-test", extra_conf={conf!r})
 store = open_store({store!r}, **json.loads({options!r}))
+import time
+import lamina.batch.store_publish as store_publish
+streamed = store_publish._streamed
+def held(frame, counter):
+    # Written one at a time (publish_chunk 1): pulling record `hold` means
+    # the ones before it are in the store; the publisher then waits there
+    # for its kill, so the kill always lands between two writes.
+    for i, record in enumerate(streamed(frame, counter)):
+        if i == {hold}:
+            print("holding", flush=True)
+            time.sleep(3600)
+        yield record
+store_publish._streamed = held
 print("started", flush=True)
 result = publish_to_store(spark, {views!r}, store, ALL_OPS, version=1)
 print(result.status, flush=True)
@@ -388,7 +401,8 @@ def test_kill_9_while_records_are_written_leaves_readers_on_the_previous_view(
         spark: Any, views: dict[str, str], events: list[dict[str, Any]], cards: list[str],
         target: Target, tmp_path: Path) -> None:
     """The publisher (Python and its JVM) is killed after it has written
-    some records of the new view and before its switch: readers still get
+    some records of the new view and before its switch (held between two
+    writes, so the kill cannot come after the switch): readers still get
     the previous view and its features; a rerun publishes the new one, and
     the dead run's records are removed."""
     uri = views["all_ops"]
@@ -402,7 +416,9 @@ def test_kill_9_while_records_are_written_leaves_readers_on_the_previous_view(
     conf = {**TEST_SPARK_CONF, "spark.sql.shuffle.partitions": "16",
             "spark.sql.adaptive.coalescePartitions.enabled": "false"}
     options = json.dumps({**target.options, "publish_chunk": 1})
-    script = _CHILD.format(conf=conf, store=target.name, options=options, views=uri)
+    # One record per card at least: the hold comes before the last one.
+    hold = random.Random(f"{target.name}-20261202").randint(1, max(1, len(cards) - 2))
+    script = _CHILD.format(conf=conf, store=target.name, options=options, views=uri, hold=hold)
     child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              start_new_session=True)
