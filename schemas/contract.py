@@ -131,17 +131,27 @@ class FeatureContract:
         fields |= {*self.request_fields, *self.context_columns}
         return tuple(sorted(fields - {"event_id", "event_time", self.entity_key}))
 
+    def row(self, event: Mapping[str, Any],
+            view_features: Mapping[str, Any]) -> tuple[float, ...]:
+        """The model's input for one query event as a matrix row: the values
+        of :attr:`features`, in that order, as floats. ``view_features`` are
+        the groups' features strictly before the event. Refuses (ConfigError)
+        a vectoriser that does not give every feature."""
+        values = self.vectoriser(event, view_features)
+        try:
+            return tuple([float(values[f]) for f in self.features])
+        except KeyError:
+            missing = [f for f in self.features if f not in values]
+            if not missing:
+                raise
+            raise ConfigError(
+                f"contract {self.name!r}: the vectoriser gave no value for {missing}") from None
+
     def vector(self, event: Mapping[str, Any],
                view_features: Mapping[str, Any]) -> dict[str, float]:
-        """The model's input for one query event, keys in :attr:`features`
-        order. ``view_features`` are the groups' features strictly before
-        the event. Refuses a vectoriser that does not give every feature."""
-        values = self.vectoriser(event, view_features)
-        missing = [f for f in self.features if f not in values]
-        if missing:
-            raise ConfigError(
-                f"contract {self.name!r}: the vectoriser gave no value for {missing}")
-        return {f: float(values[f]) for f in self.features}
+        """:meth:`row` as ``{feature: value}``, keys in :attr:`features`
+        order (what a score record logs)."""
+        return dict(zip(self.features, self.row(event, view_features), strict=True))
 
     def fingerprint(self) -> str:
         """Identifies the contract: groups, fields, features, label rule and

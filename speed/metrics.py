@@ -115,8 +115,8 @@ class MeteredSink:
         self.inner = inner
         self.latencies = latencies
 
-    def send(self, records: Sequence[Any]) -> None:
-        self.inner.send(records)
+    def send(self, records: Sequence[Any], encoded: Sequence[bytes] | None = None) -> None:
+        self.inner.send(records, encoded)
         self.latencies.add(r.produce_to_score_ms for r in records)
 
 

@@ -79,7 +79,15 @@ from lamina.speed.models import Champion
 from lamina.speed.scoring import score_batch
 from lamina.speed.seen import SEEN_SLOT, SeenIds, seen_group
 from lamina.speed.sink import ScoreSink
-from lamina.stores.base import OffsetsWentBackwards, PublishedView, StoreError, TileStore, now_ms
+from lamina.stores.base import (
+    OffsetsWentBackwards,
+    PublishedView,
+    ScoreRow,
+    StoreError,
+    TileStore,
+    now_ms,
+    score_rows,
+)
 from lamina.stores.codec import TileCodec
 from lamina.stores.lookup import realtime_spans
 from lamina.stores.online import changed_tile_rows, online_seed
@@ -395,13 +403,16 @@ class RealtimeTiles:
         applied_at = time.perf_counter()
         stats.apply_s += applied_at - began
         scored_version: int | None = None
+        stored_scores: list[ScoreRow] = []
         if items and scoring is not None and champion is not None and view is not None:
             scored = score_batch(items, contract=scoring.contract, champion=champion,
                                  produced_at_ms=items_produced,
                                  batch_version=view.batch_version, batch_cutoff=view.cutoff_ms)
-            # Before the store write: a stored batch always has its scores
-            # on the topic (at-least-once; module docstring).
-            scoring.sink.send(scored.records)
+            # Encoded once, for the topic and the store alike. Before the
+            # store write: a stored batch always has its scores on the topic
+            # (at-least-once; module docstring).
+            stored_scores = score_rows(scored.records)
+            scoring.sink.send(scored.records, [row.record for row in stored_scores])
             counts["scored"] += len(scored.records)
             counts["unscored_refused"] += len(scored.refused)
             scored_version = scored.model_version
@@ -409,8 +420,7 @@ class RealtimeTiles:
             stats.score_s += scored_at - applied_at
             applied_at = scored_at
         written = self.store.write_tiles(rows, consumer=self.consumer, offsets=positions,
-                                         scores=scored.records if scored_version is not None
-                                         else None)  # serving's latest scores per entity
+                                         scores=stored_scores)  # serving's latest per entity
         stats.write_s += time.perf_counter() - applied_at
         # Counted once the batch is durable: a reset batch is read again.
         for name, n in counts.items():

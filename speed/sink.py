@@ -41,8 +41,11 @@ class ScoreSinkError(LaminaError):
 
 
 class ScoreSink(Protocol):
-    def send(self, records: Sequence[ScoreRecord]) -> None:
-        """Write ``records`` durably before returning, or raise."""
+    def send(self, records: Sequence[ScoreRecord],
+             encoded: Sequence[bytes] | None = None) -> None:
+        """Write ``records`` durably before returning, or raise.
+        ``encoded[i]``, when given, is ``encode_score(records[i])``, made
+        once for the sink and the store alike."""
 
 
 def _failed(count: int, topic: str, reason: object) -> ScoreSinkError:
@@ -63,12 +66,15 @@ class KafkaScoreSink:
         self.timeout_s = timeout_s
         self.produced = 0
 
-    def send(self, records: Sequence[ScoreRecord]) -> None:
+    def send(self, records: Sequence[ScoreRecord],
+             encoded: Sequence[bytes] | None = None) -> None:
         if not records:
             return
         from kafka.errors import KafkaError
 
-        values = encode_scores(records)
+        values = encode_scores(records) if encoded is None else encoded
+        if len(values) != len(records):
+            raise ValueError(f"{len(records)} score records but {len(values)} encodings")
         try:
             futures = [self.producer.send(self.topic, key=r.entity.encode(), value=v)
                        for r, v in zip(records, values, strict=True)]
@@ -98,12 +104,15 @@ class ConfluentScoreSink:
         if error is not None:
             self._errors.append(error)
 
-    def send(self, records: Sequence[ScoreRecord]) -> None:
+    def send(self, records: Sequence[ScoreRecord],
+             encoded: Sequence[bytes] | None = None) -> None:
         if not records:
             return
         from confluent_kafka import KafkaException
 
-        values = encode_scores(records)
+        values = encode_scores(records) if encoded is None else encoded
+        if len(values) != len(records):
+            raise ValueError(f"{len(records)} score records but {len(values)} encodings")
         produce, topic, on_delivery = self.producer.produce, self.topic, self._delivered
         self._errors = []
         try:

@@ -296,14 +296,18 @@ class ScoreRow:
     record: bytes
 
 
-def score_rows(scores: Iterable[ScoreRecord] | None) -> list[ScoreRow]:
-    """The records as ``ScoreRow``s (encoded once, here), or ValueError
-    for something that is not a ``ScoreRecord`` (``ScoreRecordError`` for
-    one that cannot be encoded)."""
+def score_rows(scores: Iterable[ScoreRecord | ScoreRow] | None) -> list[ScoreRow]:
+    """The records as ``ScoreRow``s: a ``ScoreRecord`` is encoded here, a
+    ``ScoreRow`` (already encoded, e.g. once for the score topic and the
+    store alike) is kept as it is. ValueError for anything else
+    (``ScoreRecordError`` for a record that cannot be encoded)."""
     rows = []
     for record in scores or ():
+        if type(record) is ScoreRow:
+            rows.append(record)
+            continue
         if not isinstance(record, ScoreRecord):
-            raise ValueError(f"scores must be ScoreRecord values, got {record!r}")
+            raise ValueError(f"scores must be ScoreRecord or ScoreRow values, got {record!r}")
         rows.append(ScoreRow(record.entity, record.event_time, record.event_id,
                              record.model_version, encode_score(record)))
     return rows
@@ -337,7 +341,7 @@ class TileStore(ABC):
     @abstractmethod
     def write_tiles(self, rows: Iterable[TileRow], *, consumer: str | None = None,
                     offsets: Offsets | None = None,
-                    scores: Iterable[ScoreRecord] | None = None) -> int:
+                    scores: Iterable[ScoreRecord | ScoreRow] | None = None) -> int:
         """Write ``rows`` (each replaces the stored tile of its key; a key
         twice in ``rows``: the last wins), store ``offsets`` for
         ``consumer`` and add ``scores`` to their entities' latest scores

@@ -78,6 +78,7 @@ from lamina.stores.base import (
     OffsetsWentBackwards,
     PublishedView,
     RealtimeSpans,
+    ScoreRow,
     StoreError,
     StoreUnavailable,
     TileRow,
@@ -299,7 +300,7 @@ class RedisTileStore(TileStore):
 
     def write_tiles(self, rows: Iterable[TileRow], *, consumer: str | None = None,
                     offsets: Offsets | None = None,
-                    scores: Iterable[ScoreRecord] | None = None) -> int:
+                    scores: Iterable[ScoreRecord | ScoreRow] | None = None) -> int:
         checked = check_offsets(consumer, offsets)
         scored = score_rows(scores)
         by_group: dict[str, list[bytes | str]] = {}

@@ -27,10 +27,20 @@ def test_the_card_contract_vector_is_the_model_features_in_order():
     assert set(CARD_FRAUD.view_feature_names()) == set(CARD_VIEWS.feature_names())
 
 
+def test_the_row_is_the_vectors_values_as_floats_in_feature_order():
+    views = {"txn_count_1h": 3, "amount_mean_7d": 10.0}
+    row = CARD_FRAUD.row(TX, views)
+    assert type(row) is tuple and all(type(v) is float for v in row)
+    assert row == tuple(model_features(TX, views)[f] for f in FEATURES)
+    assert row == tuple(CARD_FRAUD.vector(TX, views).values())
+
+
 def test_a_vectoriser_that_misses_a_feature_is_refused():
     broken = dataclasses.replace(CARD_FRAUD, vectoriser=lambda event, views: {"amount": 1.0})
     with pytest.raises(ConfigError, match="no value for"):
         broken.vector(TX, {})
+    with pytest.raises(ConfigError, match=r"no value for \['log_amount'"):
+        broken.row(TX, {})
 
 
 @pytest.mark.parametrize(("changes", "message"), [

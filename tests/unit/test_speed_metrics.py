@@ -48,11 +48,11 @@ def test_the_latency_window_keeps_the_recent_values_and_counts_them_all() -> Non
 
 def test_a_metered_sink_records_latency_only_for_scores_that_went_out() -> None:
     class Failing:
-        def send(self, records: object) -> None:
+        def send(self, records: object, encoded: object = None) -> None:
             raise RuntimeError("broker gone")
 
     class Ok:
-        def send(self, records: object) -> None:
+        def send(self, records: object, encoded: object = None) -> None:
             pass
 
     window = LatencyWindow()

@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lamina.schemas.card_views import CARD_FRAUD, FEATURES
 from lamina.schemas.scores import decode_score, encode_score
 from lamina.schemas.validation import ValidEvent
 from lamina.speed.models import Champion
-from lamina.speed.scoring import score_batch
+from lamina.speed.scoring import rows_matrix, score_batch
 
 T0 = 1_767_225_600_000
 
@@ -85,6 +87,29 @@ def test_an_event_with_features_that_are_not_finite_is_refused_and_the_rest_scor
     assert scorer.calls == [2] and batch.matrix.shape == (2, len(FEATURES))
 
 
+
+def test_a_value_beyond_float32_is_refused_not_given_to_the_model_as_infinity() -> None:
+    # 1e39 is a finite float64 but infinite as the float32 the model sees.
+    scorer = CountingScorer(len(FEATURES))
+    items = [(transaction(0), {"amount_sum_1h": 1e39}), (transaction(1), {})]
+    batch = score_batch(items, contract=CARD_FRAUD, champion=champion(1, scorer),
+                        produced_at_ms=[T0, T0])
+    assert [r.event_id for r in batch.records] == ["tx-1"]
+    assert batch.refused == [("tx-0", "features not finite: ['amount_sum_1h']")]
+    assert np.isfinite(batch.matrix).all() and scorer.calls == [1]
+
+
+def test_finite_values_whose_sum_overflows_float32_are_all_scored() -> None:
+    # The batch's one-sum check overflows here; every row must still be
+    # looked at and kept, none refused.
+    scorer = CountingScorer(len(FEATURES))
+    big = {"amount_sum_1h": 3e38, "amount_sum_24h": 3e38}
+    items = [(transaction(i), big) for i in range(3)]
+    batch = score_batch(items, contract=CARD_FRAUD, champion=champion(1, scorer),
+                        produced_at_ms=[T0] * 3)
+    assert batch.refused == [] and len(batch.records) == 3
+    assert batch.records[0].features["amount_sum_1h"] == 3e38
+
 def test_an_empty_batch_calls_no_scorer() -> None:
     scorer = CountingScorer(len(FEATURES))
     batch = score_batch([], contract=CARD_FRAUD, champion=champion(1, scorer), produced_at_ms=[])
@@ -97,3 +122,18 @@ def test_a_champion_verified_for_other_features_is_refused() -> None:
     with pytest.raises(ValueError, match="not contract 'card_fraud'"):
         score_batch([(transaction(0), {})], contract=CARD_FRAUD, champion=other,
                     produced_at_ms=[T0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 12).flatmap(lambda n: st.lists(
+    st.tuples(*[st.floats(allow_nan=True, allow_infinity=True, width=64)] * 5),
+    min_size=n, max_size=n)))
+def test_the_rows_matrix_is_what_numpy_makes_of_the_same_floats(
+        rows: list[tuple[float, ...]]) -> None:
+    # Bit for bit, NaNs and values beyond float32's range included: the
+    # model is given the matrix training's np.array(..., float32) would give.
+    with np.errstate(over="ignore"):
+        expected = np.array(rows, dtype=np.float32).reshape(len(rows), 5)
+    got = rows_matrix(rows, 5)
+    assert got.dtype == np.float32 and got.shape == (len(rows), 5)
+    assert got.tobytes() == expected.tobytes()

@@ -5,6 +5,7 @@ counted, and the scores are sent before the store transaction."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from lamina.schemas.card_views import CARD_FRAUD, CARD_VIEWS
-from lamina.schemas.scores import ScoreRecord
+from lamina.schemas.scores import ScoreRecord, encode_score, encode_scores
 from lamina.schemas.validation import EventValidator
 from lamina.schemas.view_definitions import features_from_events
 from lamina.speed.models import Champion
@@ -31,12 +32,17 @@ class ListSink:
 
     def __init__(self) -> None:
         self.records: list[ScoreRecord] = []
+        self.encoded: list[bytes] = []
+        self.handed_encodings = 0  # sends that came with the records' encodings
         self.fail = False
 
-    def send(self, records: Sequence[ScoreRecord]) -> None:
+    def send(self, records: Sequence[ScoreRecord],
+             encoded: Sequence[bytes] | None = None) -> None:
         if self.fail:
             raise ScoreSinkError("the broker is down")
         self.records.extend(records)
+        self.encoded.extend(encode_scores(records) if encoded is None else encoded)
+        self.handed_encodings += encoded is not None
 
 
 class Fixed:
@@ -169,3 +175,21 @@ def test_the_latest_scores_of_each_card_are_stored_with_the_tiles_for_serving(
     with pytest.raises(ScoreSinkError):
         feed(tiles, [txn("lost", T0 + HOUR_MS, card="c2")], first=12)
     assert "lost" not in {r.event_id for r in store.latest_scores("c2")}
+
+
+def test_each_score_is_encoded_once_and_the_topic_and_the_store_get_the_same_bytes(
+        store: TileStore, tmp_path: Path) -> None:
+    history = [txn(f"h{i}", T0 - DAY_MS + i * HOUR_MS, amount=3.0 + i) for i in range(5)]
+    publish(store, history, T0, 1)
+    stream = [txn(f"s{i}", T0 + HOUR_MS + i * 1000, amount=2.0 + i) for i in range(3)]
+    sink = ListSink()
+    tiles = scoring_tiles(store, sink, champion(2, CountingScorer(len(CARD_FRAUD.features))))
+    feed(tiles, stream)
+    assert [r.event_id for r in sink.records] == [e["event_id"] for e in stream]
+    # The loop encoded the batch once and handed the sink those bytes ...
+    assert sink.handed_encodings == 1
+    assert sink.encoded == [encode_score(r) for r in sink.records]
+    # ... and the very bytes the store keeps for serving's latest scores.
+    stored = {bytes(record) for (record,) in sqlite3.connect(tmp_path / "tiles.db").execute(
+        "SELECT record FROM latest_scores")}
+    assert stored == set(sink.encoded)
