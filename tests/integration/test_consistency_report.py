@@ -103,9 +103,10 @@ class Stream:
 def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
     producer = kafkaio.make_producer(bootstrap)
     try:
-        for key, value in values:
-            producer.send(topic, key=key, value=value)
+        futures = [producer.send(topic, key=key, value=value) for key, value in values]
         producer.flush()
+        for future in futures:  # a send that failed must fail here, not as a missing score
+            future.get(timeout=60)
     finally:
         producer.close()
 
@@ -151,7 +152,8 @@ def stream(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Stream:
     finally:
         producer.close()
         store.close()
-    assert (stats.scored, stats.late) == (len(SCORED), 1)
+    # The whole stats on failure: which bucket an unscored event ended in.
+    assert (stats.scored, stats.late) == (len(SCORED), 1), stats
     land(bootstrap, raw, master, len(STREAM))
     return Stream(bootstrap, home, scores_topic)
 
