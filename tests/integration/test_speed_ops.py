@@ -218,11 +218,25 @@ def test_sigterm_mid_stream_finishes_the_batch_and_a_restart_loses_and_repeats_n
     first = subprocess.Popen(SPEED_RUN, env=env, stdout=subprocess.PIPE, stderr=log)
     processes.append(first)
     wait_for(lambda: tile_store.position(group) > 0, "a first micro-batch", alive=first)
-    # The rest arrives while it runs; SIGTERM lands mid-stream.
-    feeder = threading.Thread(target=produce_all, args=(bootstrap, topic, stream.records[half:]))
+    # The rest arrives while it runs, and SIGTERM lands mid-stream: the
+    # feeder sends a first chunk, holds until the signal is sent, then
+    # sends the rest while the run shuts down. (Sent at once, the whole
+    # rest was sometimes read before the signal: a fast run in CI.)
+    chunk = half + 40
+    signalled = threading.Event()
+
+    def feed() -> None:
+        produce_all(bootstrap, topic, stream.records[half:chunk])
+        signalled.wait(DEADLINE_S)
+        produce_all(bootstrap, topic, stream.records[chunk:])
+
+    feeder = threading.Thread(target=feed)
     feeder.start()
-    wait_for(lambda: tile_store.position(group) > half, "the stream to go on", alive=first)
-    first.send_signal(signal.SIGTERM)
+    try:
+        wait_for(lambda: tile_store.position(group) > half, "the stream to go on", alive=first)
+        first.send_signal(signal.SIGTERM)
+    finally:
+        signalled.set()
     out, _ = first.communicate(timeout=DEADLINE_S)
     feeder.join()
     assert first.returncode == 0, f"see {tmp_path / 'speed.log'}"
