@@ -42,8 +42,15 @@ One micro-batch, in the order it happens (``RealtimeTiles.process``):
 
 On start and on every partition assignment the consumer seeks each
 partition to the position the store holds for this consumer (never the
-group's committed offsets), and entity states are dropped, so a state is
-always the store's state plus the events read since. A crash anywhere
+group's committed offsets), and the states of entities from other
+partitions, or from a partition whose stored position is not the one this
+process last wrote there (another member wrote it meanwhile), are dropped
+(``RealtimeTiles.reassigned``), so a state is always the store's state
+plus the events read since. A rebalance that gives a partition back where
+this process left it keeps its states: they are what a re-seed would
+give, and more -- a re-seeded state cannot answer an allowed-late event
+older than what it was seeded through (``unscored_out_of_range``), one
+that never left can. A crash anywhere
 loses at most the batch not yet written, which is read again from the
 store's offsets onto states seeded from the same store: the same events,
 the same decisions (the ids row restores the newest event time, so late
@@ -171,6 +178,8 @@ class _Entity:
     # False when seeded for tiles only (no published view, or one whose
     # horizon had passed): its features would lack the batch part.
     batch_part: bool = True
+    # The (topic, partition) its events were last read from.
+    partition: tuple[str, int] | None = None
 
 
 class RealtimeTiles:
@@ -211,12 +220,32 @@ class RealtimeTiles:
         self._ever_read = False
         # Least recently touched first (a touched entity moves to the end).
         self._entities: dict[str, _Entity] = {}
+        # Per (topic, partition), the position this process last stored.
+        self._written: dict[tuple[str, int], int] = {}
 
     # --- state ---------------------------------------------------------------
     def reset(self) -> None:
         """Forget every entity state: each is seeded again from the store."""
         self._entities.clear()
         self._view_read = False
+
+    def reassigned(self, assigned: Iterable[tuple[str, int]],
+                   stored: dict[tuple[str, int], int]) -> int:
+        """After a partition assignment: keep the states of entities whose
+        partition is ``assigned`` and whose ``stored`` position is the one
+        this process last wrote there; drop the rest (another member may
+        have written their tiles since). Returns how many were dropped.
+
+        Sound because every write stores its batch's offsets in the same
+        transaction as its tiles and the store refuses offsets that go
+        backwards: a write by anyone else on a partition moves its stored
+        position past this process's."""
+        kept = {p for p in assigned if stored.get(p) == self._written.get(p)}
+        entities = self._entities
+        dropped = [key for key, entity in entities.items() if entity.partition not in kept]
+        for key in dropped:
+            del entities[key]
+        return len(dropped)
 
     def entities(self) -> int:
         return len(self._entities)
@@ -321,13 +350,13 @@ class RealtimeTiles:
         if produced_at_ms is None:
             produced_at_ms = [self.wall_ms()] * len(records)
         validate = self.validator.validate
-        events: list[tuple[ValidEvent, int]] = []
+        events: list[tuple[ValidEvent, int, tuple[str, int]]] = []
         items: list[tuple[ValidEvent, dict[str, FeatureValue]]] = []
         items_produced: list[int] = []
         reasons: Counter[str] = Counter()  # invalid records by reason code
         counts: Counter[str] = Counter()  # SpeedStats field -> records
-        for (_topic, _partition, _offset, value), produced in zip(records, produced_at_ms,
-                                                                   strict=True):
+        for (topic, partition, _offset, value), produced in zip(records, produced_at_ms,
+                                                                 strict=True):
             result = validate(value)
             if type(result) is not ValidEvent:
                 reasons[getattr(result, "code", "invalid")] += 1
@@ -335,11 +364,11 @@ class RealtimeTiles:
             if result.event_type != group.event_type:
                 counts["other_types"] += 1
                 continue
-            events.append((result, produced))
+            events.append((result, produced, (topic, partition)))
         entities = self._entities
         future_limit = self.wall_ms() + self.max_future_ms
         touched: set[str] = set()
-        for event, produced in events:
+        for event, produced, source in events:
             key, event_time = event.entity_key, event.event_time_ms
             if event_time > future_limit:
                 counts["future"] += 1
@@ -347,6 +376,7 @@ class RealtimeTiles:
             entity = entities.pop(key, None)
             if entity is None:
                 entity = self._seed(key)
+            entity.partition = source
             entities[key] = entity
             cutoff = entity.state.cutoff_ms
             if cutoff is not None and event_time < cutoff:
@@ -421,6 +451,7 @@ class RealtimeTiles:
             applied_at = scored_at
         written = self.store.write_tiles(rows, consumer=self.consumer, offsets=positions,
                                          scores=stored_scores)  # serving's latest per entity
+        self._written.update(positions)
         stats.write_s += time.perf_counter() - applied_at
         # Counted once the batch is durable: a reset batch is read again.
         for name, n in counts.items():
@@ -470,9 +501,9 @@ class SpeedLayer:
             metrics.lag_source = lambda: consumer_lag(consumer)
 
     # --- partition ownership -------------------------------------------------
-    def _resume(self, partitions: Iterable[Any]) -> None:
+    def _resume(self, partitions: Iterable[Any]) -> dict[tuple[str, int], int]:
         """Seek ``partitions`` to the positions the store holds for this
-        consumer (the beginning where it holds none)."""
+        consumer (the beginning where it holds none); returns them."""
         partitions = list(partitions)
         stored = self.tiles.store.read_offsets(self.tiles.consumer)
         for tp in partitions:
@@ -480,19 +511,26 @@ class SpeedLayer:
             log.info("partition resumed from the store", topic=tp.topic, partition=tp.partition,
                      position="beginning" if position is None else position)
         self.loop.seek_all(partitions, lambda tp: stored.get((tp.topic, tp.partition)))
+        return stored
 
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         assigned = list(assigned)
         try:
-            self._resume(assigned)
+            stored = self._resume(assigned)
         except StoreError as exc:
             # kafka-python would wrap it in a KafkaError ("User rebalance
             # callback throws an error"), which no caller can tell from a
             # broker fault: kept, and raised by the loop as it is, before
             # any record of this assignment is used.
             self._assign_error = exc
-        # Another member may have written these entities' tiles meanwhile.
-        self.tiles.reset()
+            self.tiles.reset()
+            return
+        # Another member may have written some of these entities' tiles
+        # meanwhile: their states go; those of partitions given back where
+        # this process left them stay.
+        dropped = self.tiles.reassigned([(tp.topic, tp.partition) for tp in assigned], stored)
+        log.info("partitions assigned", partitions=len(assigned), states_dropped=dropped,
+                 states_kept=self.tiles.entities())
 
     def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in revoked]

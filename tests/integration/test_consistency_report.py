@@ -152,8 +152,11 @@ def stream(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Stream:
     finally:
         producer.close()
         store.close()
-    # The whole stats on failure: which bucket an unscored event ended in.
-    assert (stats.scored, stats.late) == (len(SCORED), 1), stats
+    # On failure, the counters first (pytest's summary line cuts a long
+    # message): which bucket an unscored event ended in, and whether the
+    # layer was re-seeded.
+    counters = {k: v for k, v in vars(stats).items() if isinstance(v, int) and v}
+    assert (stats.scored, stats.late) == (len(SCORED), 1), counters
     land(bootstrap, raw, master, len(STREAM))
     return Stream(bootstrap, home, scores_topic)
 

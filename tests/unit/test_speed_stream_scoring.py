@@ -158,6 +158,50 @@ def test_an_allowed_late_event_older_than_a_restarted_state_is_counted_not_score
     assert [r.event_id for r in sink.records] == ["a", "b", "d"]
 
 
+def test_a_partition_given_back_where_this_process_left_it_keeps_its_states(
+        store: TileStore) -> None:
+    # Seen in CI: a rebalance on a loaded machine (a missed heartbeat) gave
+    # the one partition back; the re-seeded state could not answer the
+    # allowed-late event that came next, and it went unscored.
+    publish(store, [], T0, 1)
+    sink = ListSink()
+    tiles = scoring_tiles(store, sink, champion(2, CountingScorer(len(CARD_FRAUD.features))))
+    a, b = txn("a", T0 + 2 * HOUR_MS), txn("b", T0 + 3 * HOUR_MS)
+    c, d = txn("c", T0 + 3 * HOUR_MS - 60_000, amount=4.0), txn("d", T0 + 4 * HOUR_MS)
+    end = feed(tiles, [a, b])
+    assert tiles.reassigned([(TOPIC, 0)], store.read_offsets("lamina-speed")) == 0
+    feed(tiles, [c, d], first=end)
+    assert (tiles.stats.scored, tiles.stats.unscored_out_of_range, tiles.stats.seeds) == (4, 0, 1)
+    by_id = {r.event_id: r for r in sink.records}
+    assert by_id["c"].features == reference_vector([a, b], c)
+    assert by_id["d"].features == reference_vector([a, b, c], d)
+
+
+def test_states_of_a_partition_another_member_wrote_or_this_one_lost_are_dropped(
+        store: TileStore) -> None:
+    publish(store, [], T0, 1)
+    sink = ListSink()
+    current = champion(2, CountingScorer(len(CARD_FRAUD.features)))
+    tiles = scoring_tiles(store, sink, current)
+    on_0 = [txn("a", T0 + 2 * HOUR_MS), txn("b", T0 + 3 * HOUR_MS)]
+    end = feed(tiles, on_0)
+    tiles.process([(TOPIC, 1, 0, orjson.dumps(txn("x", T0 + HOUR_MS, card="c2")))],
+                  {(TOPIC, 1): 1})
+    assert tiles.entities() == 2
+    # Partition 0 only: c2's state (read from partition 1) goes, c1's stays.
+    assert tiles.reassigned([(TOPIC, 0)], store.read_offsets("lamina-speed")) == 1
+    assert tiles.entities() == 1
+    # Another member takes partition 0 and writes a batch of it; when it
+    # comes back, c1's state is stale and is seeded again from the store.
+    other = scoring_tiles(store, ListSink(), current)
+    end = feed(other, [txn("e", T0 + 3 * HOUR_MS + 1)], first=end)
+    assert tiles.reassigned([(TOPIC, 0), (TOPIC, 1)], store.read_offsets("lamina-speed")) == 1
+    assert tiles.entities() == 0
+    seeds = tiles.stats.seeds
+    feed(tiles, [txn("c", T0 + 3 * HOUR_MS - 60_000)], first=end)  # seeded through e
+    assert (tiles.stats.seeds, tiles.stats.unscored_out_of_range) == (seeds + 1, 1)
+
+
 def test_the_latest_scores_of_each_card_are_stored_with_the_tiles_for_serving(
         store: TileStore) -> None:
     publish(store, [], T0, 1)
