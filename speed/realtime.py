@@ -374,6 +374,11 @@ class RealtimeTiles:
                 counts["future"] += 1
                 continue
             entity = entities.pop(key, None)
+            if entity is not None and entity.partition != source and key not in touched:
+                # The entity's events come from another partition now (the
+                # topic gained partitions): what its state missed was
+                # written by whoever read that partition. Seeded again.
+                entity = None
             if entity is None:
                 entity = self._seed(key)
             entity.partition = source

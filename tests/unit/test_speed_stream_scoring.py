@@ -202,6 +202,28 @@ def test_states_of_a_partition_another_member_wrote_or_this_one_lost_are_dropped
     assert (tiles.stats.seeds, tiles.stats.unscored_out_of_range) == (seeds + 1, 1)
 
 
+def test_an_entity_whose_events_move_to_another_partition_is_seeded_again(
+        store: TileStore) -> None:
+    # The topic gained partitions: c1's events, read here from partition 0,
+    # now hash to partition 1, which another member read and wrote first.
+    publish(store, [], T0, 1)
+    sink = ListSink()
+    current = champion(2, CountingScorer(len(CARD_FRAUD.features)))
+    tiles = scoring_tiles(store, sink, current)
+    a = txn("a", T0 + 2 * HOUR_MS)
+    feed(tiles, [a])
+    assert tiles.reassigned([(TOPIC, 0)], store.read_offsets("lamina-speed")) == 0
+    other = scoring_tiles(store, ListSink(), current)
+    b = txn("b", T0 + 3 * HOUR_MS)
+    other.process([(TOPIC, 1, 0, orjson.dumps(b))], {(TOPIC, 1): 1})
+    seeds = tiles.stats.seeds
+    c = txn("c", T0 + 4 * HOUR_MS)
+    tiles.process([(TOPIC, 1, 1, orjson.dumps(c))], {(TOPIC, 1): 2})
+    assert tiles.stats.seeds == seeds + 1
+    by_id = {r.event_id: r for r in sink.records}
+    assert by_id["c"].features == reference_vector([a, b], c)
+
+
 def test_the_latest_scores_of_each_card_are_stored_with_the_tiles_for_serving(
         store: TileStore) -> None:
     publish(store, [], T0, 1)
