@@ -12,7 +12,7 @@ demo: bootstrap
 
 lint: bootstrap
 	$(VENV)/ruff check .
-	$(VENV)/mypy lamina schemas master batch stores models speed serving orchestration benchmarks
+	@infra/typecheck.sh  # mypy on the installed layout (see the script)
 
 # Two pytest-xdist workers: the integration folder in one, in order, the fast
 # tier's files in the other beside it (tests/conftest.py).

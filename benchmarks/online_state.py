@@ -124,9 +124,7 @@ def run_online(data: OnlineData, keep: set[str], module: Any = None
     from lamina.schemas.card_views import CARD_VIEWS
     from lamina.schemas.online import OnlineState
 
-    if module is not None:
-        OnlineState = module.OnlineState  # noqa: N806
-
+    state_class: Any = OnlineState if module is None else module.OnlineState
     states: dict[str, OnlineState] = {}
     kept: dict[str, dict[str, Any]] = {}
     lateness = data.lateness_ms
@@ -138,7 +136,7 @@ def run_online(data: OnlineData, keep: set[str], module: Any = None
         card = event["card_id"]
         state = states.get(card)
         if state is None:
-            state = states[card] = OnlineState(CARD_VIEWS, card, allowed_lateness_ms=lateness)
+            state = states[card] = state_class(CARD_VIEWS, card, allowed_lateness_ms=lateness)
         features = state.features_before(event["event_time"])
         if not state.add(event):
             raise BenchmarkError(f"event {event['event_id']} was refused as late: the "
@@ -181,21 +179,22 @@ def load_state_module(commit: str) -> Any:
     return module
 
 
-def run_sweep(data: OnlineData, keep: set[str]) -> tuple[Timed, dict[str, dict[str, Any]]]:
+def run_sweep(data: OnlineData, keep: set[str]
+              ) -> tuple[Timed, dict[str, Mapping[str, Any]]]:
     from lamina.schemas.card_views import CARD_VIEWS
     from lamina.schemas.pit import FeatureSweep
 
     by_card: dict[str, list[dict[str, Any]]] = {}
     for event in data.arrivals:
         by_card.setdefault(event["card_id"], []).append(event)
-    kept: dict[str, dict[str, Any]] = {}
+    kept: dict[str, Mapping[str, Any]] = {}
     cpu, started = time.thread_time(), time.perf_counter()
     for card, events in by_card.items():
         sweep = FeatureSweep(CARD_VIEWS, events, card)
-        for event in sweep.events:
-            features = sweep.features_before(int(event["event_time"]))
-            if event["event_id"] in keep:
-                kept[event["event_id"]] = features
+        for swept in sweep.events:
+            features = sweep.features_before(int(swept["event_time"]))
+            if swept["event_id"] in keep:
+                kept[swept["event_id"]] = features
     seconds = time.perf_counter() - started
     return Timed(len(data.arrivals), seconds, time.thread_time() - cpu), kept
 

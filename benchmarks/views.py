@@ -427,8 +427,9 @@ def run_lamina(spark: SparkSession, data: ViewsData, views_uri: Path) -> ViewsRu
     result = run_batch_views(spark, data.master_uri, str(views_uri), CARD_VIEWS,
                              snapshot=data.snapshot, cutoff_ms=data.cutoff_ms, force=True)
     seconds = time.perf_counter() - began
-    if result.status != "published":
-        raise BenchmarkError(f"run_batch_views returned {result.status!r}, not 'published'")
+    if result.status != "published" or result.rows is None:
+        raise BenchmarkError(f"run_batch_views returned {result.status!r} with rows "
+                             f"{result.rows!r}, not 'published' with a tile count")
     return ViewsRun("lamina", data.rows, seconds, result.rows)
 
 

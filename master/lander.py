@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +38,7 @@ from lamina.logs import get_logger
 from lamina.master.dataset import MASTER_SCHEMA, CommitConflict, MasterDataset
 from lamina.master.deadletters import DeadLetter, DeadLetterSink
 from lamina.master.dedup import LandedIds
-from lamina.schemas.validation import Envelope, EventValidator
+from lamina.schemas.validation import Envelope, EventValidator, Rejected
 
 log = get_logger(__name__)
 
@@ -147,7 +147,8 @@ class PendingBatch:
                 kept += 1
             else:
                 self.rejects.append(
-                    DeadLetter(topic, partition, record.offset, result.reason, value))
+                    DeadLetter(topic, partition, record.offset, cast(Rejected, result).reason,
+                               value))
         self.topic.extend([topic] * kept)
         self.partition.extend([partition] * kept)
         self.last_offsets[(topic, partition)] = records[-1].offset
@@ -210,7 +211,7 @@ def commit_batch(
                    if fresh(r.source_topic, r.source_partition, r.source_offset)]
         replays += len(batch.rejects) - len(rejects)
         advances = {app_id(*tp): last for tp, last in batch.last_offsets.items()
-                    if floors[tp] is None or last > floors[tp]}
+                    if (floor := floors[tp]) is None or last > floor}
         if not advances:
             stats.replays_skipped += replays
             return None

@@ -337,7 +337,7 @@ class _MeanAcc(_WindowAcc):
 
     def clear(self, start: int | None, static: Any) -> None:
         self.start, self.static, self.total, self.count = start, static, 0, 0
-        self.power = 10**self.monoid.scale
+        self.power = 10**self.monoid.scale  # type: ignore[attr-defined]  # a Mean's
 
     def enter(self, time: int, partial: MeanPartial) -> None:
         self.total += partial.sum

@@ -294,7 +294,7 @@ class RealtimeTiles:
                 snapshot = self.store.read_entity(group.name, entity, as_of, self.spans)
                 seed = online_seed(group, snapshot, seeded_through_ms=newest, codec=self.codec)
                 batch_part = True
-            else:  # the batch view is too old to answer: its tiles, no batch part
+            elif newest is not None:  # the view is too old to answer: its tiles, no batch part
                 seed = self._tiles_seed(entity, view.cutoff_ms, view.horizon_ms, newest)
         elif newest is not None:
             seed = self._tiles_seed(entity, 0, None, newest)

@@ -423,9 +423,9 @@ class FeatureReader:
         # realtime store holds tiles from the cutoff.
         by_hop: dict[int, list[tuple[int, _Tile]]] = {}
         tile_of = self._tiles.get
-        for (hop, start), data in snapshot.tiles.items():
-            if cutoff <= start < t:
-                by_hop.setdefault(hop, []).append((start, tile_of(data, _Tile)))
+        for (hop, tile_start), data in snapshot.tiles.items():
+            if cutoff <= tile_start < t:
+                by_hop.setdefault(hop, []).append((tile_start, tile_of(data, _Tile)))
         for tiles in by_hop.values():
             tiles.sort(key=lambda item: item[0])
         for (_, hop, windows), start in zip(self._plan, starts, strict=True):

@@ -340,9 +340,9 @@ class RedisTileStore(TileStore):
             if "LAMINA_OFFSETS_BACKWARDS" not in message:
                 raise StoreError(f"redis store: write failed: {message}") from None
             field, stored, given = message.split("LAMINA_OFFSETS_BACKWARDS ", 1)[1].split()[:3]
-            topic, _, partition = field.rpartition(":")
+            topic, _, partition_text = field.rpartition(":")
             raise OffsetsWentBackwards(backwards_message(
-                str(consumer), topic, int(partition), int(stored), int(given))) from None
+                str(consumer), topic, int(partition_text), int(stored), int(given))) from None
         return count
 
     def latest_scores(self, entity: str) -> list[ScoreRecord]:
