@@ -63,6 +63,39 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_times() -> tuple[int, ...]:
+    """The machine's CPU time so far, from the ``cpu`` line of /proc/stat
+    (user, nice, system, idle, iowait, irq, softirq, steal, in clock ticks);
+    empty where /proc/stat cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return ()
+    if not fields or fields[0] != "cpu":
+        return ()
+    return tuple(int(x) for x in fields[1:9])
+
+
+def cpu_steal(before: tuple[int, ...], after: tuple[int, ...] | None = None) -> str:
+    """How much of the machine's CPU time between two ``cpu_times()`` the
+    hypervisor gave to other guests (steal), and how busy this machine was:
+    a run on a host that steals a third of the time is not comparable with
+    one on a quiet host, whatever the load average says."""
+    after = cpu_times() if after is None else after
+    if len(before) < 8 or len(after) < 8:
+        return "not known (no /proc/stat)"
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta)
+    if total <= 0:
+        return "not known (no CPU time elapsed)"
+    idle = delta[3] + delta[4]
+    steal = delta[7]
+    return (f"{100 * steal / total:.1f} % stolen by the host; busy "
+            f"{100 * (total - idle - steal) / total:.1f} %, idle {100 * idle / total:.1f} % "
+            "(all cores, over the run)")
+
+
 def git_commit(repo: Path) -> str:
     """`git rev-parse --short HEAD`, plus `-dirty` if anything (untracked
     files included) differs from it; `unknown` outside a git checkout."""

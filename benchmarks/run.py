@@ -181,6 +181,8 @@ from benchmarks.machine import (
     BENCH_CORE,
     BROKER_CORE,
     can_pin,
+    cpu_steal,
+    cpu_times,
     describe_machine,
     git_commit,
     load_average,
@@ -607,6 +609,7 @@ class RunContext:
     started: datetime
     load_before: str
     events: int
+    cpu_before: tuple[int, ...] = field(default_factory=cpu_times)
     cores: frozenset[int] = field(default_factory=lambda: frozenset(os.sched_getaffinity(0)))
     began: float = field(default_factory=time.monotonic)
 
@@ -745,6 +748,7 @@ def render_report(ctx: RunContext, measured: Measured) -> str:
         ("Command", f"`{ctx.command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{ctx.load_before} at start, {load_average()} at end"),
+        ("CPU time", cpu_steal(ctx.cpu_before)),
         ("Versions", versions("training" in groups, "views" in groups)),
     ]
     for suite in ran:

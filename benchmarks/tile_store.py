@@ -90,6 +90,8 @@ from benchmarks.machine import (
     BENCH_CORE,
     BROKER_CORE,
     can_pin,
+    cpu_steal,
+    cpu_times,
     describe_machine,
     git_commit,
     load_average,
@@ -650,13 +652,15 @@ def tile_store_notes(results: TileStoreResults) -> list[str]:
 
 
 def render(results: TileStoreResults | None, published: PublishResults | None, command: str,
-           commit: str, started: datetime, load_before: str, seconds: float) -> str:
+           commit: str, started: datetime, load_before: str, seconds: float,
+           cpu_before: tuple[int, ...] = ()) -> str:
     facts = [
         ("Date", started.strftime("%Y-%m-%d %H:%M UTC")),
         ("Commit", f"`{commit}`"),
         ("Command", f"`{command}`"),
         ("Machine", describe_machine().describe()),
         ("Load average (1/5/15 min)", f"{load_before} at start, {load_average()} at end"),
+        ("CPU time", cpu_steal(cpu_before)),
     ]
     rows: list[Row] = []
     notes: list[str] = []
@@ -697,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--publish-transactions must be at least 1000")
     started = datetime.now(UTC)
     load_before = load_average()
+    cpu_before = cpu_times()
     began = time.monotonic()
     commit = git_commit(REPO)
     command = " ".join([".venv/bin/python", "-m", "benchmarks.tile_store",
@@ -714,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"benchmark failed: {exc}")
         return 1
     section = render(results, published, command, commit, started, load_before,
-                     time.monotonic() - began)
+                     time.monotonic() - began, cpu_before)
     print(section)
     if not args.no_append:
         append_section(REPORT, section)

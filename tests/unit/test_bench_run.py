@@ -1,7 +1,9 @@
 """The benchmark runner's suite table: the `--only` names, the help text and
 the table agree, a bad `--only` is one error line and exit 2, and a report
 renders exactly as it did before the table replaced the per-suite if-blocks
-(the golden file was written by the old code from the same fake results)."""
+(the golden file was written by the old code from the same fake results;
+its "CPU time" line was added with the fact). ``cpu_steal`` reads the
+shares of /proc/stat's counters."""
 
 from __future__ import annotations
 
@@ -59,12 +61,14 @@ def _fixed_report_env(monkeypatch: pytest.MonkeyPatch) -> run.RunContext:
     monkeypatch.setattr(run, "describe_machine",
                         lambda: SimpleNamespace(describe=lambda: "MACHINE"))
     monkeypatch.setattr(run, "load_average", lambda: "LOAD")
+    monkeypatch.setattr(run, "cpu_steal", lambda before: f"STEAL since {before}")
     monkeypatch.setattr(run, "versions", lambda training=False, views=False:
                         f"VERSIONS training={training} views={views}")
     monkeypatch.setattr(run, "time", SimpleNamespace(monotonic=lambda: 107.0))
     return run.RunContext(command="CMD", commit="abc1234",
                           started=datetime(2026, 12, 1, 23, 30, tzinfo=UTC),
-                          load_before="LOAD0", events=1000, began=100.0)
+                          load_before="LOAD0", events=1000, began=100.0,
+                          cpu_before=(1, 2))
 
 
 def _kafka_figures() -> run.KafkaFigures:
@@ -139,3 +143,15 @@ def test_every_suite_keeps_its_place_in_rows_notes_and_title(monkeypatch: pytest
                                            "training-set": SimpleNamespace(lamina=[])})
     assert no_view_data.splitlines()[0] == "## 2026-12-01 23:30 UTC · training only · `abc1234`"
     assert "- Versions: VERSIONS training=False views=True" in no_view_data
+
+
+def test_cpu_steal_gives_the_shares_of_the_time_between_two_readings():
+    from benchmarks.machine import cpu_steal
+
+    # user nice system idle iowait irq softirq steal, in ticks
+    before = (100, 0, 50, 1000, 0, 0, 0, 10)
+    after = (160, 0, 70, 1090, 10, 0, 10, 60)  # busy +60 +20 +10, idle +90 +10, stolen +50
+    assert cpu_steal(before, after) == (
+        "20.8 % stolen by the host; busy 37.5 %, idle 41.7 % (all cores, over the run)")
+    assert cpu_steal((), after) == "not known (no /proc/stat)"
+    assert cpu_steal(after, after) == "not known (no CPU time elapsed)"
