@@ -69,7 +69,7 @@ LATENESS_MS = 30 * MINUTE_MS  # the [speed] default
 PARTITIONS = 3
 SPEED_TARGET = 0.3
 BATCH_MAX_EVENTS = 5_000  # the [speed] defaults
-BATCH_MAX_WAIT_S = 0.2
+BATCH_MAX_WAIT_S = 0.05
 
 
 def say_nothing(_: str) -> None:

@@ -3,13 +3,17 @@
 A micro-batch is closed by a size-or-time rule (``due``): ``max_events``
 records, or ``max_wait_s`` since its first record, so a quiet stream still
 reaches the store within the wait and a busy one writes few, large
-transactions. ``positions()`` is what the store keeps with the batch's
-tiles: per partition, the offset *after* the last record seen (valid or
-not), so a restart resumes right behind the batch.
+transactions. ``poll_timeout_ms`` is how long the loop may wait in its next
+poll without keeping an open batch past its wait: a batch is written
+``max_wait_s`` after its first record, not one poll timeout later.
+``positions()`` is what the store keeps with the batch's tiles: per
+partition, the offset *after* the last record seen (valid or not), so a
+restart resumes right behind the batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +52,16 @@ class MicroBatch:
         """True when the batch is to be applied and written now."""
         return bool(self.records) and (len(self.records) >= self.max_events
                                        or now - self.started_at >= self.max_wait_s)
+
+    def poll_timeout_ms(self, now: float, longest_ms: int) -> int:
+        """The next poll's timeout: ``longest_ms`` with no record waiting,
+        else the time left until the batch is due (rounded up to a whole
+        ms, 0 once it is due), at most ``longest_ms``."""
+        if not self.records:
+            return longest_ms
+        # Rounded to the µs first: 10.0 + 0.05 - 10.0 is 50.0000000000007 ms.
+        left_ms = math.ceil(round((self.started_at + self.max_wait_s - now) * 1000, 3))
+        return max(0, min(longest_ms, left_ms))
 
     def positions(self) -> dict[tuple[str, int], int]:
         """``(topic, partition) -> next offset to read`` after this batch."""

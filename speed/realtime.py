@@ -101,6 +101,11 @@ from lamina.stores.online import changed_tile_rows, online_seed
 
 log = get_logger(__name__)
 
+#: The longest a poll waits for records: how late a stop, the idle exit and
+#: the metrics are noticed on a quiet topic. An open micro-batch shortens it
+#: to its own wait (``MicroBatch.poll_timeout_ms``).
+POLL_MAX_MS = 100
+
 
 @dataclass
 class SpeedStats:
@@ -490,13 +495,15 @@ class SpeedLayer:
     caught up and idle for ``idle_exit_s``; a stop finishes the batch."""
 
     def __init__(self, *, consumer: Any, topic: str, tiles: RealtimeTiles,
-                 batch_max_events: int = 5_000, batch_max_wait_s: float = 0.2,
-                 rejoin_after_s: float = 15.0, metrics: SpeedMetrics | None = None) -> None:
+                 batch_max_events: int = 5_000, batch_max_wait_s: float = 0.05,
+                 poll_max_ms: int = POLL_MAX_MS, rejoin_after_s: float = 15.0,
+                 metrics: SpeedMetrics | None = None) -> None:
         self.consumer = consumer
         self.topic = topic
         self.tiles = tiles
         self.stats = tiles.stats
         self._batch = MicroBatch(batch_max_events, batch_max_wait_s)
+        self.poll_max_ms = poll_max_ms
         self.loop = ConsumerLoop(consumer, topic, on_assigned=self.on_partitions_assigned,
                                  on_revoked=self.on_partitions_revoked,
                                  name=f"speed:{topic}", rejoin_after_s=rejoin_after_s)
@@ -566,7 +573,11 @@ class SpeedLayer:
         try:
             while not loop.stopped:
                 began = time.perf_counter()
-                polled = loop.poll(timeout_ms=100, max_records=batch.max_events)
+                # No longer than the open batch may still wait: it is
+                # written on time even when no record arrives.
+                polled = loop.poll(timeout_ms=batch.poll_timeout_ms(time.monotonic(),
+                                                                    self.poll_max_ms),
+                                   max_records=batch.max_events)
                 stats.poll_s += time.perf_counter() - began
                 if self._assign_error is not None:
                     error, self._assign_error = self._assign_error, None

@@ -4,6 +4,7 @@ dedup rule, and ``RealtimeTiles.process`` against a SQLite store on disk
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,6 +52,71 @@ def test_a_micro_batch_is_due_at_its_size_or_its_age_and_resumes_behind_its_last
     assert batch.records == [(TOPIC, 1, 0, b"c")] and batch.positions() == {(TOPIC, 1): 1}
     records, positions = batch.take()
     assert (len(records), positions, len(batch), batch.positions()) == (1, {(TOPIC, 1): 1}, 0, {})
+
+
+def test_a_poll_never_waits_past_the_open_batchs_wait():
+    batch = MicroBatch(max_events=100, max_wait_s=0.05)
+    assert batch.poll_timeout_ms(10.0, 100) == 100  # nothing waiting: the longest poll
+    batch.add(TOPIC, 0, [record(1, b"a")], now=10.0)
+    assert batch.poll_timeout_ms(10.0, 100) == 50
+    assert batch.poll_timeout_ms(10.0301, 100) == 20  # 19.9 ms left, rounded up
+    assert batch.poll_timeout_ms(10.0, 20) == 20  # never longer than the longest poll
+    assert batch.poll_timeout_ms(10.2, 100) == 0  # overdue: do not wait at all
+    batch.take()
+    assert batch.poll_timeout_ms(10.2, 100) == 100
+
+
+class _ScriptedLoop:
+    """The consumer loop's surface ``SpeedLayer._run`` uses: polls answer
+    from a script, then wait their whole timeout for nothing (as a poll of
+    a quiet topic does); each timeout recorded; stops after ``polls``."""
+
+    def __init__(self, script: list[dict[Any, list[Any]]], polls: int) -> None:
+        self.script, self.polls, self.timeouts = script, polls, []
+        self.rejoins = 0
+
+    @property
+    def stopped(self) -> bool:
+        return len(self.timeouts) >= self.polls
+
+    def subscribe(self) -> None:
+        pass
+
+    def poll(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        self.timeouts.append(timeout_ms)
+        if self.script:
+            return self.script.pop(0)
+        time.sleep(timeout_ms / 1000)
+        return {}
+
+    def idle_and_caught_up(self, *_: Any) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_speed_layer_polls_no_longer_than_its_open_batch_may_wait():
+    from lamina.speed.realtime import SpeedLayer
+
+    processed: list[Any] = []
+    tiles = SimpleNamespace(stats=SimpleNamespace(poll_s=0.0, rejoins=0, consumed=0),
+                            process=lambda records, positions, produced:
+                            processed.append((records, positions)))
+    consumer = SimpleNamespace(commit_async=lambda **_: None)
+    layer = SpeedLayer(consumer=consumer, topic=TOPIC, tiles=tiles,  # type: ignore[arg-type]
+                       batch_max_wait_s=0.05, poll_max_ms=80)
+    from kafka import TopicPartition
+
+    tp = TopicPartition(TOPIC, 0)
+    loop = _ScriptedLoop([{tp: [record(4, b"e")]}], polls=5)
+    layer.loop = loop  # type: ignore[assignment]
+    layer._run(idle_exit_s=None, max_events=None, on_commit=None)
+    assert loop.timeouts[0] == 80  # no batch open yet
+    assert 0 <= loop.timeouts[1] <= 50  # the batch's wait, not the longest poll
+    # Written once due, by the loop (not by the final write at the stop).
+    assert processed == [([(TOPIC, 0, 4, b"e")], {(TOPIC, 0): 5})]
+    assert loop.timeouts[2:] == [80, 80, 80]  # nothing open again
 
 
 # --- the dedup rule ----------------------------------------------------------------------
