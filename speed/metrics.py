@@ -10,6 +10,8 @@ this process, reset by a restart as Prometheus expects):
   lateness), before_cutoff, duplicate, invalid, future, other_type; and
   ``lamina_speed_invalid_total{reason=...}`` by validator reason;
 - ``lamina_speed_scored_total`` and ``lamina_speed_unscored_total{reason}``;
+- ``lamina_speed_reread_total`` -- consumed records dropped unwritten and
+  read again (``consumed_total - reread_total`` went into written batches);
 - ``lamina_speed_batches_total`` (micro-batches written), ``..._resets_total``,
   ``..._rejoins_total``, ``..._tiles_written_total``;
 - ``lamina_speed_lag_records{topic,partition}`` -- the partition's end
@@ -187,6 +189,9 @@ def render(snapshot: Snapshot) -> str:
                [({"outcome": label}, getattr(stats, name)) for name, label in OUTCOMES.items()])
     out.family("consumed_total", "counter", "Records consumed (polled) by this process.",
                [({}, stats.consumed)])
+    out.family("reread_total", "counter",
+               "Consumed records dropped unwritten and read again (a revoked partition's "
+               "open batch, a batch the store refused).", [({}, stats.reread)])
     out.family("invalid_total", "counter", "Invalid records by validator reason.",
                [({"reason": reason}, n) for reason, n in sorted(stats.invalid_reasons.items())])
     out.family("scored_total", "counter", "Events scored and produced to the scores topic.",

@@ -67,17 +67,19 @@ class MicroBatch:
         """``(topic, partition) -> next offset to read`` after this batch."""
         return {tp: last + 1 for tp, last in self._last.items()}
 
-    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Forget the records of partitions no longer owned (their new owner
-        reads them again from the store's offsets)."""
+        reads them again from the store's offsets); returns how many."""
         gone = set(partitions)
         if not gone & set(self._last):
-            return
+            return 0
         kept = [i for i, r in enumerate(self.records) if (r[0], r[1]) not in gone]
+        dropped = len(self.records) - len(kept)
         self.records = [self.records[i] for i in kept]
         self.timestamps = [self.timestamps[i] for i in kept]
         for tp in gone:
             self._last.pop(tp, None)
+        return dropped
 
     def take(self) -> tuple[list[tuple[str, int, int, bytes]], dict[tuple[str, int], int]]:
         """The records and positions, leaving the batch empty."""

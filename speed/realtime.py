@@ -111,9 +111,14 @@ POLL_MAX_MS = 100
 class SpeedStats:
     """Counters of one speed-layer process. Every consumed record ends in
     exactly one of applied, late, before_cutoff, duplicates, invalid,
-    future, other_types -- or is read again after a reset or revocation."""
+    future, other_types -- or is read again after a reset or revocation,
+    and then counted in ``reread`` too (``consumed - reread`` records were
+    taken into written batches)."""
 
     consumed: int = 0
+    #: Records consumed and then dropped unwritten, to be read again: those
+    #: of a revoked partition's open batch, and a batch the store refused.
+    reread: int = 0
     applied: int = 0
     late: int = 0
     before_cutoff: int = 0
@@ -546,7 +551,7 @@ class SpeedLayer:
 
     def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in revoked]
-        self._batch.drop_partitions(tps)
+        self.stats.reread += self._batch.drop_partitions(tps)
         for topic, partition in tps:
             log.info("partition revoked", topic=topic, partition=partition)
 
@@ -616,6 +621,7 @@ class SpeedLayer:
             # Another member wrote these partitions further: this one is a
             # zombie of an old assignment. Start again from the store.
             log.warning("the store is ahead of this consumer, resuming from it", error=exc)
+            self.stats.reread += len(records)
             self._resume(self.consumer.assignment())
             return
         except BaseException:
