@@ -348,3 +348,17 @@ def test_entity_states_dropped_for_memory_are_seeded_again_exactly(
     assert tiles.stats.duplicates > 0
     assert stored_tiles(tmp_path / "tiles.db", CARD_VIEWS) == expected_tiles(
         CARD_VIEWS, valid_events(records))
+
+
+def test_records_a_revocation_drops_from_the_open_batch_are_counted_as_read_again():
+    from kafka import TopicPartition
+
+    from lamina.speed.realtime import SpeedLayer, SpeedStats
+
+    stats = SpeedStats()
+    layer = SpeedLayer(consumer=SimpleNamespace(), topic=TOPIC,  # type: ignore[arg-type]
+                       tiles=SimpleNamespace(stats=stats))  # type: ignore[arg-type]
+    layer._batch.add(TOPIC, 0, [record(3, b"a"), record(4, b"b")], now=1.0)
+    layer._batch.add(TOPIC, 1, [record(9, b"c")], now=1.0)
+    layer.on_partitions_revoked([TopicPartition(TOPIC, 0)])
+    assert stats.reread == 2 and len(layer._batch) == 1
