@@ -108,7 +108,11 @@ def numpy_scorer(model: Any) -> Callable[[np.ndarray], np.ndarray]:
             h = h @ kernel + bias
             if relu:
                 np.maximum(h, 0.0, out=h)
-        return 1.0 / (1.0 + np.exp(-h.reshape(-1).astype(np.float64)))
+        # A logit below about -709 overflows exp to inf and scores 0.0, the
+        # sigmoid's value in float64 to the last bit: not worth a warning
+        # per micro-batch in the speed layer's log.
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-h.reshape(-1).astype(np.float64)))
 
     def forward(x: np.ndarray) -> np.ndarray:
         # Small matrices: BLAS threads only contend (with TF's pools, other

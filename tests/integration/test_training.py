@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,23 @@ def test_saved_model_loads_and_scores_like_the_trained_one(
     np_rows_s = calls * len(batch) / (time.perf_counter() - began)
     print(f"\nSavedModel load {load_s * 1000:.0f} ms; score batch 1000: "
           f"{tf_rows_s:,.0f} rows/s (TF graph), {np_rows_s:,.0f} rows/s (NumPy)")
+
+
+def test_the_numpy_scorer_scores_extreme_inputs_without_a_warning(
+        training_set: pd.DataFrame) -> None:
+    # Inputs far outside the training range drive the logit past exp's
+    # range: the score is 0.0 or 1.0, finite, and no RuntimeWarning is raised
+    # (the speed layer would log one per micro-batch).
+    model, _ = train_local(training_set, FEATURES, PARAMS, seed=3)
+    forward = numpy_scorer(model)
+    x = training_set[FEATURES].to_numpy(np.float32)[:4]
+    extreme = np.concatenate([x * 1e20, x * -1e20, x])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = forward(extreme)
+    assert np.isfinite(scores).all() and ((scores >= 0.0) & (scores <= 1.0)).all()
+    assert {0.0, 1.0} & set(scores[:8].tolist())  # saturated, not NaN
+    np.testing.assert_allclose(scores[8:], score(model, x), atol=1e-5)
 
 
 # --- distributed on barrier tasks -------------------------------------------------------
