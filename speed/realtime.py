@@ -142,9 +142,15 @@ class SpeedStats:
     invalid_reasons: dict[str, int] = field(default_factory=dict)
     cutoff_ms: int | None = None
     # Where the time goes (seconds): Kafka poll, apply (validate + seed +
-    # update), store write.
+    # update + drain), store write.
     poll_s: float = 0.0
     apply_s: float = 0.0
+    # Parts of apply_s: validating the records, seeding entity states from
+    # the store, draining and encoding the changed tiles (the rest of
+    # apply_s is the online state's features_before and add, with dedup).
+    validate_s: float = 0.0
+    seed_s: float = 0.0
+    drain_s: float = 0.0
     write_s: float = 0.0
     score_s: float = 0.0  # score_batch + producing the records
 
@@ -375,6 +381,9 @@ class RealtimeTiles:
                 counts["other_types"] += 1
                 continue
             events.append((result, produced, (topic, partition)))
+        validated = time.perf_counter()
+        stats.validate_s += validated - began
+        seed_s = 0.0
         entities = self._entities
         future_limit = self.wall_ms() + self.max_future_ms
         touched: set[str] = set()
@@ -390,7 +399,9 @@ class RealtimeTiles:
                 # written by whoever read that partition. Seeded again.
                 entity = None
             if entity is None:
+                seeding = time.perf_counter()
                 entity = self._seed(key)
+                seed_s += time.perf_counter() - seeding
             entity.partition = source
             entities[key] = entity
             cutoff = entity.state.cutoff_ms
@@ -438,6 +449,8 @@ class RealtimeTiles:
                 if unscored == "unscored_out_of_range":
                     log.debug("event not scored: its features cannot be answered exactly",
                               event_id=event.event_id, entity=key, event_time=event_time)
+        stats.seed_s += seed_s
+        draining = time.perf_counter()
         rows = []
         for key in sorted(touched):
             entity = entities[key]
@@ -446,6 +459,7 @@ class RealtimeTiles:
             rows.append(entity.seen.row(group, key))
             entity.seen.changed = False
         applied_at = time.perf_counter()
+        stats.drain_s += applied_at - draining
         stats.apply_s += applied_at - began
         scored_version: int | None = None
         stored_scores: list[ScoreRow] = []

@@ -47,7 +47,8 @@ def test_the_stream_is_every_record_at_or_after_the_cutoff_and_the_batch_view_th
 
 def results() -> SpeedResults:
     data = SimpleNamespace(stream=[(None, b"x")] * 1000, describe=lambda: "test data")
-    stats = SimpleNamespace(scored=900, poll_s=1.0, apply_s=6.0, score_s=2.0, write_s=1.0)
+    stats = SimpleNamespace(scored=900, poll_s=1.0, apply_s=6.0, score_s=2.0, write_s=1.0,
+                            validate_s=0.5, seed_s=0.25, drain_s=1.25)
     out = SpeedResults(data)  # type: ignore[arg-type]
     out.raw = [Timed(100_000, 4.0, 2.0), Timed(100_000, 5.0, 2.0)]  # best 25,000 ev/s
     out.runs = {"sqlite": [SpeedRun("sqlite", Timed(100_000, 10.0, 8.0), stats)]}
@@ -66,6 +67,10 @@ def test_rows_put_each_figure_next_to_its_reference_as_ratio_and_absolute():
     assert "per CPU second 12,500 ev/s vs raw 50,000 (0.25×)" in run.note
     apply = rows["speed layer time (sqlite): apply"]
     assert apply.value == "6.00 s" and apply.ratio == "60%"
+    # Its parts, the online state being what the other three leave.
+    state = rows["speed layer time (sqlite): apply: online state"]
+    assert state.value == "4.00 s" and state.ratio == "40%"
+    assert rows["speed layer time (sqlite): apply: drain"].value == "1.25 s"
     at_1000 = rows["scoring, model call at batch 1,000"]
     assert at_1000.ratio == "0.75×" and at_1000.note.startswith("target met;")
     assert rows["scoring, model call at batch 1"].target == "—"
