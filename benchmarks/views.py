@@ -673,7 +673,9 @@ def measure_views(transactions: int, cores: set[int], rounds: int,
     """`rounds` interleaved rounds of DuckDB, Lamina and the best bare-Spark
     plan (and the naive Spark SQL if `naive`) on the same data, after an
     untimed warm-up of both Spark jobs on a small table, then both Spark
-    jobs' breakdowns; the Spark session is stopped at the end."""
+    jobs' breakdowns; the Spark session is stopped at the end. The Spark
+    jobs take turns at going first: the warm-up does not take all of the
+    first full-size job's extra cost. An even number of rounds is fair to both."""
     from benchmarks.training import restore_affinity
     from lamina.batch import spark as lamina_spark
 
@@ -703,7 +705,12 @@ def measure_views(transactions: int, cores: set[int], rounds: int,
             figures.append(("naive bare Spark SQL",
                             lambda: run_bare_spark(spark, data, workdir / "bare"), results.bare))
         for round_no in range(1, rounds + 1):
-            for label, run, runs in figures:
+            # The Spark jobs take turns at going first: the first full-size
+            # job of a JVM ran 1.5-1.8x as long as the same job next
+            # (docs/benchmarks.md, 2026-12-03), after the small warm-up.
+            spark_jobs = figures[1:]
+            turn = (round_no - 1) % len(spark_jobs)
+            for label, run, runs in [figures[0], *spark_jobs[turn:], *spark_jobs[:turn]]:
                 runs.append(run())
                 say(f"round {round_no}: {label} {runs[-1].rate:,.0f} rows/s "
                     f"({runs[-1].seconds:.1f} s, {runs[-1].tiles_out:,} tiles)")
@@ -784,10 +791,11 @@ def views_notes(results: ViewsResults) -> list[str]:
     return [
         f"Batch views data: {data.describe()}; cutoff {data.cutoff_ms} (epoch ms).",
         f"Batch views: DuckDB with its default threads, Spark `local[{results.slots}]` with "
-        f"Lamina's local settings, {spark}; the rounds are interleaved (DuckDB, Lamina, best "
-        "bare Spark" + (", naive Spark SQL" if results.bare else "") + ") and every engine "
-        "produced the same number of tiles (checked). DuckDB aggregates each hop from the "
-        "events (`approx_count_distinct`, no HLL partials to merge); the best bare-Spark plan "
+        f"Lamina's local settings, {spark}; the rounds are interleaved (DuckDB, then Lamina, "
+        "best bare Spark" + (", naive Spark SQL" if results.bare else "") + ", the Spark jobs "
+        "taking turns at going first) and every engine produced the same number of "
+        "tiles (checked). DuckDB aggregates each hop from the events "
+        "(`approx_count_distinct`, no HLL partials to merge); the best bare-Spark plan "
         "and Lamina aggregate 5-min tiles once, keep them in memory and roll them up (int64 "
         "sums, `hll_sketch_agg` then `hll_union_agg`); Lamina also canonicalises the HLL "
         "images, sorts within partitions and commits to Delta.",
