@@ -706,7 +706,7 @@ def measure_views(transactions: int, cores: set[int], rounds: int,
                             lambda: run_bare_spark(spark, data, workdir / "bare"), results.bare))
         for round_no in range(1, rounds + 1):
             # The Spark jobs take turns at going first: the first full-size
-            # job of a JVM ran 1.5-1.8x as long as the same job next
+            # job of a JVM ran about 1.5x as long as the same job next
             # (docs/benchmarks.md, 2026-12-03), after the small warm-up.
             spark_jobs = figures[1:]
             turn = (round_no - 1) % len(spark_jobs)
