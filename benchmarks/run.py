@@ -138,6 +138,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -245,6 +246,9 @@ from benchmarks.views import (
     views_notes,
     views_rows,
 )
+from benchmarks.views import (
+    DRIVER_MEMORY as VIEWS_DRIVER_MEMORY,
+)
 from lamina import kafkaio
 from lamina.broker import KafkaCluster, kafka_libs
 from lamina.consumer import CONSUMER_GC_THRESHOLD, consumer_gc
@@ -307,6 +311,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"a smoke run with {QUICK_EVENTS:,} records (unless --events)")
     parser.add_argument("--views-naive", action="store_true",
                         help="also time the naive bare Spark SQL (a parse per hop; minutes at 10M)")
+    parser.add_argument("--views-driver-memory", default=VIEWS_DRIVER_MEMORY,
+                        help="the Spark driver's heap for the views suite's Spark jobs "
+                        f"(default {VIEWS_DRIVER_MEMORY}; a JVM size such as 2g or 4096m)")
     parser.add_argument("--views-transactions", type=int, default=None,
                         help="transactions in the batch-views master dataset (default "
                         f"{DEFAULT_TRANSACTIONS:,}; {QUICK_TRANSACTIONS:,} with --quick)")
@@ -337,6 +344,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.speed_stores = tuple(s.strip() for s in args.speed_stores.split(",") if s.strip())
     if not args.speed_stores or set(args.speed_stores) - {"sqlite", "redis"}:
         parser.error(f"--speed-stores takes sqlite and/or redis, got {args.speed_stores!r}")
+    if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]", args.views_driver_memory):
+        parser.error("--views-driver-memory takes a JVM size such as 2g or 4096m, got "
+                     f"{args.views_driver_memory!r}")
     if args.views_transactions < 1000:
         parser.error("--views-transactions must be at least 1000")
     args.suites = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -793,7 +803,8 @@ def _measure_views(args: argparse.Namespace, ctx: RunContext) -> ViewsResults:
     views_dir = Path(tempfile.mkdtemp(prefix="lamina-bench-views-"))
     try:
         return measure_views(args.views_transactions, set(ctx.cores), args.rounds, say,
-                             views_dir, naive=args.views_naive)
+                             views_dir, naive=args.views_naive,
+                             driver_memory=args.views_driver_memory)
     finally:
         shutil.rmtree(views_dir, ignore_errors=True)
 

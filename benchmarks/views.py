@@ -68,15 +68,17 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
 from benchmarks.common import BenchmarkError, best_of, fmt_ratio
 from benchmarks.report import Row
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -88,6 +90,11 @@ CACHE_ROOT = REPO / ".lamina" / "bench"
 DEFAULT_TRANSACTIONS = 10_000_000
 QUICK_TRANSACTIONS = 200_000
 WARMUP_TRANSACTIONS = 20_000  # untimed Spark warm-up before the rounds
+#: The Spark driver's heap for both Spark jobs (one session). At 10M the
+#: best bare-Spark plan ran out of a 2 GB heap (Lamina's local default)
+#: reading back its HLL aggregation's spills; Lamina's job completed in it
+#: (docs/benchmarks.md, 2026-12-04).
+DRIVER_MEMORY = "6g"
 SEED = 42
 DAYS = 90.0
 COMMIT_EVERY = 1_000_000
@@ -656,6 +663,7 @@ class ViewsResults:
     steps: dict[str, float] = field(default_factory=dict)
     best_steps: dict[str, float] = field(default_factory=dict)
     slots: int = 0
+    driver_memory: str = ""
     spark_start_s: float | None = None
 
 
@@ -668,14 +676,32 @@ def check_same_tiles(results: ViewsResults) -> None:
         raise BenchmarkError(f"the engines disagree on the number of tiles: {counts}")
 
 
+def round_order(figures: Sequence[T], round_no: int) -> list[T]:
+    """The order of round ``round_no`` (from 1): the first figure (DuckDB,
+    no JVM) always first, then the others -- the Spark jobs -- rotated by
+    one per round, so each goes first in one round of every
+    ``len(figures) - 1``. The first full-size job of a JVM ran about 1.5x
+    as long as the same job next (docs/benchmarks.md, 2026-12-03), after
+    the small warm-up."""
+    if round_no < 1:
+        raise ValueError(f"rounds count from 1, got {round_no}")
+    head, spark_jobs = figures[0], list(figures[1:])
+    if not spark_jobs:
+        return [head]
+    turn = (round_no - 1) % len(spark_jobs)
+    return [head, *spark_jobs[turn:], *spark_jobs[:turn]]
+
+
 def measure_views(transactions: int, cores: set[int], rounds: int,
-                  say: Callable[[str], None], workdir: Path, naive: bool = False) -> ViewsResults:
+                  say: Callable[[str], None], workdir: Path, naive: bool = False,
+                  driver_memory: str = DRIVER_MEMORY) -> ViewsResults:
     """`rounds` interleaved rounds of DuckDB, Lamina and the best bare-Spark
     plan (and the naive Spark SQL if `naive`) on the same data, after an
     untimed warm-up of both Spark jobs on a small table, then both Spark
     jobs' breakdowns; the Spark session is stopped at the end. The Spark
     jobs take turns at going first: the warm-up does not take all of the
-    first full-size job's extra cost. An even number of rounds is fair to both."""
+    first full-size job's extra cost. A number of rounds that is a multiple of
+    the Spark jobs' number (2, or 3 with `naive`) is fair to all of them."""
     from benchmarks.training import restore_affinity
     from lamina.batch import spark as lamina_spark
 
@@ -684,8 +710,10 @@ def measure_views(transactions: int, cores: set[int], rounds: int,
     results.data = data = prepare_data(transactions, say)
     say(f"views data: {data.describe()}")
     results.slots = max(2, len(cores))
+    results.driver_memory = driver_memory
     spark = lamina_spark.spark_session(f"local[{results.slots}]", app_name="lamina-bench-views",
-                                       extra_conf={"spark.ui.enabled": "false"})
+                                       extra_conf={"spark.ui.enabled": "false",
+                                                   "spark.driver.memory": driver_memory})
     results.spark_start_s = lamina_spark.last_start_seconds
     try:
         # The first Spark job of a JVM pays for class loading and JIT; both
@@ -705,12 +733,7 @@ def measure_views(transactions: int, cores: set[int], rounds: int,
             figures.append(("naive bare Spark SQL",
                             lambda: run_bare_spark(spark, data, workdir / "bare"), results.bare))
         for round_no in range(1, rounds + 1):
-            # The Spark jobs take turns at going first: the first full-size
-            # job of a JVM ran about 1.5x as long as the same job next
-            # (docs/benchmarks.md, 2026-12-03), after the small warm-up.
-            spark_jobs = figures[1:]
-            turn = (round_no - 1) % len(spark_jobs)
-            for label, run, runs in [figures[0], *spark_jobs[turn:], *spark_jobs[:turn]]:
+            for label, run, runs in round_order(figures, round_no):
                 runs.append(run())
                 say(f"round {round_no}: {label} {runs[-1].rate:,.0f} rows/s "
                     f"({runs[-1].seconds:.1f} s, {runs[-1].tiles_out:,} tiles)")
@@ -783,6 +806,13 @@ def views_rows(results: ViewsResults) -> list[Row]:
     return rows
 
 
+def lamina_driver_memory() -> str:
+    """The driver heap of Lamina's local Spark settings."""
+    from lamina.batch.spark import LOCAL_CONF
+
+    return LOCAL_CONF.get("spark.driver.memory", "Spark's default")
+
+
 def views_notes(results: ViewsResults) -> list[str]:
     data = results.data
     assert data is not None
@@ -791,7 +821,8 @@ def views_notes(results: ViewsResults) -> list[str]:
     return [
         f"Batch views data: {data.describe()}; cutoff {data.cutoff_ms} (epoch ms).",
         f"Batch views: DuckDB with its default threads, Spark `local[{results.slots}]` with "
-        f"Lamina's local settings, {spark}; the rounds are interleaved (DuckDB, then Lamina, "
+        f"Lamina's local settings but a {results.driver_memory} driver (Lamina's default: "
+        f"{lamina_driver_memory()}), {spark}; the rounds are interleaved (DuckDB, then Lamina, "
         "best bare Spark" + (", naive Spark SQL" if results.bare else "") + ", the Spark jobs "
         "taking turns at going first) and every engine produced the same number of "
         "tiles (checked). DuckDB aggregates each hop from the events "

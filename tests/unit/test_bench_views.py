@@ -25,6 +25,7 @@ from benchmarks.views import (
     SPARK,
     land_generated,
     prepare_data,
+    round_order,
     run_duckdb,
     views_sql,
 )
@@ -112,3 +113,18 @@ def test_land_generated_lands_valid_events_once(tmp_path: Path) -> None:
     land_generated(uri, 500, progress=False)
     ids = DeltaTable(uri).to_pyarrow_table(columns=["event_id"]).column("event_id")
     assert len(ids) == len(set(ids.to_pylist())) > 500
+
+
+@pytest.mark.parametrize("spark_jobs", [["lamina", "best"], ["lamina", "best", "naive"]])
+def test_spark_jobs_take_turns_at_going_first(spark_jobs: list[str]) -> None:
+    # DuckDB (no JVM) always opens a round; over len(spark_jobs) rounds each
+    # Spark job goes first exactly once and every round runs each figure once.
+    figures = ["duckdb", *spark_jobs]
+    rounds = [round_order(figures, n) for n in range(1, 2 * len(spark_jobs) + 1)]
+    assert all(r[0] == "duckdb" and sorted(r) == sorted(figures) for r in rounds)
+    firsts = [r[1] for r in rounds[:len(spark_jobs)]]
+    assert sorted(firsts) == sorted(spark_jobs)
+    assert rounds[len(spark_jobs):] == rounds[:len(spark_jobs)]
+    assert round_order(["duckdb"], 3) == ["duckdb"]
+    with pytest.raises(ValueError):
+        round_order(figures, 0)
