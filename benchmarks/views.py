@@ -95,6 +95,10 @@ WARMUP_TRANSACTIONS = 20_000  # untimed Spark warm-up before the rounds
 #: reading back its HLL aggregation's spills; Lamina's job completed in it
 #: (docs/benchmarks.md, 2026-12-04).
 DRIVER_MEMORY = "6g"
+#: DuckDB's memory limit (it spills past it). Its default, 80 % of the RAM,
+#: next to a grown 6 GB Spark driver in the same run had the kernel kill
+#: the benchmark (17 GB resident) in the second 10M round.
+DUCKDB_MEMORY = "8GB"
 SEED = 42
 DAYS = 90.0
 COMMIT_EVERY = 1_000_000
@@ -418,7 +422,7 @@ def run_duckdb(data: ViewsData, out: Path) -> ViewsRun:
     files = "[" + ", ".join(_literal(f) for f in data.files) + "]"
     sql = views_sql(CARD_VIEWS, f"read_parquet({files})", data.cutoff_ms, DUCKDB)
     began = time.perf_counter()
-    with duckdb.connect() as con:
+    with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY}) as con:
         con.execute(f"COPY ({sql}) TO {_literal(str(out))} (FORMAT parquet)")
         seconds = time.perf_counter() - began
         tiles = con.execute(f"SELECT count(*) FROM read_parquet({_literal(str(out))})").fetchone()
