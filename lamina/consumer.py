@@ -35,6 +35,18 @@ MAX_REJOIN_S = 300.0
 
 PartitionsCallback = Callable[[list[Any]], None]
 
+#: The shortest poll while a rebalance is under way (ms). kafka-python
+#: 3.0.12 runs a group join (JoinGroup, SyncGroup) as a task that each poll
+#: waits for at most its own timeout; a join that completes after that wait
+#: ran out is thrown away by the next poll, which starts another join. A
+#: member polling with a few ms (the speed layer with a short micro-batch
+#: wait; 0 for a due batch) could so go on joining without ever applying an
+#: assignment until the watchdog rejoined: 14-15 s stalls in the
+#: speed-latency benchmark (docs/decisions.md, "Polls during a rebalance").
+#: A member that owns nothing has no records to hand on, so the longer wait
+#: costs no latency.
+JOIN_POLL_MS = 200
+
 #: The cyclic garbage collector's first threshold while a consumer runs
 #: (Python's default is 700 allocations). See :func:`consumer_gc`.
 CONSUMER_GC_THRESHOLD = 50_000
@@ -85,6 +97,11 @@ class ConsumerLoop:
         self._unassigned_since: float | None = None
         #: What the listener last handed this member and has not taken back.
         self._owned: set[Any] = set()
+        #: A revoke was heard and no assignment since (a join under way).
+        self._awaiting_assignment = False
+        #: Joins the client completed without applying their assignment,
+        #: started again (see ``_rejoin_if_join_lost``).
+        self.lost_joins = 0
         self._stop = threading.Event()
         self._broker_watch = BrokerWatch.of(consumer, name=name)
 
@@ -112,10 +129,12 @@ class ConsumerLoop:
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 loop._owned.difference_update(revoked)
+                loop._awaiting_assignment = True
                 loop._on_revoked(list(revoked))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 assigned = list(assigned)
+                loop._awaiting_assignment = False
                 loop._owned.update(assigned)
                 if assigned:
                     loop._on_assigned(assigned)
@@ -140,14 +159,60 @@ class ConsumerLoop:
         next assignment completes, with their fetches stopped."""
         return set(self._owned)
 
+    def rebalancing(self) -> bool:
+        """True while the member owns no partition or the client says a
+        rejoin is pending (kafka-python 3.0.12's coordinator flags, read
+        defensively: another client has none and counts as not pending)."""
+        if not self._owned:
+            return True
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return bool(getattr(coordinator, "rejoin_needed", False)
+                    or getattr(coordinator, "rejoining", False))
+
     def poll(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
-        """One poll; also runs the broker watch and the assignment watchdog."""
+        """One poll, waiting at least ``JOIN_POLL_MS`` while a rebalance is
+        under way (see ``JOIN_POLL_MS``); also runs the broker watch and the
+        assignment watchdog."""
+        if timeout_ms < JOIN_POLL_MS and self.rebalancing():
+            timeout_ms = JOIN_POLL_MS
         polled: dict[Any, list[Any]] = self.consumer.poll(timeout_ms=timeout_ms,
                                                           max_records=max_records)
+        self._rejoin_if_join_lost()
         if self._broker_watch is not None:
             self._broker_watch.check()
         self.watch_assignment(time.monotonic())
         return polled
+
+    def _rejoin_if_join_lost(self) -> None:
+        """Start the join again if kafka-python 3.0.12 dropped its outcome.
+
+        Its coordinator awaits a join task only while ``need_rejoin()`` is
+        true, and for a rebalance started by a metadata change that turns
+        false as soon as the leader has computed the assignment -- before
+        the SyncGroup answer. A poll that looks in that window (seen with
+        polls of a few ms, docs/decisions.md "Polls during a rebalance")
+        never applies the assignment: the member stays ``rejoining`` with
+        nothing owned until the watchdog's rejoin, 15 s on. Here that state
+        (a revoke heard, no assignment since, the client still rejoining,
+        no rejoin needed, no join task in flight) asks the client for a new
+        join at once. Other clients lack these attributes: nothing done."""
+        if not self._awaiting_assignment:
+            return
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if coordinator is None or not getattr(coordinator, "rejoining", False):
+            return
+        task = getattr(coordinator, "_join_task", None)
+        if task is not None and not getattr(task, "is_done", True):
+            return  # a join is in flight: a later poll completes it
+        try:
+            if coordinator.need_rejoin():
+                return  # the next poll joins (again) by itself
+            coordinator.request_rejoin()
+        except AttributeError:
+            return
+        self.lost_joins += 1
+        log.info("group join ended without its assignment, joining again",
+                 consumer=self.name, topic=self.topic, lost_joins=self.lost_joins)
 
     def watch_assignment(self, now: float) -> None:
         """Re-subscribe when the consumer has held no partition for a while.

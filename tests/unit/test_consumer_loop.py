@@ -105,3 +105,81 @@ def test_a_partial_revoke_keeps_the_rest_owned() -> None:
     loop.watch_assignment(0.0)
     loop.watch_assignment(100.0)
     assert loop.rejoins == 0
+
+
+class _JoinTask:
+    def __init__(self, done: bool) -> None:
+        self.is_done = done
+
+
+class _Coordinator:
+    """The kafka-python 3.0.12 coordinator state around a join: ``rejoining``
+    from the join's prepare until its completion is applied."""
+
+    def __init__(self) -> None:
+        self.rejoining = False
+        self.rejoin_needed = False
+        self._join_task: _JoinTask | None = None
+        self.rejoin_requests = 0
+
+    def need_rejoin(self) -> bool:
+        return self.rejoin_needed
+
+    def request_rejoin(self) -> None:
+        self.rejoin_requests += 1
+        self.rejoin_needed = True
+
+
+class PollingConsumer(EagerConsumer):
+    """An EagerConsumer with a coordinator, whose ``poll`` returns nothing
+    and records the timeouts it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._coordinator = _Coordinator()
+        self.timeouts: list[int] = []
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        self.timeouts.append(timeout_ms)
+        return {}
+
+
+def test_a_join_whose_assignment_the_client_dropped_is_started_again() -> None:
+    consumer, events = PollingConsumer(), []
+    loop = loop_on(consumer, events)
+    consumer.assign({TP0, TP1})
+    coordinator = consumer._coordinator
+
+    # A rebalance: revoked, a join task in flight -- left alone.
+    consumer.revoke_and_hang()
+    coordinator.rejoining, coordinator._join_task = True, _JoinTask(done=False)
+    loop.poll(timeout_ms=0, max_records=10)
+    assert coordinator.rejoin_requests == 0
+    # The client stopped needing a rejoin and the task ended, but no
+    # assignment came: the join's outcome was dropped. A new join is asked.
+    coordinator._join_task = _JoinTask(done=True)
+    loop.poll(timeout_ms=0, max_records=10)
+    assert (coordinator.rejoin_requests, loop.lost_joins) == (1, 1)
+    # The client now needs the rejoin: nothing more is asked until it joins.
+    loop.poll(timeout_ms=0, max_records=10)
+    assert coordinator.rejoin_requests == 1
+    # The assignment arrives: a finished join is no longer a lost one.
+    consumer.assign({TP1})
+    coordinator.rejoin_needed, coordinator.rejoining = False, False
+    loop.poll(timeout_ms=0, max_records=10)
+    assert (coordinator.rejoin_requests, loop.owned) == (1, {TP1})
+
+
+def test_polls_wait_at_least_the_join_poll_while_a_rebalance_is_under_way() -> None:
+    from lamina.consumer import JOIN_POLL_MS
+
+    consumer, events = PollingConsumer(), []
+    loop = loop_on(consumer, events)
+    loop.poll(timeout_ms=0, max_records=10)  # nothing owned yet: joining
+    consumer.assign({TP0})
+    loop.poll(timeout_ms=0, max_records=10)  # owned, no rejoin pending
+    consumer._coordinator.rejoin_needed = True
+    loop.poll(timeout_ms=5, max_records=10)  # the client will rejoin
+    consumer._coordinator.rejoin_needed = False
+    loop.poll(timeout_ms=500, max_records=10)  # longer ones as they are
+    assert consumer.timeouts == [JOIN_POLL_MS, 0, JOIN_POLL_MS, 500]
