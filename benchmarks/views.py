@@ -824,7 +824,8 @@ def views_notes(results: ViewsResults) -> list[str]:
              if results.spark_start_s is not None else "")
     return [
         f"Batch views data: {data.describe()}; cutoff {data.cutoff_ms} (epoch ms).",
-        f"Batch views: DuckDB with its default threads, Spark `local[{results.slots}]` with "
+        f"Batch views: DuckDB with its default threads and a {DUCKDB_MEMORY} memory limit, "
+        f"Spark `local[{results.slots}]` with "
         f"Lamina's local settings but a {results.driver_memory} driver (Lamina's default: "
         f"{lamina_driver_memory()}), {spark}; the rounds are interleaved (DuckDB, then Lamina, "
         "best bare Spark" + (", naive Spark SQL" if results.bare else "") + ", the Spark jobs "
