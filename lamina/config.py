@@ -105,7 +105,7 @@ class SpeedSettings:
     # A micro-batch is written when it holds this many records or is this old
     # (a backlog still makes large batches: a poll returns what is there).
     batch_max_events: int = field(default=5_000, metadata=_at_least(1))
-    batch_max_wait_s: float = field(default=0.05, metadata=_at_least(0))
+    batch_max_wait_s: float = field(default=0.005, metadata=_at_least(0))
     # Entity states kept in memory; the least recently touched beyond this
     # are dropped after a write and seeded again from the store when needed.
     max_entities: int = field(default=200_000, metadata=_at_least(1))

@@ -104,7 +104,7 @@ log = get_logger(__name__)
 #: The longest a poll waits for records: how late a stop, the idle exit and
 #: the metrics are noticed on a quiet topic. An open micro-batch shortens it
 #: to its own wait (``MicroBatch.poll_timeout_ms``).
-POLL_MAX_MS = 100
+POLL_MAX_MS = 10
 
 
 @dataclass
@@ -514,7 +514,7 @@ class SpeedLayer:
     caught up and idle for ``idle_exit_s``; a stop finishes the batch."""
 
     def __init__(self, *, consumer: Any, topic: str, tiles: RealtimeTiles,
-                 batch_max_events: int = 5_000, batch_max_wait_s: float = 0.05,
+                 batch_max_events: int = 5_000, batch_max_wait_s: float = 0.005,
                  poll_max_ms: int = POLL_MAX_MS, rejoin_after_s: float = 15.0,
                  metrics: SpeedMetrics | None = None) -> None:
         self.consumer = consumer
