@@ -912,12 +912,16 @@ def recovery_rows(results: RecoveryResults) -> list[Row]:
 
 
 def recovery_notes(results: RecoveryResults) -> list[str]:
+    from lamina.config import SpeedSettings
+
     return [f"Speed recovery data: {results.data.describe()}.",
-            "Speed recovery: `lamina speed run --quiet` with the [speed] defaults (5,000 "
-            "records or 0.05 s), static membership (`LAMINA_SPEED_INSTANCE_ID`) as the kill "
-            "tests use; a third of the stream produced, the process killed with SIGKILL once "
-            "half of that is stored, the rest produced while it is down; the store's offsets "
-            "polled every 20 ms.", *results.notes]
+            "Speed recovery: `lamina speed run --quiet` with the [speed] defaults ("
+            f"{SpeedSettings().batch_max_events:,} records or "
+            f"{SpeedSettings().batch_max_wait_s:g} s), static membership "
+            "(`LAMINA_SPEED_INSTANCE_ID`) as the kill tests use; a third of the stream "
+            "produced, the process killed with SIGKILL once half of that is stored, the rest "
+            "produced while it is down; the store's offsets polled every 20 ms.",
+            *results.notes]
 
 
 if __name__ == "__main__":
